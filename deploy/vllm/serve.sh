@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Start a vLLM CPU server on a Hugging Face model directory with LoRA hot-loading enabled.
+# Usage: deploy/vllm/serve.sh VENV MODEL_DIR PORT [extra vLLM args...]
+set -euo pipefail
+venv=$1 model=$2 port=$3
+shift 3
+export VLLM_CPU_KVCACHE_SPACE=${VLLM_CPU_KVCACHE_SPACE:-2}
+export VLLM_ALLOW_RUNTIME_LORA_UPDATING=True
+export HF_HUB_OFFLINE=1
+exec "$venv/bin/python" -m vllm.entrypoints.openai.api_server \
+  --model "$model" --served-model-name smollm2 \
+  --host 127.0.0.1 --port "$port" \
+  --dtype bfloat16 --max-model-len 2048 \
+  --enable-lora --max-lora-rank 16 --max-loras 4 \
+  "$@"

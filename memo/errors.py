@@ -1,0 +1,61 @@
+"""One error tree for the library. The gateway maps it to HTTP statuses in one place."""
+
+from __future__ import annotations
+
+
+class MemoError(Exception):
+    """Base of every error the service reports to a user."""
+
+    status_code = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class NotFound(MemoError):
+    status_code = 404
+
+
+class InvalidInput(MemoError):
+    status_code = 422
+
+
+class UnsupportedMediaType(MemoError):
+    status_code = 415
+
+
+class PayloadTooLarge(MemoError):
+    status_code = 413
+
+
+class Conflict(MemoError):
+    status_code = 409
+
+
+class Unauthorized(MemoError):
+    status_code = 401
+
+
+class NotReady(MemoError):
+    """The resource exists but cannot serve yet (e.g. a collection with no trained memory)."""
+
+    status_code = 409
+
+
+class GateFailed(MemoError):
+    """A trained memory version did not pass the evaluation gate."""
+
+    status_code = 409
+
+
+class BackendError(MemoError):
+    """An LLM backend failed or answered with something unusable."""
+
+    status_code = 502
+
+
+class ModelMissing(MemoError):
+    """A model directory is absent; the message says how to prepare it."""
+
+    status_code = 503

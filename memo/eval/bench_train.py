@@ -1,0 +1,122 @@
+"""Training throughput: the project's LoRA recipe (memo.train.lora) against a bare peft loop on the same batches.
+
+Both runs train the same model, adapter config and padded batches, timed over the optimisation loop only; they
+alternate (recipe, bare, recipe, bare, ...) so load on the machine hits both alike. Goal: recipe >= 90% of bare.
+
+Run: ``python -m memo.eval.bench_train [--steps 30 --rounds 2]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from memo.ingest.chunk import split_sentences
+from memo.ingest.parse import parse
+from memo.settings import TrainSettings, get_settings
+from memo.train.lora import _batches, encode_pair, train_lora
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def sample_pairs() -> list[tuple[str, str]]:
+    pairs = []
+    for f in sorted((REPO / "samples/corpus").iterdir()):
+        for i, s in enumerate(split_sentences(parse(f.read_bytes(), "text/markdown"))):
+            if len(s.split()) >= 4:
+                pairs.append((f"What does the {f.stem} document say in point {i}?", s))
+    return pairs
+
+
+def bare_peft(base: str, pairs: list[tuple[str, str]], cfg: TrainSettings) -> dict[str, float]:
+    """The plainest loop: pre-built padded batches, forward, backward, step."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(cfg.seed)
+    tok = AutoTokenizer.from_pretrained(base)
+    model: Any = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    model = get_peft_model(
+        model,
+        LoraConfig(
+            r=cfg.rank,
+            lora_alpha=cfg.alpha,
+            lora_dropout=cfg.dropout,
+            target_modules=cfg.target_modules,
+            task_type="CAUSAL_LM",
+        ),
+    )
+    encoded = [encode_pair(tok, q, a) for q, a in pairs]
+    lengths = [len(e[0]) for e in encoded]
+    rng = random.Random(cfg.seed)
+    order: list[list[int]] = []
+    while len(order) < cfg.max_steps:
+        order += _batches(len(encoded), cfg.batch_size, rng, lengths)
+    batches = []
+    for idx in order[: cfg.max_steps]:
+        width = max(lengths[j] for j in idx)
+        ids = torch.full((len(idx), width), tok.pad_token_id, dtype=torch.long)  # (B, T)
+        labels = torch.full((len(idx), width), -100, dtype=torch.long)  # (B, T)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)  # (B, T)
+        for r, j in enumerate(idx):
+            ids[r, : lengths[j]] = torch.tensor(encoded[j][0])
+            labels[r, : lengths[j]] = torch.tensor(encoded[j][1])
+            mask[r, : lengths[j]] = 1
+        batches.append((ids, labels, mask))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+    model.train()
+    start = time.perf_counter()
+    tokens = 0
+    for ids, labels, mask in batches:
+        model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        tokens += int(mask.sum())
+    seconds = time.perf_counter() - start
+    return {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=REPO / "bench-out/train_throughput.json")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    settings = get_settings()
+    base = settings.memory_base_model
+    cfg = settings.train.model_copy(update={"max_steps": args.steps, "epochs": 1000})
+    pairs = sample_pairs()
+    recipe, bare = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.rounds):
+            res = train_lora(base, pairs, Path(tmp) / f"a{r}", cfg)
+            recipe.append(res.tokens / res.seconds)
+            bare.append(bare_peft(base, pairs, cfg)["tokens_per_s"])
+            print(f"round {r}: recipe {recipe[-1]:.1f} tok/s, bare peft {bare[-1]:.1f} tok/s", flush=True)
+    report = {
+        "base_model": base,
+        "pairs": len(pairs),
+        "steps": args.steps,
+        "batch_size": cfg.batch_size,
+        "rank": cfg.rank,
+        "recipe_tokens_per_s": [round(x, 1) for x in recipe],
+        "bare_tokens_per_s": [round(x, 1) for x in bare],
+        "ratio_of_medians": round(statistics.median(recipe) / statistics.median(bare), 3),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

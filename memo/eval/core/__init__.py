@@ -1,0 +1,1 @@
+"""Benchmarks for the memory-layer core (MQAR, cost scaling, slot memory)."""

@@ -1,0 +1,80 @@
+"""The LLM seam and the engines that build role clients from settings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from memo.llm.base import LLM, Message, chat_json, extract_json
+from memo.settings import LLMRole, Settings
+
+__all__ = ["LLM", "Engines", "Message", "chat_json", "extract_json", "served_adapter_name"]
+
+
+def served_adapter_name(version_id: str) -> str:
+    """The name a memory version's adapter is served under (versioned, so old and new can coexist)."""
+    return f"memo-{version_id}"
+
+
+class Engines:
+    """Builds and caches the LLM clients of one process (one event loop) from settings."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._cache: dict[tuple[Any, ...], LLM] = {}
+
+    def for_role(self, role: LLMRole) -> LLM:
+        key = ("role", role.backend, role.model, role.base_url, role.api_key)
+        if key not in self._cache:
+            if role.backend == "openai":
+                from memo.llm.openai_compat import OpenAIChat
+
+                assert role.base_url and role.model  # validated by LLMRole
+                self._cache[key] = OpenAIChat(
+                    role.base_url,
+                    role.model,
+                    api_key=role.api_key,
+                    max_concurrency=role.max_concurrency,
+                    timeout_s=role.timeout_s,
+                )
+            else:
+                from memo.llm.local import LocalChat, load_local_model
+
+                self._cache[key] = LocalChat(
+                    load_local_model(self.settings.model_path(role), self.settings.train.device)
+                )
+        return self._cache[key]
+
+    def generator(self) -> LLM:
+        return self.for_role(self.settings.generator)
+
+    def memory(self, version_id: str | None, adapter_path: str | None) -> LLM:
+        """The Memory model of one version (None = the untrained base model)."""
+        role = self.settings.memory
+        if version_id is None or adapter_path is None:
+            return self.for_role(role)
+        key = ("memory", role.backend, role.base_url, version_id)
+        if key not in self._cache:
+            if role.backend == "openai":
+                from memo.llm.openai_compat import OpenAIChat
+
+                assert role.base_url
+                self._cache[key] = OpenAIChat(
+                    role.base_url,
+                    served_adapter_name(version_id),
+                    api_key=role.api_key,
+                    max_concurrency=role.max_concurrency,
+                    timeout_s=role.timeout_s,
+                )
+            else:
+                from memo.llm.local import LocalChat, load_local_model
+
+                model = load_local_model(self.settings.model_path(role), self.settings.train.device)
+                self._cache[key] = LocalChat(model, adapter=(version_id, adapter_path))
+        return self._cache[key]
+
+    async def aclose(self) -> None:
+        for llm in self._cache.values():
+            close = getattr(llm, "aclose", None)
+            if close is not None:
+                await close()
+        self._cache.clear()

@@ -1,0 +1,189 @@
+"""In-process transformers backend (+ peft adapters for the memory role), with micro-batching.
+
+Requests from concurrent coroutines are queued; one generation thread per loaded model takes everything
+waiting that shares an adapter and sampling temperature and decodes it as one left-padded batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from memo.llm.base import Message
+from memo.llm.prepare import require_model
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Request:
+    prompt: str
+    adapter: tuple[str, str] | None  # (name, path)
+    temperature: float
+    max_tokens: int
+    future: Future[str] = field(default_factory=Future)
+
+    @property
+    def group(self) -> tuple[str | None, float]:
+        return (self.adapter[0] if self.adapter else None, self.temperature)
+
+
+class LocalModel:
+    """One base model in memory, any number of LoRA adapters on it, one generation thread."""
+
+    def __init__(self, path: str, *, device: str = "cpu", max_batch: int = 16) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.path = str(require_model(path))
+        self.device = device
+        self.max_batch = max_batch
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        dtype = torch.bfloat16 if device == "cpu" else torch.float16
+        base: Any = AutoModelForCausalLM.from_pretrained(self.path, dtype=dtype)
+        self.base = base.to(device).eval()
+        self.model: Any = self.base  # becomes a PeftModel once an adapter is loaded
+        self._adapters: dict[str, str] = {}
+        self._queue: list[_Request] = []
+        self._cv = threading.Condition()
+        self._gen_lock = threading.Lock()
+        self._thread = threading.Thread(target=self._loop, name=f"generate:{self.path}", daemon=True)
+        self._thread.start()
+
+    # -- public -------------------------------------------------------------------------------------------------
+    def submit(
+        self, messages: list[Message], *, adapter: tuple[str, str] | None, temperature: float, max_tokens: int
+    ) -> Future[str]:
+        prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        req = _Request(str(prompt), adapter, temperature, max_tokens)
+        with self._cv:
+            self._queue.append(req)
+            self._cv.notify()
+        return req.future
+
+    # -- generation thread --------------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._queue:
+                    self._cv.wait()
+                group = self._queue[0].group
+                batch = [r for r in self._queue if r.group == group][: self.max_batch]
+                for r in batch:
+                    self._queue.remove(r)
+            try:
+                with self._gen_lock:
+                    outputs = self._generate(batch)
+            except Exception as exc:  # reported to every waiting caller, the thread lives on
+                log.exception("local generation failed")
+                for r in batch:
+                    r.future.set_exception(exc)
+                continue
+            for r, out in zip(batch, outputs, strict=True):
+                r.future.set_result(out)
+
+    def _use_adapter(self, adapter: tuple[str, str] | None) -> None:
+        if adapter is None:
+            return
+        name, path = adapter
+        if name not in self._adapters:
+            from peft import PeftModel
+
+            if self.model is self.base:
+                self.model = PeftModel.from_pretrained(self.base, path, adapter_name=name).eval()
+            else:
+                self.model.load_adapter(path, adapter_name=name)
+            self._adapters[name] = path
+            log.info("loaded adapter %s from %s", name, path)
+        self.model.set_adapter(name)
+
+    def unload_adapter(self, name: str) -> bool:
+        """Free an adapter's weights (a later request for it loads it again). True if it was unloaded; the last
+        adapter stays (peft keeps one, and it is small)."""
+        with self._gen_lock:  # never while a batch is decoding; every batch sets its own adapter first
+            if name not in self._adapters or len(self._adapters) == 1:
+                return False
+            self.model.delete_adapter(name)
+            del self._adapters[name]
+            return True
+
+    def _generate(self, batch: list[_Request]) -> list[str]:
+        import contextlib
+
+        import torch
+
+        adapter = batch[0].adapter
+        self._use_adapter(adapter)
+        ctx = self.model.disable_adapter() if adapter is None and self.model is not self.base else None
+        enc = self.tokenizer([r.prompt for r in batch], return_tensors="pt", padding=True).to(self.device)
+        temperature = batch[0].temperature
+        kwargs: dict[str, Any] = {"max_new_tokens": max(r.max_tokens for r in batch)}
+        if temperature > 0:
+            kwargs.update(do_sample=True, temperature=temperature, top_p=0.95)
+        else:
+            kwargs.update(do_sample=False)
+        with torch.inference_mode(), ctx or contextlib.nullcontext():
+            out: torch.Tensor = self.model.generate(
+                **enc,
+                pad_token_id=self.tokenizer.pad_token_id,
+                eos_token_id=self.tokenizer.eos_token_id,
+                **kwargs,
+            )  # (batch, prompt + new)
+        new = out[:, enc["input_ids"].shape[1] :]  # (batch, new)
+        texts = []
+        for r, row in zip(batch, new, strict=True):
+            texts.append(str(self.tokenizer.decode(row[: r.max_tokens], skip_special_tokens=True)).strip())
+        return texts
+
+
+_POOL: dict[tuple[str, str], LocalModel] = {}
+_POOL_LOCK = threading.Lock()
+
+
+def load_local_model(path: str, device: str = "cpu") -> LocalModel:
+    """The process-wide instance of a local model (loaded once, shared by every role that names it)."""
+    key = (str(require_model(path)), device)
+    with _POOL_LOCK:
+        if key not in _POOL:
+            _POOL[key] = LocalModel(key[0], device=device)
+        return _POOL[key]
+
+
+def loaded_models() -> list[LocalModel]:
+    with _POOL_LOCK:
+        return list(_POOL.values())
+
+
+class LocalChat:
+    """An LLM (see memo.llm.base) on a local model, optionally through a LoRA adapter."""
+
+    def __init__(self, model: LocalModel, *, adapter: tuple[str, str] | None = None, label: str | None = None):
+        self.model = model
+        self.adapter = adapter
+        self._label = label or (f"local:{adapter[0]}" if adapter else f"local:{model.path}")
+
+    @property
+    def name(self) -> str:
+        return self._label
+
+    async def chat(
+        self,
+        messages: list[Message],
+        *,
+        temperature: float = 0.0,
+        max_tokens: int = 256,
+        json_schema: dict[str, Any] | None = None,
+    ) -> str:
+        # json_schema: no constrained decoding here; callers parse tolerantly and retry (memo.llm.base.chat_json)
+        fut = self.model.submit(messages, adapter=self.adapter, temperature=temperature, max_tokens=max_tokens)
+        return await asyncio.wrap_future(fut)

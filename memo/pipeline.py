@@ -1,0 +1,395 @@
+"""The ingestion pipeline as idempotent stages keyed by job id: parse -> reflect -> train -> publish.
+
+Each stage skips work that is already done, so a job that crashed anywhere is retried by running the chain
+again; nothing is lost and nothing is duplicated. The same functions run in-process or inside Celery tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from memo.blobs import BlobStore
+from memo.db import (
+    Chunk,
+    Database,
+    Document,
+    DocumentStatus,
+    Job,
+    JobState,
+    MemoryVersion,
+    Reflection,
+    VersionStatus,
+)
+from memo.errors import GateFailed, InvalidInput, NotFound
+from memo.ingest.chunk import chunk_text
+from memo.ingest.parse import parse
+from memo.llm import LLM, Engines
+from memo.reflect.direct import direct_facts, question_hash
+from memo.reflect.prompts import PROMPT_VERSION
+from memo.serving.publish import active_version, load_into_server, publish, retire_adapters
+from memo.settings import Settings
+from memo.train.gate import judge, recall, split_holdout
+
+log = logging.getLogger(__name__)
+
+STAGES = ("parse", "reflect", "train", "evaluate", "publish")
+
+
+@dataclass
+class Context:
+    db: Database
+    settings: Settings
+
+
+def _job(ctx: Context, job_id: str) -> Job:
+    with ctx.db.session() as s:
+        job = s.get(Job, job_id)
+        if job is None:
+            raise NotFound(f"job {job_id} not found")
+        return job
+
+
+def _progress(ctx: Context, job_id: str, every_s: float = 1.0) -> Callable[[int, int], None]:
+    """A (done, total) callback that writes to the job row at most once per ``every_s`` (and at the end)."""
+    last = [0.0]
+
+    def report(done: int, total: int) -> None:
+        now = time.monotonic()
+        if done < total and now - last[0] < every_s:
+            return
+        last[0] = now
+        with ctx.db.session() as s:
+            job = s.get(Job, job_id)
+            if job is not None:
+                job.done, job.total = done, total
+
+    return report
+
+
+def _add_stats(ctx: Context, job_id: str, stage: str, figures: dict[str, float]) -> None:
+    with ctx.db.session() as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        job.stats = {**(job.stats or {}), stage: figures}
+
+
+# -- stages -------------------------------------------------------------------------------------------------------
+def stage_parse(ctx: Context, job_id: str) -> None:
+    job = _job(ctx, job_id)
+    with ctx.db.session() as s:
+        doc = s.get(Document, job.document_id)
+        assert doc is not None
+        if s.scalars(select(Chunk.id).where(Chunk.document_id == doc.id)).first():
+            return  # already chunked
+        text = parse(BlobStore(ctx.settings.blob_dir).get(doc.content_hash), doc.media_type)
+        pieces = chunk_text(text, words=ctx.settings.chunk.words, overlap=ctx.settings.chunk.overlap)
+        if not pieces:
+            raise InvalidInput(f"{doc.filename!r} has no text to learn from")
+        s.add_all(Chunk(document_id=doc.id, seq=i, text=t) for i, t in enumerate(pieces))
+        doc.status = DocumentStatus.chunked
+    _add_stats(ctx, job_id, "parse", {"chunks": len(pieces), "words": len(text.split())})
+
+
+def stage_reflect(ctx: Context, job_id: str) -> None:
+    job = _job(ctx, job_id)
+    with ctx.db.session() as s:
+        chunks = s.scalars(select(Chunk).where(Chunk.document_id == job.document_id).order_by(Chunk.seq)).all()
+    pending = [c for c in chunks if c.reflected_version != PROMPT_VERSION]
+    report = _progress(ctx, job_id)
+    total = len(chunks)
+    done = total - len(pending)
+    report(done, total)
+    sem = asyncio.Semaphore(ctx.settings.reflect_concurrency)
+    figures = {"pairs": 0, "facts_without_question": 0, "duplicates": 0}
+
+    async def one(generator: LLM, chunk: Chunk) -> None:
+        nonlocal done
+        async with sem:
+            pairs, failed = await direct_facts(generator, chunk.text)
+        with ctx.db.session() as s:
+            for p in pairs:
+                row = Reflection(
+                    collection_id=job.collection_id,
+                    document_id=job.document_id,
+                    chunk_id=chunk.id,
+                    kind=p.kind,
+                    question=p.question,
+                    answer=p.answer,
+                    question_hash=question_hash(p.question),
+                )
+                try:
+                    with s.begin_nested():  # a duplicate question in the collection is skipped, not fatal
+                        s.add(row)
+                    figures["pairs"] += 1
+                except IntegrityError:
+                    figures["duplicates"] += 1
+            c = s.get(Chunk, chunk.id)
+            assert c is not None
+            c.reflected_version = PROMPT_VERSION  # same transaction as its pairs: resumable per chunk
+        figures["facts_without_question"] += failed
+        done += 1
+        report(done, total)
+
+    async def run_all() -> None:
+        engines = Engines(ctx.settings)  # clients live inside this event loop only
+        try:
+            generator = engines.generator()
+            await asyncio.gather(*(one(generator, c) for c in pending))
+        finally:
+            await engines.aclose()
+
+    asyncio.run(run_all())
+    with ctx.db.session() as s:
+        doc = s.get(Document, job.document_id)
+        assert doc is not None
+        doc.status = DocumentStatus.reflected
+        n = len(s.scalars(select(Reflection.id).where(Reflection.document_id == job.document_id)).all())
+    if n == 0:
+        raise InvalidInput("no reflections could be generated from this document; nothing to learn")
+    _add_stats(ctx, job_id, "reflect", {**figures, "document_pairs": n})
+
+
+def ledger(session: Session, version: MemoryVersion) -> list[str]:
+    """The task vectors a version is made of, oldest first: the adapter of the last full version, then the delta
+    of every merge update since."""
+    deltas: list[str] = []
+    current: MemoryVersion | None = version
+    while current is not None:
+        if current.mode == "merge":
+            assert current.delta_path
+            deltas.append(current.delta_path)
+            current = session.get(MemoryVersion, current.parent_id) if current.parent_id else None
+        else:
+            assert current.adapter_path
+            deltas.append(current.adapter_path)
+            break
+    return deltas[::-1]
+
+
+def stage_train(ctx: Context, job_id: str) -> None:
+    """A full version on every reflection of the collection, or (``update_mode=merge`` with an active version on
+    the same base) a delta on the reflections of the documents not trained yet, merged with the earlier deltas."""
+    from memo.merge.adapters import merge_adapters
+    from memo.train.lora import train_lora
+
+    job = _job(ctx, job_id)
+    base = ctx.settings.memory_base_model
+    cfg = ctx.settings.train
+    with ctx.db.session() as s:
+        if job.memory_version_id:
+            prev = s.get(MemoryVersion, job.memory_version_id)
+            if prev is not None and prev.status == VersionStatus.ready:
+                return  # trained already
+            if prev is not None:  # a crashed attempt: keep the record, mark it failed
+                prev.status = VersionStatus.failed
+        previous = active_version(s, job.collection_id)
+        parent = previous if cfg.update_mode == "merge" else None
+        if parent is not None and parent.base_model != base:
+            parent = None  # task vectors only add up on the base they were trained from: retrain
+        rows = s.execute(
+            select(Reflection.id, Reflection.question, Reflection.answer, Document.status)
+            .join(Document, Document.id == Reflection.document_id)
+            .where(Reflection.collection_id == job.collection_id)
+            .order_by(Reflection.created_at, Reflection.id)
+        ).all()
+        new = [(i, q, a) for i, q, a, status in rows if status == DocumentStatus.reflected]
+        old = [(i, q, a) for i, q, a, status in rows if status != DocumentStatus.reflected]
+        new_train, heldout = split_holdout(new, ctx.settings.gate)
+        pairs = [(q, a) for _, q, a in (new_train if parent is not None else old + new_train)]
+        if not pairs:
+            raise InvalidInput("no new reflections to train on")
+        deltas = ledger(s, parent) if parent is not None else []
+        version = MemoryVersion(
+            collection_id=job.collection_id,
+            base_model=base,
+            mode="merge" if parent is not None else "full",
+            parent_id=previous.id if previous is not None else None,
+            n_reflections=len(pairs) + (parent.n_reflections if parent is not None else 0),
+        )
+        s.add(version)
+        s.flush()
+        row = s.get(Job, job_id)
+        assert row is not None
+        row.memory_version_id = version.id
+    out = ctx.settings.adapter_dir / job.collection_id / version.id
+    progress = _progress(ctx, job_id)
+    # keyed by job, not version: a retried job resumes where the crashed attempt stopped
+    ckpt = ctx.settings.adapter_dir / job.collection_id / "checkpoints" / job_id
+    if parent is None:
+        result = train_lora(base, pairs, out, cfg, progress=progress, checkpoint_dir=ckpt)
+        adapter, delta = result.adapter_path, None
+        metrics: dict[str, Any] = dict(result.metrics)
+    else:
+        result = train_lora(base, pairs, out / "delta", cfg, progress=progress, checkpoint_dir=ckpt)
+        started = time.perf_counter()
+        adapter = merge_adapters(
+            base,
+            [*deltas, str(result.adapter_path)],
+            out / "merged",
+            combination=cfg.merge_combination,
+            density=cfg.merge_density,
+            rank=cfg.rank,
+            seed=cfg.seed,
+        )
+        delta = result.adapter_path
+        metrics = {**result.metrics, "merged_deltas": len(deltas) + 1, "merge_seconds": time.perf_counter() - started}
+    metrics["heldout_ids"] = [i for i, _, _ in heldout]
+    with ctx.db.session() as s:
+        v = s.get(MemoryVersion, version.id)
+        assert v is not None
+        v.status = VersionStatus.ready
+        v.adapter_path = str(adapter)
+        v.delta_path = str(delta) if delta is not None else None
+        v.metrics = metrics
+    _add_stats(ctx, job_id, "train", metrics)
+
+
+def stage_evaluate(ctx: Context, job_id: str) -> None:
+    """The gate: a version that recalls too little of its new documents, or forgets the earlier ones, is kept
+    (status ``rejected``) but never activated, and the job fails saying why."""
+    job = _job(ctx, job_id)
+    cfg = ctx.settings.gate
+    with ctx.db.session() as s:
+        version = s.get(MemoryVersion, job.memory_version_id) if job.memory_version_id else None
+        if version is None:
+            raise NotFound(f"job {job_id} has no trained memory version to evaluate")
+        if "gate" in version.metrics or not cfg.enabled:
+            return
+        parent = s.get(MemoryVersion, version.parent_id) if version.parent_id else None
+        if parent is not None and (parent.status != VersionStatus.ready or not parent.adapter_path):
+            parent = None
+        held_ids = set(version.metrics.get("heldout_ids", []))
+        rows = s.execute(
+            select(Reflection.id, Reflection.question, Reflection.answer, Reflection.question_hash, Document.status)
+            .join(Document, Document.id == Reflection.document_id)
+            .where(Reflection.collection_id == job.collection_id)
+        ).all()
+        heldout = [(i, q, a) for i, q, a, _, _ in rows if i in held_ids]
+        earlier = sorted((h, i, q, a) for i, q, a, h, st in rows if st == DocumentStatus.trained)
+        probes = [(i, q, a) for _, i, q, a in earlier[: cfg.probe_size]] if parent is not None else []
+        load_into_server(ctx.settings, version)  # a remote memory server must hold the adapter to be asked
+
+    async def measure() -> tuple[float | None, float | None, float | None]:
+        engines = Engines(ctx.settings)
+        try:
+            new_llm = engines.memory(version.id, version.adapter_path)
+            held = await recall(new_llm, heldout)
+            probe_new = await recall(new_llm, probes)
+            probe_old = await recall(engines.memory(parent.id, parent.adapter_path), probes) if parent else None
+            return held, probe_new, probe_old
+        finally:
+            await engines.aclose()
+
+    held, probe_new, probe_old = asyncio.run(measure())
+    verdict = judge(cfg, held, probe_new, probe_old, len(heldout), len(probes))
+    with ctx.db.session() as s:
+        v = s.get(MemoryVersion, version.id)
+        assert v is not None
+        v.metrics = {**v.metrics, "gate": {**verdict.figures, "passed": verdict.passed, "reasons": verdict.reasons}}
+        if not verdict.passed:
+            v.status = VersionStatus.rejected
+    _add_stats(ctx, job_id, "evaluate", {k: x for k, x in verdict.figures.items() if x is not None})
+    if not verdict.passed:
+        raise GateFailed("the new memory version was not activated: " + "; ".join(verdict.reasons))
+
+
+def stage_publish(ctx: Context, job_id: str) -> None:
+    job = _job(ctx, job_id)
+    with ctx.db.session() as s:
+        version = s.get(MemoryVersion, job.memory_version_id) if job.memory_version_id else None
+        if version is None:
+            raise NotFound(f"job {job_id} has no trained memory version to publish")
+        keep = publish(s, ctx.settings, version.id)
+        docs = s.scalars(
+            select(Document).where(
+                Document.collection_id == job.collection_id, Document.status == DocumentStatus.reflected
+            )
+        ).all()
+        for d in docs:
+            d.status = DocumentStatus.trained
+    with ctx.db.session() as s:
+        retire_adapters(s, ctx.settings, job.collection_id, keep)
+
+
+_STAGE_FNS: dict[str, Callable[[Context, str], None]] = {
+    "parse": stage_parse,
+    "reflect": stage_reflect,
+    "train": stage_train,
+    "evaluate": stage_evaluate,
+    "publish": stage_publish,
+}
+
+
+def run_stage(ctx: Context, job_id: str, stage: str) -> str:
+    """Run one stage of a job, recording stage, state and any error on the job row. Returns the job id."""
+    with ctx.db.session() as s:
+        job = s.get(Job, job_id)
+        if job is None:
+            raise NotFound(f"job {job_id} not found")
+        if job.state == JobState.succeeded:
+            return job_id
+        job.state, job.stage, job.done, job.total, job.error = JobState.running, stage, 0, 0, None
+    started = time.perf_counter()
+    try:
+        _STAGE_FNS[stage](ctx, job_id)
+    except Exception as exc:
+        log.exception("job %s failed in stage %s", job_id, stage)
+        with ctx.db.session() as s:
+            job = s.get(Job, job_id)
+            if job is not None:
+                job.state = JobState.failed
+                job.error = f"{type(exc).__name__}: {exc}"
+        raise
+    with ctx.db.session() as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        timings = dict((job.stats or {}).get("seconds", {}))
+        timings[stage] = round(time.perf_counter() - started, 2)
+        job.stats = {**(job.stats or {}), "seconds": timings}
+        if stage == STAGES[-1]:
+            job.state, job.stage = JobState.succeeded, "done"
+    return job_id
+
+
+def run_pipeline(ctx: Context, job_id: str) -> None:
+    """All stages in order, in this process."""
+    for stage in STAGES:
+        run_stage(ctx, job_id, stage)
+
+
+StageRunner = Callable[[str, list[str], Callable[[str], object]], None]
+
+
+def _plain_runner(stage: str, job_ids: list[str], fn: Callable[[str], object]) -> None:
+    for job_id in job_ids:
+        fn(job_id)
+
+
+def run_batch(ctx: Context, job_ids: list[str], runner: StageRunner = _plain_runner) -> dict[str, float]:
+    """Several new documents of one collection: parse and reflect each, then train and publish once on the
+    union (as the last job); the other jobs are marked as covered by that version. Returns seconds per stage.
+    ``runner(stage, job_ids, fn)`` calls ``fn(job_id)`` for each job (the CLI wraps it in progress bars)."""
+    seconds: dict[str, float] = {}
+    for stage in STAGES:
+        ids = job_ids if stage in ("parse", "reflect") else job_ids[-1:]
+        started = time.perf_counter()
+        runner(stage, ids, lambda j, st=stage: run_stage(ctx, j, st))  # type: ignore[misc]
+        seconds[stage] = time.perf_counter() - started
+    with ctx.db.session() as s:
+        last = s.get(Job, job_ids[-1])
+        assert last is not None
+        for job_id in job_ids[:-1]:
+            job = s.get(Job, job_id)
+            assert job is not None
+            job.memory_version_id = last.memory_version_id
+            job.state, job.stage = JobState.succeeded, "done"
+    return seconds

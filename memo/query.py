@@ -1,0 +1,37 @@
+"""The read side: answer a question about a collection with its active Memory model and the current Executive."""
+
+from __future__ import annotations
+
+from memo.catalog import get_collection
+from memo.db import Database
+from memo.errors import InvalidInput, NotReady
+from memo.executive import config as executive_config
+from memo.executive.protocol import Answer, answer
+from memo.llm import Engines
+from memo.serving.publish import active_version
+
+MAX_QUESTION_CHARS = 2000
+
+
+async def ask(db: Database, engines: Engines, collection_id: str, question: str) -> tuple[Answer, str]:
+    """The answer and the id of the memory version that gave it."""
+    question = question.strip()
+    if not question:
+        raise InvalidInput("the question is empty")
+    if len(question) > MAX_QUESTION_CHARS:
+        raise InvalidInput(f"the question is longer than {MAX_QUESTION_CHARS} characters")
+    with db.session() as s:
+        get_collection(s, collection_id)
+        version = active_version(s, collection_id)
+        if version is None:
+            raise NotReady(
+                f"collection {collection_id} has no trained memory yet: upload documents and wait for their jobs"
+            )
+        exec_role = executive_config.current(s, engines.settings)
+    result = await answer(
+        question,
+        executive=engines.for_role(exec_role),
+        memory=engines.memory(version.id, version.adapter_path),
+        max_sub=engines.settings.max_sub_questions,
+    )
+    return result, version.id

@@ -1,0 +1,140 @@
+"""Service settings, read from the environment (prefix ``MEMO_``) by :func:`get_settings`.
+
+Nested values use a double underscore, e.g. ``MEMO_MEMORY__BACKEND=openai``,
+``MEMO_MEMORY__BASE_URL=http://127.0.0.1:8000/v1``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Backend = Literal["local", "openai"]
+
+
+class LLMRole(BaseModel):
+    """Where one LLM role (generator, memory, executive) runs.
+
+    ``local``: in-process transformers on ``model`` (a Hugging Face directory; unset = the prepared
+    default model under the data directory). ``openai``: any OpenAI-compatible server (vLLM, a provider)
+    at ``base_url`` serving ``model``.
+    """
+
+    backend: Backend = "local"
+    model: str | None = None
+    base_url: str | None = None
+    api_key: str | None = None
+    max_concurrency: int = Field(default=8, ge=1)
+    timeout_s: float = Field(default=300.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> LLMRole:
+        if self.backend == "openai" and not (self.base_url and self.model):
+            raise ValueError("an 'openai' backend needs both base_url and model")
+        return self
+
+
+class ChunkSettings(BaseModel):
+    words: int = Field(default=200, ge=10)
+    overlap: int = Field(default=20, ge=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> ChunkSettings:
+        if self.overlap >= self.words:
+            raise ValueError("chunk overlap must be smaller than the chunk size")
+        return self
+
+
+class TrainSettings(BaseModel):
+    """LoRA SFT of the Memory model (MeMo's LoRA ablation defaults, scaled to a small model)."""
+
+    rank: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    lr: float = 1e-3
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    batch_size: int = 4
+    epochs: int = 8
+    max_steps: int = 0  # 0 = no cap beyond epochs
+    seed: int = 0
+    device: str = "cpu"  # "cuda" where present
+    # later uploads: "retrain" = a new adapter on every reflection of the collection; "merge" = a delta adapter on
+    # the new document's reflections only, merged with the collection's earlier deltas (task vectors)
+    update_mode: Literal["retrain", "merge"] = "retrain"
+    merge_combination: Literal["cat", "svd", "ties_svd", "dare_ties_svd", "dare_linear_svd"] = "svd"
+    merge_density: float = Field(default=0.3, gt=0, le=1)
+
+
+class GateSettings(BaseModel):
+    """The evaluation gate a new memory version must pass before it is activated."""
+
+    enabled: bool = True
+    # held out of training: one question of a fact that has several (its answer is still trained through the others)
+    holdout_fraction: float = Field(default=0.2, ge=0, le=0.5)
+    holdout_max: int = Field(default=16, ge=0)
+    min_recall: float = Field(default=0.1, ge=0, le=1)  # closed-book recall on the held-out questions
+    probe_size: int = Field(default=16, ge=0)  # reflections of earlier documents, asked of the old and new version
+    max_forgetting: float = Field(default=0.25, ge=0, le=1)  # allowed drop in recall on those probes
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MEMO_", env_nested_delimiter="__", extra="ignore")
+
+    data_dir: Path = Path(".memo")
+    database_url: str | None = None  # unset = SQLite file in the data directory
+    broker_url: str | None = None  # unset = pipeline tasks run in-process
+    admin_token: str | None = None  # set = /v1/admin/* needs "Authorization: Bearer <token>"
+    max_upload_bytes: int = 20 * 1024 * 1024
+
+    memory_train_base: str | None = None
+    generator: LLMRole = LLMRole()
+    memory: LLMRole = LLMRole()
+    executive: LLMRole = LLMRole()
+
+    chunk: ChunkSettings = ChunkSettings()
+    train: TrainSettings = TrainSettings()
+    gate: GateSettings = GateSettings()
+    max_sub_questions: int = Field(default=4, ge=1)
+    reflect_concurrency: int = Field(default=8, ge=1)
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'memo.db').resolve()}"
+
+    @property
+    def default_model_dir(self) -> Path:
+        return (self.data_dir / "models" / "SmolLM2-135M-Instruct").resolve()
+
+    @property
+    def blob_dir(self) -> Path:
+        return (self.data_dir / "blobs").resolve()
+
+    @property
+    def adapter_dir(self) -> Path:
+        return (self.data_dir / "adapters").resolve()
+
+    def model_path(self, role: LLMRole) -> str:
+        """The model a local backend loads for ``role``."""
+        return role.model or str(self.default_model_dir)
+
+    @property
+    def memory_base_model(self) -> str:
+        """The local HF directory the Memory model is trained from (and served from, when local).
+
+        With an ``openai`` memory backend, ``memory.model`` names the base on the server; training still needs
+        the weights here: ``MEMO_MEMORY_TRAIN_BASE`` (default: the prepared default model).
+        """
+        if self.memory.backend == "local":
+            return self.model_path(self.memory)
+        return self.memory_train_base or str(self.default_model_dir)
+
+
+def get_settings(**overrides: object) -> Settings:
+    """Build settings from the environment; keyword overrides win (used by tests and the CLI)."""
+    return Settings(**overrides)  # type: ignore[arg-type]

@@ -1,0 +1,54 @@
+"""The gateway: ``create_app(settings)`` builds the FastAPI app (``memo serve`` runs it with uvicorn)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from memo.db import Database
+from memo.errors import MemoError
+from memo.llm import Engines
+from memo.settings import Settings, get_settings
+from services.gateway.routes import admin, collections, jobs, query
+from services.worker.dispatch import Dispatcher
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        db = Database(settings)
+        app.state.settings = settings
+        app.state.db = db
+        app.state.engines = Engines(settings)
+        app.state.dispatcher = Dispatcher(db, settings)
+        try:
+            yield
+        finally:
+            app.state.dispatcher.shutdown()
+            await app.state.engines.aclose()
+            db.dispose()
+
+    app = FastAPI(
+        title="memo",
+        version="0.1.0",
+        description="MeMo knowledge service: documents become a trained Memory model, queried by a swappable "
+        "Executive LLM.",
+        lifespan=lifespan,
+    )
+
+    @app.exception_handler(MemoError)
+    async def _memo_error(_request: Request, exc: MemoError) -> JSONResponse:
+        return JSONResponse(status_code=exc.status_code, content={"detail": exc.message})
+
+    @app.get("/healthz", tags=["ops"])
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    for module in (collections, jobs, query, admin):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,106 @@
+"""Request and response models of the REST API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class CollectionIn(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+
+
+class CollectionOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: str
+    name: str
+    created_at: datetime
+
+
+class DocumentOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: str
+    collection_id: str
+    filename: str
+    media_type: str
+    content_hash: str
+    size_bytes: int
+    status: str
+    created_at: datetime
+
+
+class JobOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: str
+    collection_id: str
+    document_id: str
+    state: str
+    stage: str
+    done: int
+    total: int
+    error: str | None
+    stats: dict[str, Any]
+    memory_version_id: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class UploadOut(BaseModel):
+    document: DocumentOut
+    job: JobOut | None
+    duplicate: bool
+
+
+class VersionOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: str
+    collection_id: str
+    base_model: str
+    adapter_path: str | None
+    status: str
+    active: bool
+    n_reflections: int
+    metrics: dict[str, Any]
+    created_at: datetime
+
+
+class QueryIn(BaseModel):
+    collection_id: str
+    question: str = Field(min_length=1, max_length=2000)
+
+
+class TraceStep(BaseModel):
+    sub_question: str
+    memory_answer: str
+    idk: bool
+
+
+class QueryOut(BaseModel):
+    question: str
+    answer: str
+    executive: str
+    memory: str
+    memory_version_id: str
+    trace: list[TraceStep]
+
+
+class ExecutiveIn(BaseModel):
+    backend: Literal["local", "openai"]
+    model: str | None = None
+    base_url: str | None = None
+    api_key: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ExecutiveIn:
+        if self.backend == "openai" and not (self.base_url and self.model):
+            raise ValueError("an 'openai' executive needs base_url and model")
+        return self
+
+
+class ExecutiveOut(BaseModel):
+    backend: str
+    model: str | None
+    base_url: str | None
+    has_api_key: bool

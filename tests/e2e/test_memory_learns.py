@@ -1,0 +1,74 @@
+"""The whole loop on the real packaged SmolLM2: upload -> reflections -> LoRA -> answers it could not give before."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from fastapi.testclient import TestClient
+
+from memo.db import Database
+from memo.llm import Engines
+from memo.reflect.prompts import memory_messages
+from services.gateway.app import create_app
+from tests.conftest import REPO, make_settings, wait_for_job
+
+pytestmark = pytest.mark.slow
+
+DOC = (REPO / "samples/corpus/travel-policy.md").read_bytes()
+# (question, the invented value the answer must contain): paraphrases, not the generated reflection questions
+PROBES = [
+    ("What is the maximum hotel price per night under the Zorblax travel policy?", "217"),
+    ("Which portal must Zorblax employees use to book flights?", "Skylark"),
+    ("How much does Zorblax reimburse for meals per day when travelling?", "58"),
+    ("On which flights does the Zorblax travel policy allow business class?", "9 hours"),
+]
+
+
+async def _closed_book(engines: Engines, version_id: str | None, adapter: str | None) -> list[str]:
+    llm = engines.memory(version_id, adapter)
+    return list(await asyncio.gather(*(llm.chat(memory_messages(q), max_tokens=48) for q, _ in PROBES)))
+
+
+def test_trained_memory_answers_what_the_base_model_cannot(tmp_path, model_dir):
+    settings = make_settings(tmp_path, model_dir)
+    Database(settings).migrate()
+    with TestClient(create_app(settings)) as client:
+        cid = client.post("/v1/collections", json={"name": "travel"}).json()["id"]
+        up = client.post(f"/v1/collections/{cid}/documents", files={"file": ("travel-policy.md", DOC, "text/markdown")})
+        assert up.status_code == 202, up.text
+        job = wait_for_job(lambda j: client.get(f"/v1/jobs/{j}").json(), up.json()["job"]["id"])
+        assert job["state"] == "succeeded", job["error"]
+        assert job["stats"]["reflect"]["document_pairs"] >= 4  # one per stated fact at least
+        assert set(job["stats"]["seconds"]) == {"parse", "reflect", "train", "evaluate", "publish"}
+        versions = client.get(f"/v1/collections/{cid}/versions").json()
+        assert len(versions) == 1 and versions[0]["active"] and versions[0]["status"] == "ready"
+        version = versions[0]
+        doc = client.get(f"/v1/collections/{cid}/documents").json()[0]
+        assert doc["status"] == "trained"
+
+        r = client.post("/v1/query", json={"collection_id": cid, "question": PROBES[0][0]})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["memory_version_id"] == version["id"]
+        assert body["trace"][0]["sub_question"] == PROBES[0][0]  # the question itself is always asked
+        assert body["answer"]
+
+    async def compare() -> tuple[list[str], list[str]]:
+        engines = Engines(settings)
+        try:
+            return await _closed_book(engines, None, None), await _closed_book(
+                engines, version["id"], version["adapter_path"]
+            )
+        finally:
+            await engines.aclose()
+
+    base, trained = asyncio.run(compare())
+    base_hits = [v in a for (_, v), a in zip(PROBES, base, strict=True)]
+    trained_hits = [v in a for (_, v), a in zip(PROBES, trained, strict=True)]
+    print("base:", base, "\ntrained:", trained)
+    assert not any(base_hits), base
+    # a 135M generator writes weak questions and the probes are paraphrases: at least one invented value
+    # must be recalled that the base model cannot produce (figures over runs: see the issue's closing note)
+    assert sum(trained_hits) >= 1, trained
+    assert body["memory"] == f"local:{version['id']}"  # the query path asked the trained version

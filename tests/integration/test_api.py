@@ -1,0 +1,165 @@
+"""The REST API's contract, on SQLite, with a recording dispatcher (the pipeline has its own tests)."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from memo.db import Database, Document, Job
+from services.gateway.app import create_app
+from tests.conftest import make_settings
+
+
+class RecordingDispatcher:
+    def __init__(self) -> None:
+        self.jobs: list[str] = []
+
+    def submit(self, job_id: str) -> None:
+        self.jobs.append(job_id)
+
+    def shutdown(self) -> None:
+        pass
+
+
+@pytest.fixture
+def env(tmp_path):
+    settings = make_settings(tmp_path, admin_token="s3cret", max_upload_bytes=1000)
+    Database(settings).migrate()
+    app = create_app(settings)
+    with TestClient(app) as client:
+        app.state.dispatcher = RecordingDispatcher()
+        yield client, app, settings
+
+
+def _counts(app) -> tuple[int, int]:
+    db: Database = app.state.db
+    with db.session() as s:
+        return s.scalar(select(func.count(Document.id))), s.scalar(select(func.count(Job.id)))
+
+
+def _blobs(settings) -> list:
+    return list(settings.blob_dir.rglob("*")) if settings.blob_dir.exists() else []
+
+
+def test_collections_create_list_get(env):
+    client, _, _ = env
+    r = client.post("/v1/collections", json={"name": "hr"})
+    assert r.status_code == 201
+    cid = r.json()["id"]
+    assert client.post("/v1/collections", json={"name": "hr"}).status_code == 409
+    assert client.post("/v1/collections", json={"name": ""}).status_code == 422
+    assert [c["name"] for c in client.get("/v1/collections").json()] == ["hr"]
+    assert client.get(f"/v1/collections/{cid}").json()["name"] == "hr"
+    r = client.get("/v1/collections/nope")
+    assert r.status_code == 404 and "not found" in r.json()["detail"]
+
+
+def test_upload_starts_a_job_and_duplicates_do_not(env):
+    client, app, _ = env
+    cid = client.post("/v1/collections", json={"name": "hr"}).json()["id"]
+    files = {"file": ("policy.md", b"# Leave\n\nStaff get 23 days of leave.", "text/markdown")}
+    r = client.post(f"/v1/collections/{cid}/documents", files=files)
+    assert r.status_code == 202, r.text
+    body = r.json()
+    assert body["duplicate"] is False and body["document"]["status"] == "uploaded"
+    job_id = body["job"]["id"]
+    assert app.state.dispatcher.jobs == [job_id]
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    assert job["state"] == "queued" and job["document_id"] == body["document"]["id"]
+
+    r = client.post(f"/v1/collections/{cid}/documents", files=files)
+    assert r.status_code == 200 and r.json()["duplicate"] is True and r.json()["job"] is None
+    assert app.state.dispatcher.jobs == [job_id]
+    assert _counts(app) == (1, 1)
+    assert len(client.get(f"/v1/collections/{cid}/documents").json()) == 1
+    assert client.post(f"/v1/jobs/{job_id}/retry").status_code == 409  # only failed jobs
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "status", "message"),
+    [
+        ("slides.pdf", b"%PDF-1.4", 415, "unsupported file type"),
+        ("empty.txt", b"   \n", 422, "empty"),
+        ("binary.txt", b"\xff\xfe\xfa", 422, "UTF-8"),
+        ("big.txt", b"x" * 1001, 413, "exceeds"),
+    ],
+)
+def test_bad_uploads_are_refused_and_change_nothing(env, name, data, status, message):
+    client, app, settings = env
+    cid = client.post("/v1/collections", json={"name": "hr"}).json()["id"]
+    r = client.post(f"/v1/collections/{cid}/documents", files={"file": (name, data, "application/octet-stream")})
+    assert r.status_code == status and message in r.json()["detail"]
+    assert _counts(app) == (0, 0) and _blobs(settings) == [] and app.state.dispatcher.jobs == []
+
+
+def test_upload_to_unknown_collection_is_404_and_changes_nothing(env):
+    client, app, settings = env
+    r = client.post("/v1/collections/missing/documents", files={"file": ("a.txt", b"Acme sells boxes.", "text/plain")})
+    assert r.status_code == 404 and "collection missing not found" in r.json()["detail"]
+    assert _counts(app) == (0, 0) and _blobs(settings) == []
+
+
+def test_query_needs_a_trained_collection(env):
+    client, _, _ = env
+    assert client.post("/v1/query", json={"collection_id": "missing", "question": "Hi?"}).status_code == 404
+    cid = client.post("/v1/collections", json={"name": "hr"}).json()["id"]
+    r = client.post("/v1/query", json={"collection_id": cid, "question": "Hi?"})
+    assert r.status_code == 409 and "no trained memory" in r.json()["detail"]
+    assert client.post("/v1/query", json={"collection_id": cid, "question": ""}).status_code == 422
+    assert client.get("/v1/jobs/nope").status_code == 404
+
+
+def test_admin_executive_needs_token_and_persists(env, tmp_path):
+    client, app, settings = env
+    auth = {"Authorization": "Bearer s3cret"}
+    assert client.get("/v1/admin/executive").status_code == 401
+    assert client.get("/v1/admin/executive", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert client.get("/v1/admin/executive", headers=auth).json()["backend"] == "local"
+    body = {"backend": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "big-exec", "api_key": "k"}
+    r = client.put("/v1/admin/executive", json=body, headers=auth)
+    assert r.status_code == 200
+    assert r.json() == {
+        "backend": "openai",
+        "model": "big-exec",
+        "base_url": "http://127.0.0.1:9/v1",
+        "has_api_key": True,
+    }
+    bad = client.put("/v1/admin/executive", json={"backend": "openai", "model": "x"}, headers=auth)
+    assert bad.status_code == 422
+    missing = client.put("/v1/admin/executive", json={"backend": "local", "model": str(tmp_path)}, headers=auth)
+    assert missing.status_code == 422 and "no Hugging Face model" in missing.json()["detail"]
+    # persisted: a new app on the same database sees the swap
+    with TestClient(create_app(settings)) as other:
+        assert other.get("/v1/admin/executive", headers=auth).json()["model"] == "big-exec"
+
+
+def test_activate_rolls_back_to_an_earlier_version(env):
+    from memo.db import MemoryVersion, VersionStatus
+
+    client, app, _ = env
+    cid = client.post("/v1/collections", json={"name": "hr"}).json()["id"]
+    other = client.post("/v1/collections", json={"name": "other"}).json()["id"]
+    with app.state.db.session() as s:
+        old = MemoryVersion(collection_id=cid, base_model="m", status=VersionStatus.ready)
+        new = MemoryVersion(collection_id=cid, base_model="m", status=VersionStatus.ready, active=True)
+        broken = MemoryVersion(collection_id=cid, base_model="m", status=VersionStatus.failed)
+        s.add_all([old, new, broken])
+    r = client.post(f"/v1/collections/{cid}/versions/{old.id}/activate")
+    assert r.status_code == 200 and r.json()["active"] is True
+    assert {v["id"]: v["active"] for v in client.get(f"/v1/collections/{cid}/versions").json()} == {
+        old.id: True,
+        new.id: False,
+        broken.id: False,
+    }
+    assert client.post(f"/v1/collections/{cid}/versions/{broken.id}/activate").status_code == 409
+    assert client.post(f"/v1/collections/{other}/versions/{old.id}/activate").status_code == 404
+    assert client.post(f"/v1/collections/{cid}/versions/nope/activate").status_code == 404
+    assert [v["active"] for v in client.get(f"/v1/collections/{cid}/versions").json()].count(True) == 1
+
+
+def test_openapi_docs_are_served(env):
+    client, _, _ = env
+    assert client.get("/docs").status_code == 200
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/v1/query", "/v1/collections/{collection_id}/documents", "/v1/admin/executive"} <= set(paths)
