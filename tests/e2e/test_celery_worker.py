@@ -32,6 +32,9 @@ def test_upload_is_processed_by_a_celery_worker(tmp_path, model_dir, pg_url):
         "MEMO_EXECUTIVE__MODEL": str(model_dir),
         "MEMO_TRAIN__MAX_STEPS": "2",
         "MEMO_TRAIN__BATCH_SIZE": "2",
+        # the same permissive gate as make_settings: two steps teach little; the gate is tested in test_merge_updates
+        "MEMO_GATE__MIN_RECALL": str(settings.gate.min_recall),
+        "MEMO_GATE__MAX_FORGETTING": str(settings.gate.max_forgetting),
     }
     log_path = tmp_path / "worker.log"
     with open(log_path, "wb") as log:
