@@ -29,3 +29,6 @@ class BlobStore:
         if not path.exists():
             raise NotFound(f"blob {digest} is missing from {self.root}")
         return path.read_bytes()
+
+    def delete(self, digest: str) -> None:
+        self._path(digest).unlink(missing_ok=True)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from memo.blobs import BlobStore
-from memo.db import Collection, Document, Job, JobState
-from memo.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
+from memo.db import Chunk, Collection, Document, DocumentStatus, Job, JobKind, JobState, MemoryVersion, Reflection
+from memo.errors import Conflict, InvalidInput, NotFound, NotReady, PayloadTooLarge
 from memo.ingest.parse import content_hash, validate_upload
 from memo.settings import Settings
 
@@ -61,22 +61,89 @@ def add_document(session: Session, settings: Settings, collection_id: str, filen
     existing = session.scalars(
         select(Document).where(Document.collection_id == collection_id, Document.content_hash == digest)
     ).first()
-    if existing is not None:
+    if existing is not None and existing.status != DocumentStatus.deleted:
         return Upload(existing, None, True)
     BlobStore(settings.blob_dir).put(digest, data)
-    doc = Document(
-        collection_id=collection_id,
-        filename=filename,
-        media_type=media_type,
-        content_hash=digest,
-        size_bytes=len(data),
-    )
-    session.add(doc)
+    if existing is not None:  # the same bytes after a deletion: the tombstone comes back to life
+        doc = existing
+        doc.filename, doc.media_type, doc.status = filename, media_type, DocumentStatus.uploaded
+    else:
+        doc = Document(
+            collection_id=collection_id,
+            filename=filename,
+            media_type=media_type,
+            content_hash=digest,
+            size_bytes=len(data),
+        )
+        session.add(doc)
     session.flush()
     job = Job(collection_id=collection_id, document_id=doc.id)
     session.add(job)
     session.flush()
     return Upload(doc, job, False)
+
+
+def get_document(session: Session, collection_id: str, document_id: str) -> Document:
+    get_collection(session, collection_id)
+    doc = session.get(Document, document_id)
+    if doc is None or doc.collection_id != collection_id or doc.status == DocumentStatus.deleted:
+        raise NotFound(f"document {document_id} not found in collection {collection_id}")
+    return doc
+
+
+def _busy(session: Session, collection_id: str) -> Job | None:
+    return session.scalars(
+        select(Job).where(Job.collection_id == collection_id, Job.state.in_([JobState.queued, JobState.running]))
+    ).first()
+
+
+@dataclass
+class Removal:
+    document: Document
+    job: Job | None  # the rebuild of the memory without the document (None: no version had learned it)
+    orphan_blob: str | None  # delete this blob after the commit (no other document holds these bytes)
+
+
+def remove_document(session: Session, collection_id: str, document_id: str) -> Removal:
+    """Delete a document's chunks and reflections, keep its row as a tombstone, and queue a ``remove`` job that
+    rebuilds the memory without it (until that job publishes, the active version still knows the document)."""
+    doc = get_document(session, collection_id, document_id)
+    busy = _busy(session, collection_id)
+    if busy is not None:
+        raise Conflict(f"job {busy.id} of this collection is {busy.state.value}; retry when it has finished")
+    session.execute(delete(Reflection).where(Reflection.document_id == doc.id))
+    session.execute(delete(Chunk).where(Chunk.document_id == doc.id))
+    doc.status = DocumentStatus.deleted
+    learned = session.scalars(
+        select(MemoryVersion).where(MemoryVersion.collection_id == collection_id, MemoryVersion.active.is_(True))
+    ).first()
+    job = None
+    if learned is not None and doc.id in (learned.documents or []):
+        job = Job(collection_id=collection_id, document_id=doc.id, kind=JobKind.remove)
+        session.add(job)
+    others = session.scalars(
+        select(Document.id).where(
+            Document.content_hash == doc.content_hash, Document.id != doc.id, Document.status != DocumentStatus.deleted
+        )
+    ).first()
+    session.flush()
+    return Removal(doc, job, None if others else doc.content_hash)
+
+
+def consolidate(session: Session, collection_id: str) -> Job:
+    """Queue a retrain of the collection's memory on the union of its reflections (collapses the delta ledger)."""
+    get_collection(session, collection_id)
+    busy = _busy(session, collection_id)
+    if busy is not None:
+        raise Conflict(f"job {busy.id} of this collection is {busy.state.value}; retry when it has finished")
+    if not session.scalars(
+        select(Document.id).where(Document.collection_id == collection_id, Document.status == DocumentStatus.trained)
+    ).first():
+        raise NotReady(f"collection {collection_id} has no trained documents to consolidate")
+    job = Job(collection_id=collection_id, kind=JobKind.consolidate)
+    session.add(job)
+    session.flush()
+    return job
 
 
 def get_job(session: Session, job_id: str) -> Job:

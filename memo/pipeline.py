@@ -24,6 +24,7 @@ from memo.db import (
     Document,
     DocumentStatus,
     Job,
+    JobKind,
     JobState,
     MemoryVersion,
     Reflection,
@@ -42,6 +43,7 @@ from memo.train.gate import judge, recall, split_holdout
 log = logging.getLogger(__name__)
 
 STAGES = ("parse", "reflect", "train", "evaluate", "publish")
+DOCUMENT_STAGES = ("parse", "reflect")  # only ingest jobs run them; remove and consolidate jobs start at train
 
 
 @dataclass
@@ -158,28 +160,66 @@ def stage_reflect(ctx: Context, job_id: str) -> None:
     _add_stats(ctx, job_id, "reflect", {**figures, "document_pairs": n})
 
 
-def ledger(session: Session, version: MemoryVersion) -> list[str]:
-    """The task vectors a version is made of, oldest first: the adapter of the last full version, then the delta
-    of every merge update since."""
-    deltas: list[str] = []
-    current: MemoryVersion | None = version
-    while current is not None:
-        if current.mode == "merge":
-            assert current.delta_path
-            deltas.append(current.delta_path)
-            current = session.get(MemoryVersion, current.parent_id) if current.parent_id else None
-        else:
-            assert current.adapter_path
-            deltas.append(current.adapter_path)
-            break
-    return deltas[::-1]
+def live_documents(session: Session, collection_id: str) -> list[str]:
+    """Ids of the collection's documents the memory should know: reflected and not deleted, oldest first."""
+    return list(
+        session.scalars(
+            select(Document.id)
+            .where(
+                Document.collection_id == collection_id,
+                Document.status.in_([DocumentStatus.reflected, DocumentStatus.trained]),
+            )
+            .order_by(Document.created_at, Document.id)
+        )
+    )
+
+
+@dataclass
+class UpdatePlan:
+    """How the next version is built: ``merge`` keeps the ledger entries in ``keep`` and trains a delta on the
+    documents in ``train_docs`` (none: only drop deltas); ``full`` trains one adapter on every live document."""
+
+    mode: str  # "full" | "merge"
+    keep: list[dict[str, Any]]
+    train_docs: set[str]
+    reason: str
+
+
+def plan_update(
+    settings: Settings, job: Job, previous: MemoryVersion | None, live: set[str], new_docs: set[str]
+) -> UpdatePlan:
+    cfg = settings.train
+
+    def full(reason: str) -> UpdatePlan:
+        return UpdatePlan("full", [], set(live), reason)
+
+    if job.kind == JobKind.consolidate:
+        return full("consolidation requested")
+    if cfg.update_mode != "merge" or cfg.method != "lora":
+        return full(f"update_mode={cfg.update_mode}, method={cfg.method}")
+    if previous is None or not previous.ledger or previous.metrics.get("method", "lora") != "lora":
+        return full("no earlier LoRA version to update")
+    if previous.base_model != settings.memory_base_model:
+        return full("the base model changed: task vectors only add up on their own base")
+    base_entry, deltas = previous.ledger[0], previous.ledger[1:]
+    if not set(base_entry["documents"]) <= live:
+        return full("a document of the base adapter was removed")
+    keep = [base_entry] + [d for d in deltas if set(d["documents"]) <= live]
+    redo = {doc for d in deltas if not set(d["documents"]) <= live for doc in d["documents"]} & live
+    train_docs = new_docs | redo
+    if cfg.consolidate_after and len(keep) - 1 + bool(train_docs) >= cfg.consolidate_after:
+        return full(f"the ledger reached consolidate_after={cfg.consolidate_after} deltas")
+    return UpdatePlan("merge", keep, train_docs, "")
 
 
 def stage_train(ctx: Context, job_id: str) -> None:
-    """A full version on every reflection of the collection, or (``update_mode=merge`` with an active version on
-    the same base) a delta on the reflections of the documents not trained yet, merged with the earlier deltas."""
+    """Build the collection's next version: a full adapter on every live document's reflections, or (``update_mode
+    merge``) a delta on the new documents' reflections merged with the kept deltas of the active version's ledger.
+    A removed document's delta is dropped from the ledger (its other documents are trained again into the new delta);
+    a removed document of the base adapter, a consolidation job, or a ledger of ``consolidate_after`` deltas retrains
+    on the union."""
     from memo.merge.adapters import merge_adapters
-    from memo.train.lora import train_lora
+    from memo.train.sft import train_sft
 
     job = _job(ctx, job_id)
     base = ctx.settings.memory_base_model
@@ -192,28 +232,32 @@ def stage_train(ctx: Context, job_id: str) -> None:
             if prev is not None:  # a crashed attempt: keep the record, mark it failed
                 prev.status = VersionStatus.failed
         previous = active_version(s, job.collection_id)
-        parent = previous if cfg.update_mode == "merge" else None
-        if parent is not None and parent.base_model != base:
-            parent = None  # task vectors only add up on the base they were trained from: retrain
+        live_ids = live_documents(s, job.collection_id)
+        if not live_ids:
+            raise InvalidInput("the collection has no documents left to learn from")
+        live = set(live_ids)
         rows = s.execute(
-            select(Reflection.id, Reflection.question, Reflection.answer, Document.status)
+            select(Reflection.id, Reflection.question, Reflection.answer, Reflection.document_id, Document.status)
             .join(Document, Document.id == Reflection.document_id)
-            .where(Reflection.collection_id == job.collection_id)
+            .where(Reflection.collection_id == job.collection_id, Reflection.document_id.in_(live))
             .order_by(Reflection.created_at, Reflection.id)
         ).all()
-        new = [(i, q, a) for i, q, a, status in rows if status == DocumentStatus.reflected]
-        old = [(i, q, a) for i, q, a, status in rows if status != DocumentStatus.reflected]
-        new_train, heldout = split_holdout(new, ctx.settings.gate)
-        pairs = [(q, a) for _, q, a in (new_train if parent is not None else old + new_train)]
-        if not pairs:
-            raise InvalidInput("no new reflections to train on")
-        deltas = ledger(s, parent) if parent is not None else []
+        new_docs = {d for _, _, _, d, status in rows if status == DocumentStatus.reflected}
+        plan = plan_update(ctx.settings, job, previous, live, new_docs)
+        if plan.mode == "full":
+            log.info("job %s: full training (%s)", job_id, plan.reason)
+        new = [(i, q, a) for i, q, a, d, _ in rows if d in new_docs]
+        _, heldout = split_holdout(new, ctx.settings.gate)
+        held_ids = {i for i, _, _ in heldout}
+        pairs = [(q, a) for i, q, a, d, _ in rows if d in plan.train_docs and i not in held_ids]
+        if plan.mode == "full" and not pairs:
+            raise InvalidInput("no reflections to train on")
         version = MemoryVersion(
             collection_id=job.collection_id,
             base_model=base,
-            mode="merge" if parent is not None else "full",
+            mode=plan.mode,
             parent_id=previous.id if previous is not None else None,
-            n_reflections=len(pairs) + (parent.n_reflections if parent is not None else 0),
+            documents=live_ids,
         )
         s.add(version)
         s.flush()
@@ -224,33 +268,49 @@ def stage_train(ctx: Context, job_id: str) -> None:
     progress = _progress(ctx, job_id)
     # keyed by job, not version: a retried job resumes where the crashed attempt stopped
     ckpt = ctx.settings.adapter_dir / job.collection_id / "checkpoints" / job_id
-    if parent is None:
-        result = train_lora(base, pairs, out, cfg, progress=progress, checkpoint_dir=ckpt)
-        adapter, delta = result.adapter_path, None
-        metrics: dict[str, Any] = dict(result.metrics)
+    held_pairs = [(q, a) for _, q, a in heldout]
+    metrics: dict[str, Any] = {"plan": plan.reason or "merge"}
+    if plan.mode == "full":
+        result = train_sft(base, pairs, out, cfg, eval_pairs=held_pairs, progress=progress, checkpoint_dir=ckpt)
+        served, delta = result.adapter_path, None
+        entries: list[dict[str, Any]] = [{"path": str(served), "documents": live_ids, "examples": len(pairs)}]
+        metrics.update(result.metrics)
     else:
-        result = train_lora(base, pairs, out / "delta", cfg, progress=progress, checkpoint_dir=ckpt)
+        entries = list(plan.keep)
+        delta = None
+        if pairs:
+            result = train_sft(
+                base, pairs, out / "delta", cfg, eval_pairs=held_pairs, progress=progress, checkpoint_dir=ckpt
+            )
+            delta = result.adapter_path
+            entries.append({"path": str(delta), "documents": sorted(plan.train_docs), "examples": len(pairs)})
+            metrics.update(result.metrics)
         started = time.perf_counter()
-        adapter = merge_adapters(
+        served = merge_adapters(
             base,
-            [*deltas, str(result.adapter_path)],
+            [str(e["path"]) for e in entries],
             out / "merged",
             combination=cfg.merge_combination,
             density=cfg.merge_density,
-            rank=cfg.rank,
+            rank=cfg.merge_rank or cfg.rank,
             seed=cfg.seed,
         )
-        delta = result.adapter_path
-        metrics = {**result.metrics, "merged_deltas": len(deltas) + 1, "merge_seconds": time.perf_counter() - started}
-    metrics["heldout_ids"] = [i for i, _, _ in heldout]
+        metrics.update(
+            merged_deltas=len(entries),
+            dropped_deltas=len(previous.ledger) - len(plan.keep) if previous is not None else 0,
+            merge_seconds=round(time.perf_counter() - started, 2),
+        )
+    metrics["heldout_ids"] = sorted(held_ids)
     with ctx.db.session() as s:
         v = s.get(MemoryVersion, version.id)
         assert v is not None
         v.status = VersionStatus.ready
-        v.adapter_path = str(adapter)
+        v.adapter_path = str(served)
         v.delta_path = str(delta) if delta is not None else None
+        v.ledger = entries
+        v.n_reflections = sum(int(e.get("examples", 0)) for e in entries)  # what its task vectors were trained on
         v.metrics = metrics
-    _add_stats(ctx, job_id, "train", metrics)
+    _add_stats(ctx, job_id, "train", {k: x for k, x in metrics.items() if k != "heldout_ids"})
 
 
 def stage_evaluate(ctx: Context, job_id: str) -> None:
@@ -338,9 +398,11 @@ def run_stage(ctx: Context, job_id: str, stage: str) -> str:
         if job.state == JobState.succeeded:
             return job_id
         job.state, job.stage, job.done, job.total, job.error = JobState.running, stage, 0, 0, None
+        skip = stage in DOCUMENT_STAGES and job.kind != JobKind.ingest  # nothing to parse or reflect
     started = time.perf_counter()
     try:
-        _STAGE_FNS[stage](ctx, job_id)
+        if not skip:
+            _STAGE_FNS[stage](ctx, job_id)
     except Exception as exc:
         log.exception("job %s failed in stage %s", job_id, stage)
         with ctx.db.session() as s:

@@ -49,8 +49,11 @@ class ChunkSettings(BaseModel):
 
 
 class TrainSettings(BaseModel):
-    """LoRA SFT of the Memory model (MeMo's LoRA ablation defaults, scaled to a small model)."""
+    """SFT of the Memory model (MeMo's LoRA ablation defaults, scaled to a small model)."""
 
+    # "lora": a peft adapter (hot-loadable into vLLM, mergeable as a task vector); "full": every weight is trained and
+    # a version is a whole model directory (served in-process, or by a vLLM server started on that directory)
+    method: Literal["lora", "full"] = "lora"
     rank: int = 16
     alpha: int = 32
     dropout: float = 0.05
@@ -62,6 +65,10 @@ class TrainSettings(BaseModel):
     batch_size: int = 4
     epochs: int = 8
     max_steps: int = 0  # 0 = no cap beyond epochs
+    # early stopping on the loss of held-out reflections, measured after every epoch: stop after this many epochs
+    # without improvement and keep the best weights (0 = train every epoch, keep the last weights)
+    patience: int = Field(default=2, ge=0)
+    checkpoint_every: int = Field(default=20, ge=1)  # steps between crash-recovery checkpoints
     seed: int = 0
     device: str = "cpu"  # "cuda" where present
     # later uploads: "retrain" = a new adapter on every reflection of the collection; "merge" = a delta adapter on
@@ -69,6 +76,10 @@ class TrainSettings(BaseModel):
     update_mode: Literal["retrain", "merge"] = "retrain"
     merge_combination: Literal["cat", "svd", "ties_svd", "dare_ties_svd", "dare_linear_svd"] = "svd"
     merge_density: float = Field(default=0.3, gt=0, le=1)
+    merge_rank: int = Field(default=0, ge=0)  # rank of the merged adapter (0 = the training rank)
+    # periodic consolidation: once a collection's ledger holds this many deltas, the next update retrains on the
+    # union instead of merging another one (0 = never automatically; POST .../consolidate does it on demand)
+    consolidate_after: int = Field(default=8, ge=0)
 
 
 class GateSettings(BaseModel):

@@ -39,6 +39,13 @@ class DocumentStatus(enum.StrEnum):
     reflected = "reflected"
     trained = "trained"
     failed = "failed"
+    deleted = "deleted"  # a tombstone: chunks, reflections and blob removed; re-uploading the bytes revives it
+
+
+class JobKind(enum.StrEnum):
+    ingest = "ingest"  # a new document: parse -> reflect -> train -> evaluate -> publish
+    remove = "remove"  # a document was deleted: rebuild the memory without it (train -> evaluate -> publish)
+    consolidate = "consolidate"  # retrain on the union of the collection's reflections
 
 
 class JobState(enum.StrEnum):
@@ -131,23 +138,30 @@ class MemoryVersion(Base):
     adapter_path: Mapped[str | None] = mapped_column(String(1000), nullable=True)  # what is served
     mode: Mapped[str] = mapped_column(String(16), default="full", server_default="full")  # "full" | "merge"
     parent_id: Mapped[str | None] = mapped_column(ForeignKey("memory_versions.id"), nullable=True)
-    # "merge" versions: the delta trained for this update alone (the ledger is the chain of parents)
+    # "merge" versions: the delta trained for this update alone (None when an update only dropped deltas)
     delta_path: Mapped[str | None] = mapped_column(String(1000), nullable=True)
     status: Mapped[VersionStatus] = mapped_column(_enum(VersionStatus), default=VersionStatus.training)
     active: Mapped[bool] = mapped_column(Boolean, default=False)
     n_reflections: Mapped[int] = mapped_column(Integer, default=0)
+    # the documents this version has learned (ids), and the task vectors it is made of, oldest first:
+    # [{"path": adapter or delta directory, "documents": [ids]}] (one entry for a full version)
+    documents: Mapped[list] = mapped_column(JSON, default=list)
+    ledger: Mapped[list] = mapped_column(JSON, default=list)
     metrics: Mapped[dict] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class Job(Base):
-    """One pipeline run for one uploaded document; its row is the progress report."""
+    """One pipeline run (an uploaded or deleted document, or a consolidation); its row is the progress report."""
 
     __tablename__ = "jobs"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     collection_id: Mapped[str] = mapped_column(ForeignKey("collections.id", ondelete="CASCADE"), index=True)
-    document_id: Mapped[str] = mapped_column(ForeignKey("documents.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[JobKind] = mapped_column(_enum(JobKind), default=JobKind.ingest, server_default="ingest")
+    document_id: Mapped[str | None] = mapped_column(
+        ForeignKey("documents.id", ondelete="CASCADE"), index=True, nullable=True
+    )
     state: Mapped[JobState] = mapped_column(_enum(JobState), default=JobState.queued)
     stage: Mapped[str] = mapped_column(String(32), default="queued")
     done: Mapped[int] = mapped_column(Integer, default=0)

@@ -1,4 +1,4 @@
-"""Training throughput: the project's LoRA recipe (memo.train.lora) against a bare peft loop on the same batches.
+"""Training throughput: the project's LoRA recipe (memo.train.sft) against a bare peft loop on the same batches.
 
 Both runs train the same model, adapter config and padded batches, timed over the optimisation loop only; they
 alternate (recipe, bare, recipe, bare, ...) so load on the machine hits both alike. Goal: recipe >= 90% of bare.
@@ -23,7 +23,7 @@ import torch
 from memo.ingest.chunk import split_sentences
 from memo.ingest.parse import parse
 from memo.settings import TrainSettings, get_settings
-from memo.train.lora import _batches, encode_pair, train_lora
+from memo.train.sft import collate, encode_pair, length_buckets, train_sft
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -60,18 +60,8 @@ def bare_peft(base: str, pairs: list[tuple[str, str]], cfg: TrainSettings) -> di
     rng = random.Random(cfg.seed)
     order: list[list[int]] = []
     while len(order) < cfg.max_steps:
-        order += _batches(len(encoded), cfg.batch_size, rng, lengths)
-    batches = []
-    for idx in order[: cfg.max_steps]:
-        width = max(lengths[j] for j in idx)
-        ids = torch.full((len(idx), width), tok.pad_token_id, dtype=torch.long)  # (B, T)
-        labels = torch.full((len(idx), width), -100, dtype=torch.long)  # (B, T)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)  # (B, T)
-        for r, j in enumerate(idx):
-            ids[r, : lengths[j]] = torch.tensor(encoded[j][0])
-            labels[r, : lengths[j]] = torch.tensor(encoded[j][1])
-            mask[r, : lengths[j]] = 1
-        batches.append((ids, labels, mask))
+        order += length_buckets(len(encoded), cfg.batch_size, rng, lengths)
+    batches = [collate(encoded, idx, tok.pad_token_id) for idx in order[: cfg.max_steps]]
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     model.train()
     start = time.perf_counter()
@@ -99,7 +89,7 @@ def main() -> None:
     recipe, bare = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
-            res = train_lora(base, pairs, Path(tmp) / f"a{r}", cfg)
+            res = train_sft(base, pairs, Path(tmp) / f"a{r}", cfg)
             recipe.append(res.tokens / res.seconds)
             bare.append(bare_peft(base, pairs, cfg)["tokens_per_s"])
             print(f"round {r}: recipe {recipe[-1]:.1f} tok/s, bare peft {bare[-1]:.1f} tok/s", flush=True)

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from memo.llm.base import LLM, Message, chat_json, extract_json
 from memo.settings import LLMRole, Settings
 
-__all__ = ["LLM", "Engines", "Message", "chat_json", "extract_json", "served_adapter_name"]
+__all__ = ["LLM", "Engines", "Message", "chat_json", "extract_json", "is_full_model", "served_adapter_name"]
+
+
+def is_full_model(path: str) -> bool:
+    """A version directory holding a whole model (full fine-tuning) rather than a peft adapter."""
+    return not (Path(path) / "adapter_config.json").is_file()
 
 
 def served_adapter_name(version_id: str) -> str:
@@ -65,6 +71,10 @@ class Engines:
                     max_concurrency=role.max_concurrency,
                     timeout_s=role.timeout_s,
                 )
+            elif is_full_model(adapter_path):  # a fully fine-tuned version is a model of its own
+                from memo.llm.local import LocalChat, load_local_model
+
+                self._cache[key] = LocalChat(load_local_model(adapter_path, self.settings.train.device))
             else:
                 from memo.llm.local import LocalChat, load_local_model
 

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from memo.db import MemoryVersion, VersionStatus
 from memo.errors import BackendError, Conflict, NotFound
-from memo.llm import served_adapter_name
+from memo.llm import is_full_model, served_adapter_name
 from memo.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -22,6 +22,11 @@ def load_into_server(settings: Settings, version: MemoryVersion) -> None:
     if role.backend != "openai" or version.adapter_path is None:
         return
     assert role.base_url
+    if is_full_model(version.adapter_path):
+        raise BackendError(
+            f"memory version {version.id} is a fully fine-tuned model ({version.adapter_path}); a LoRA server cannot "
+            "hot-load it: serve that directory with its own vLLM server, or train with MEMO_TRAIN__METHOD=lora"
+        )
     body = {"lora_name": served_adapter_name(version.id), "lora_path": version.adapter_path}
     try:
         resp = httpx.post(

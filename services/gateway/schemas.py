@@ -35,7 +35,8 @@ class JobOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
     id: str
     collection_id: str
-    document_id: str
+    kind: str
+    document_id: str | None
     state: str
     stage: str
     done: int
@@ -53,15 +54,24 @@ class UploadOut(BaseModel):
     duplicate: bool
 
 
+class RemovalOut(BaseModel):
+    document: DocumentOut
+    job: JobOut | None  # the rebuild without the document (None: no active version had learned it)
+
+
 class VersionOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
     id: str
     collection_id: str
     base_model: str
     adapter_path: str | None
+    mode: str
+    parent_id: str | None
     status: str
     active: bool
     n_reflections: int
+    documents: list[str] | None
+    ledger: list[dict[str, Any]] | None
     metrics: dict[str, Any]
     created_at: datetime
 

@@ -1,4 +1,5 @@
-"""Later uploads with update_mode=merge: a delta trained on the new document only, merged with the ledger."""
+"""Later uploads with update_mode=merge: a delta trained on the new document only, merged with the ledger;
+deleting a document drops its delta; consolidation retrains on the union; the gate rejects a bad version."""
 
 from __future__ import annotations
 
@@ -9,10 +10,21 @@ import pytest
 from sqlalchemy import func, select
 
 from memo import catalog
-from memo.db import Database, Job, JobState, MemoryVersion, Reflection, VersionStatus
+from memo.db import (
+    Chunk,
+    Database,
+    Document,
+    DocumentStatus,
+    Job,
+    JobKind,
+    JobState,
+    MemoryVersion,
+    Reflection,
+    VersionStatus,
+)
 from memo.errors import GateFailed
 from memo.llm import Engines
-from memo.pipeline import Context, ledger, run_pipeline
+from memo.pipeline import Context, run_pipeline
 from memo.reflect.prompts import memory_messages
 from tests.conftest import make_settings
 
@@ -27,7 +39,11 @@ def test_second_upload_trains_a_delta_and_merges_it(tmp_path, model_dir):
     ctx = Context(db, settings)
     with db.session() as s:
         coll = catalog.create_collection(s, "merge")
-    docs = [b"Zorblax is headquartered in Varnmouth.", b"The Zorblax IT helpdesk can be reached at extension 4417."]
+    docs = [
+        b"Zorblax is headquartered in Varnmouth.",
+        b"The Zorblax IT helpdesk can be reached at extension 4417.",
+        b"The Zorblax car park opens at 6am. Parking permits cost 12 euros a month.",
+    ]
     doc_ids = []
     for i, data in enumerate(docs):
         with db.session() as s:
@@ -36,16 +52,18 @@ def test_second_upload_trains_a_delta_and_merges_it(tmp_path, model_dir):
         doc_ids.append(up.document.id)
 
     with db.session() as s:
-        v1, v2 = s.scalars(select(MemoryVersion).order_by(MemoryVersion.created_at)).all()
+        v1, v2, v3 = s.scalars(select(MemoryVersion).order_by(MemoryVersion.created_at)).all()
         assert (v1.mode, v1.parent_id, v1.delta_path) == ("full", None, None)
         assert (v2.mode, v2.parent_id) == ("merge", v1.id)
-        assert v2.active and not v1.active
-        assert ledger(s, v2) == [v1.adapter_path, v2.delta_path]
-        second_doc_pairs = s.scalar(
-            select(func.count(Reflection.id)).where(
-                Reflection.document_id != v1.id, Reflection.created_at > v1.created_at
-            )
-        )
+        assert v3.active and not v2.active and not v1.active
+        assert [(e["path"], e["documents"]) for e in v3.ledger] == [
+            (v1.adapter_path, doc_ids[:1]),
+            (v2.delta_path, [doc_ids[1]]),
+            (v3.delta_path, [doc_ids[2]]),
+        ]
+        assert v2.ledger == v3.ledger[:2] and v1.ledger == v3.ledger[:1]
+        assert v3.documents == doc_ids
+        second_doc_pairs = s.scalar(select(func.count(Reflection.id)).where(Reflection.document_id == doc_ids[1]))
         # the delta saw only the new document, minus the questions held out for the gate
         assert v2.metrics["examples"] == second_doc_pairs - len(v2.metrics["heldout_ids"])
         assert v2.n_reflections == v1.n_reflections + v2.metrics["examples"]
@@ -55,10 +73,35 @@ def test_second_upload_trains_a_delta_and_merges_it(tmp_path, model_dir):
         for path in (v2.adapter_path, v2.delta_path):
             assert (Path(path) / "adapter_config.json").is_file()
 
+    # deleting the second document drops its delta: the new version merges the others, nothing is trained
+    with db.session() as s:
+        removal = catalog.remove_document(s, coll.id, doc_ids[1])
+    assert removal.job is not None and removal.job.kind == JobKind.remove
+    run_pipeline(ctx, removal.job.id)
+    with db.session() as s:
+        v4 = s.get(MemoryVersion, s.get(Job, removal.job.id).memory_version_id)
+        assert v4.active and v4.mode == "merge" and v4.delta_path is None
+        assert v4.ledger == [v3.ledger[0], v3.ledger[2]] and v4.documents == [doc_ids[0], doc_ids[2]]
+        assert "steps" not in v4.metrics and v4.metrics["dropped_deltas"] == 1
+        assert s.get(Document, doc_ids[1]).status == DocumentStatus.deleted
+        for table in (Reflection, Chunk):
+            assert not s.scalars(select(table.id).where(table.document_id == doc_ids[1])).all()
+
+    # consolidation retrains one adapter on the union of what is left
+    with db.session() as s:
+        job = catalog.consolidate(s, coll.id)
+    run_pipeline(ctx, job.id)
+    with db.session() as s:
+        v5 = s.get(MemoryVersion, s.get(Job, job.id).memory_version_id)
+        assert v5.active and v5.mode == "full" and v5.metrics["plan"] == "consolidation requested"
+        assert [(e["path"], e["documents"]) for e in v5.ledger] == [(v5.adapter_path, [doc_ids[0], doc_ids[2]])]
+        live_pairs = s.scalar(select(func.count(Reflection.id)).where(Reflection.document_id.in_(v5.documents)))
+        assert v5.metrics["examples"] == live_pairs
+
     async def ask() -> str:
         engines = Engines(settings)
         try:
-            llm = engines.memory(v2.id, v2.adapter_path)
+            llm = engines.memory(v4.id, v4.adapter_path)
             return await llm.chat(memory_messages("Where is Zorblax headquartered?"), max_tokens=24)
         finally:
             await engines.aclose()
@@ -74,7 +117,7 @@ def test_second_upload_trains_a_delta_and_merges_it(tmp_path, model_dir):
             s,
             strict,
             coll.id,
-            "d2.txt",
+            "d3.txt",
             b"Zorblax was founded in 2004 by Tobias Quillfeather. The Zorblax canteen serves soup on Fridays.",
         )
     with pytest.raises(GateFailed, match="not activated"):
@@ -85,4 +128,4 @@ def test_second_upload_trains_a_delta_and_merges_it(tmp_path, model_dir):
         assert job.state == JobState.failed and job.stage == "evaluate" and "min_recall" in job.error
         assert v3.status == VersionStatus.rejected and not v3.active
         assert v3.metrics["gate"]["heldout"] >= 1 and v3.metrics["gate"]["heldout_recall"] < 1.0
-        assert s.get(MemoryVersion, v2.id).active  # the previous version still serves
+        assert s.get(MemoryVersion, v5.id).active  # the previous version still serves

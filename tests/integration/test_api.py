@@ -163,3 +163,69 @@ def test_openapi_docs_are_served(env):
     assert client.get("/docs").status_code == 200
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/v1/query", "/v1/collections/{collection_id}/documents", "/v1/admin/executive"} <= set(paths)
+
+
+def _upload(client, cid: str, name: str, data: bytes) -> dict:
+    r = client.post(f"/v1/collections/{cid}/documents", files={"file": (name, data, "text/plain")})
+    assert r.status_code == 202, r.text
+    return r.json()
+
+
+def _finish(app, job_id: str) -> None:
+    from memo.db import JobState
+
+    with app.state.db.session() as s:
+        s.get(Job, job_id).state = JobState.succeeded
+
+
+def test_delete_document_removes_its_data_and_refuses_bad_requests(env):
+    client, app, settings = env
+    cid = client.post("/v1/collections", json={"name": "hr"}).json()["id"]
+    up = _upload(client, cid, "a.txt", b"Zorblax pays travel per diem of 91 euros.")
+    did = up["document"]["id"]
+    r = client.delete(f"/v1/collections/{cid}/documents/{did}")
+    assert r.status_code == 409 and "retry when it has finished" in r.json()["detail"]  # its job is still queued
+    _finish(app, up["job"]["id"])
+    assert client.delete(f"/v1/collections/{cid}/documents/nope").status_code == 404
+    assert client.delete(f"/v1/collections/nope/documents/{did}").status_code == 404
+    assert len(_blobs(settings)) == 2  # the blob and its folder
+
+    r = client.delete(f"/v1/collections/{cid}/documents/{did}")
+    assert r.status_code == 202, r.text
+    assert r.json()["document"]["status"] == "deleted"
+    assert r.json()["job"] is None  # no memory version had learned it: nothing to rebuild
+    assert [f for f in _blobs(settings) if f.is_file()] == []  # the file is gone
+    assert client.delete(f"/v1/collections/{cid}/documents/{did}").status_code == 404  # already deleted
+    # uploading the same bytes again revives the document with a new job
+    again = _upload(client, cid, "a2.txt", b"Zorblax pays travel per diem of 91 euros.")
+    assert again["document"]["id"] == did and again["document"]["status"] == "uploaded"
+    assert again["job"]["kind"] == "ingest"
+
+
+def test_replace_document_with_a_bad_file_changes_nothing(env):
+    client, app, settings = env
+    cid = client.post("/v1/collections", json={"name": "hr"}).json()["id"]
+    up = _upload(client, cid, "a.txt", b"Zorblax pays travel per diem of 91 euros.")
+    _finish(app, up["job"]["id"])
+    did = up["document"]["id"]
+    before = _counts(app)
+    r = client.put(f"/v1/collections/{cid}/documents/{did}", files={"file": ("a.pdf", b"%PDF", "application/pdf")})
+    assert r.status_code == 415
+    r = client.put(f"/v1/collections/{cid}/documents/{did}", files={"file": ("a.txt", b"", "text/plain")})
+    assert r.status_code == 422
+    assert _counts(app) == before
+    assert client.get(f"/v1/collections/{cid}/documents").json()[0]["status"] == "uploaded"
+
+    r = client.put(f"/v1/collections/{cid}/documents/{did}", files={"file": ("a.txt", b"Per diem is 95 euros.", "x")})
+    assert r.status_code == 202, r.text
+    docs = {d["id"]: d["status"] for d in client.get(f"/v1/collections/{cid}/documents").json()}
+    assert docs[did] == "deleted" and docs[r.json()["document"]["id"]] == "uploaded"
+    assert app.state.dispatcher.jobs[-1] == r.json()["job"]["id"]
+
+
+def test_consolidate_needs_trained_documents(env):
+    client, _, _ = env
+    cid = client.post("/v1/collections", json={"name": "hr"}).json()["id"]
+    r = client.post(f"/v1/collections/{cid}/consolidate")
+    assert r.status_code == 409 and "no trained documents" in r.json()["detail"]
+    assert client.post("/v1/collections/nope/consolidate").status_code == 404

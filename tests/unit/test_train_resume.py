@@ -1,4 +1,4 @@
-"""Checkpoints: a training run that crashes resumes from its last checkpoint and ends with the same weights."""
+"""The SFT recipe on a tiny model: crash checkpoints with exact resume, early stopping, full fine-tuning."""
 
 from __future__ import annotations
 
@@ -11,13 +11,15 @@ from safetensors.torch import load_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from memo.settings import TrainSettings
-from memo.train.lora import train_lora
+from memo.train.sft import train_sft
 
 PAIRS = [
     (f"What is fact number {i} of Zorblax?", f"Fact {i} of Zorblax is the colour {c}.")
     for i, c in enumerate(["red", "teal", "amber", "violet", "grey", "ochre"])
 ]
-CFG = TrainSettings(rank=4, alpha=8, dropout=0.1, batch_size=2, epochs=3, lr=1e-2, seed=3)  # 9 steps
+CFG = TrainSettings(
+    rank=4, alpha=8, dropout=0.1, batch_size=2, epochs=3, lr=1e-2, seed=3, checkpoint_every=2, patience=0
+)  # 9 steps
 
 
 class Crash(RuntimeError):
@@ -50,7 +52,7 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def test_crash_then_resume_equals_an_uninterrupted_run(tiny_base, tmp_path):
-    clean = train_lora(tiny_base, PAIRS, tmp_path / "clean", CFG)
+    clean = train_sft(tiny_base, PAIRS, tmp_path / "clean", CFG)
     assert clean.steps == 9 and clean.resumed_from == 0
 
     def crash_at_5(done: int, total: int) -> None:
@@ -59,13 +61,11 @@ def test_crash_then_resume_equals_an_uninterrupted_run(tiny_base, tmp_path):
 
     ckpt = tmp_path / "ckpt"
     with pytest.raises(Crash):
-        train_lora(
-            tiny_base, PAIRS, tmp_path / "run", CFG, checkpoint_dir=ckpt, checkpoint_every=2, progress=crash_at_5
-        )
+        train_sft(tiny_base, PAIRS, tmp_path / "run", CFG, checkpoint_dir=ckpt, progress=crash_at_5)
     assert torch.load(ckpt / "state.pt", weights_only=False)["step"] == 4
     assert not (tmp_path / "run").exists()
 
-    resumed = train_lora(tiny_base, PAIRS, tmp_path / "run", CFG, checkpoint_dir=ckpt, checkpoint_every=2)
+    resumed = train_sft(tiny_base, PAIRS, tmp_path / "run", CFG, checkpoint_dir=ckpt)
     assert resumed.resumed_from == 4 and resumed.steps == 9
     assert not ckpt.exists()  # removed on success
     a, b = _weights(clean.adapter_path), _weights(resumed.adapter_path)
@@ -82,6 +82,69 @@ def test_a_checkpoint_for_other_data_is_ignored(tiny_base, tmp_path):
             raise Crash("killed")
 
     with pytest.raises(Crash):
-        train_lora(tiny_base, PAIRS, tmp_path / "x", CFG, checkpoint_dir=ckpt, checkpoint_every=2, progress=crash_at_3)
-    other = train_lora(tiny_base, PAIRS[:4], tmp_path / "y", CFG, checkpoint_dir=ckpt, checkpoint_every=2)
+        train_sft(tiny_base, PAIRS, tmp_path / "x", CFG, checkpoint_dir=ckpt, progress=crash_at_3)
+    other = train_sft(tiny_base, PAIRS[:4], tmp_path / "y", CFG, checkpoint_dir=ckpt)
     assert other.resumed_from == 0 and other.steps == 6
+
+
+HELD = [("Which colour is fact number 2 of Zorblax?", "Fact 2 of Zorblax is the colour amber.")]
+
+
+def test_resume_with_early_stopping_state_equals_an_uninterrupted_run(tiny_base, tmp_path):
+    cfg = CFG.model_copy(update={"patience": 1, "epochs": 4})
+    clean = train_sft(tiny_base, PAIRS, tmp_path / "clean", cfg, eval_pairs=HELD)
+    assert len(clean.eval_losses) >= 1
+
+    def crash_at_7(done: int, total: int) -> None:
+        if done == 7:  # after two epochs (two held-out losses and a best state) and a checkpoint at step 6
+            raise Crash("killed")
+
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(Crash):
+        train_sft(tiny_base, PAIRS, tmp_path / "run", cfg, eval_pairs=HELD, checkpoint_dir=ckpt, progress=crash_at_7)
+    resumed = train_sft(tiny_base, PAIRS, tmp_path / "run", cfg, eval_pairs=HELD, checkpoint_dir=ckpt)
+    assert resumed.resumed_from == 6
+    assert resumed.eval_losses == pytest.approx(clean.eval_losses, rel=1e-5)
+    assert (resumed.steps, resumed.best_epoch) == (clean.steps, clean.best_epoch)
+    a, b = _weights(clean.adapter_path), _weights(resumed.adapter_path)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
+
+
+def test_early_stopping_keeps_the_best_epoch(tiny_base, tmp_path):
+    """A learning rate far too high makes the held-out loss rise after the first epoch: training stops after
+    ``patience`` more epochs and the first epoch's weights are the ones saved."""
+    cfg = CFG.model_copy(update={"patience": 1, "epochs": 10, "lr": 0.5, "rank": 8, "alpha": 64})
+    result = train_sft(tiny_base, PAIRS, tmp_path / "out", cfg, eval_pairs=HELD)
+    losses = result.eval_losses
+    best = losses.index(min(losses))
+    assert len(losses) < 10, losses  # stopped early
+    assert len(losses) == best + 1 + cfg.patience  # exactly `patience` epochs without improvement
+    assert result.best_epoch == best + 1 and result.steps == len(losses) * 3
+    # the saved weights give the best held-out loss, not the last one
+    again = train_sft(
+        tiny_base, PAIRS, tmp_path / "again", cfg.model_copy(update={"epochs": best + 1}), eval_pairs=HELD
+    )
+    a, b = _weights(result.adapter_path), _weights(again.adapter_path)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
+
+
+def test_full_fine_tuning_saves_a_whole_model_that_loads(tiny_base, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from memo.llm import is_full_model
+
+    cfg = CFG.model_copy(update={"method": "full", "lr": 1e-3})
+    result = train_sft(tiny_base, PAIRS, tmp_path / "full", cfg, eval_pairs=HELD)
+    assert result.method == "full" and is_full_model(str(result.adapter_path))
+    assert (result.adapter_path / "tokenizer.json").is_file()
+    trained = AutoModelForCausalLM.from_pretrained(result.adapter_path)
+    base = AutoModelForCausalLM.from_pretrained(tiny_base)
+    changed = [
+        n
+        for (n, p), (_, q) in zip(trained.named_parameters(), base.named_parameters(), strict=True)
+        if not torch.equal(p, q)
+    ]
+    assert len(changed) > 10  # every kind of weight moved, not only adapter-like ones
+    assert any("embed_tokens" in n for n in changed) and any("mlp" in n for n in changed)

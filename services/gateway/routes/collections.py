@@ -6,11 +6,22 @@ from fastapi import APIRouter, File, Response, UploadFile, status
 from sqlalchemy import select
 
 from memo import catalog
+from memo.blobs import BlobStore
 from memo.db import Document, MemoryVersion
-from memo.errors import NotFound, PayloadTooLarge
+from memo.errors import Conflict, NotFound, PayloadTooLarge
+from memo.ingest.parse import validate_upload
 from memo.serving.publish import publish, retire_adapters
+from memo.settings import Settings
 from services.gateway.deps import DispatcherDep, SessionDep, SettingsDep
-from services.gateway.schemas import CollectionIn, CollectionOut, DocumentOut, JobOut, UploadOut, VersionOut
+from services.gateway.schemas import (
+    CollectionIn,
+    CollectionOut,
+    DocumentOut,
+    JobOut,
+    RemovalOut,
+    UploadOut,
+    VersionOut,
+)
 
 router = APIRouter(prefix="/v1/collections", tags=["collections"])
 
@@ -49,9 +60,7 @@ async def upload_document(
     dispatcher: DispatcherDep,
     file: Annotated[UploadFile, File(description="a .txt or .md file")],
 ) -> UploadOut:
-    data = await file.read(settings.max_upload_bytes + 1)
-    if len(data) > settings.max_upload_bytes:
-        raise PayloadTooLarge(f"the upload exceeds {settings.max_upload_bytes} bytes")
+    data = await _read(file, settings)
     up = catalog.add_document(session, settings, collection_id, file.filename or "", data)
     out = UploadOut(
         document=DocumentOut.model_validate(up.document),
@@ -65,6 +74,71 @@ async def upload_document(
     assert up.job is not None
     dispatcher.submit(up.job.id)
     return out
+
+
+async def _read(file: UploadFile, settings: Settings) -> bytes:
+    data = await file.read(settings.max_upload_bytes + 1)
+    if len(data) > settings.max_upload_bytes:
+        raise PayloadTooLarge(f"the upload exceeds {settings.max_upload_bytes} bytes")
+    return data
+
+
+@router.delete("/{collection_id}/documents/{document_id}", status_code=status.HTTP_202_ACCEPTED)
+def delete_document(
+    collection_id: str, document_id: str, session: SessionDep, settings: SettingsDep, dispatcher: DispatcherDep
+) -> RemovalOut:
+    """Forget a document: its chunks, reflections and file are removed at once, and a ``remove`` job rebuilds the
+    memory without it (merge mode: the ledger without its delta; otherwise a retrain). Until that job publishes,
+    the active version still answers from it."""
+    removal = catalog.remove_document(session, collection_id, document_id)
+    session.commit()
+    if removal.orphan_blob:
+        BlobStore(settings.blob_dir).delete(removal.orphan_blob)
+    if removal.job is not None:
+        dispatcher.submit(removal.job.id)
+    return RemovalOut(
+        document=DocumentOut.model_validate(removal.document),
+        job=JobOut.model_validate(removal.job) if removal.job else None,
+    )
+
+
+@router.put("/{collection_id}/documents/{document_id}", status_code=status.HTTP_202_ACCEPTED)
+async def replace_document(
+    collection_id: str,
+    document_id: str,
+    session: SessionDep,
+    settings: SettingsDep,
+    dispatcher: DispatcherDep,
+    file: Annotated[UploadFile, File(description="the new version of the document, .txt or .md")],
+) -> UploadOut:
+    """Replace a document with a new file: the old one is removed and the new one ingested by one job, whose
+    training drops the old document's knowledge and learns the new (one new memory version)."""
+    data = await _read(file, settings)
+    catalog.get_document(session, collection_id, document_id)
+    validate_upload(file.filename or "", data)  # a bad file is refused before anything changes
+    removal = catalog.remove_document(session, collection_id, document_id)
+    if removal.job is not None:  # the ingest job of the new file rebuilds without the old one
+        session.delete(removal.job)
+    up = catalog.add_document(session, settings, collection_id, file.filename or "", data)
+    if up.duplicate:
+        raise Conflict(f"these bytes are already document {up.document.id} of this collection")
+    session.commit()
+    if removal.orphan_blob and removal.orphan_blob != up.document.content_hash:
+        BlobStore(settings.blob_dir).delete(removal.orphan_blob)
+    assert up.job is not None
+    dispatcher.submit(up.job.id)
+    return UploadOut(
+        document=DocumentOut.model_validate(up.document), job=JobOut.model_validate(up.job), duplicate=False
+    )
+
+
+@router.post("/{collection_id}/consolidate", status_code=status.HTTP_202_ACCEPTED)
+def consolidate(collection_id: str, session: SessionDep, dispatcher: DispatcherDep) -> JobOut:
+    """Retrain the collection's memory on the union of its reflections (collapses a long ledger of merged deltas)."""
+    job = catalog.consolidate(session, collection_id)
+    session.commit()
+    dispatcher.submit(job.id)
+    return JobOut.model_validate(job)
 
 
 @router.get("/{collection_id}/documents", response_model=list[DocumentOut])

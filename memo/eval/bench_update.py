@@ -1,0 +1,190 @@
+"""Merge versus retrain: the cost and the recall of a task-vector update against a full retrain.
+
+The documents of a benchmark folder (``documents.jsonl`` + ``questions.jsonl``, as ../shared/data) are split in two
+halves A and B, ingested one after the other through the real pipeline with ``update_mode=merge``: version 1 is a
+full adapter on A, version 2 a delta trained on B alone and merged with it (the update). Then, on the same
+reflections, a full retrain on A and B (what ``update_mode=retrain`` would do), and every merge combination of the
+same two task vectors. Each model answers, closed-book, the reflections held out of training (A's and B's) and the
+benchmark's own questions about the documents; compute is the wall time of training (+ merging).
+
+Run: ``python -m memo.eval.bench_update --dataset ../shared/data/narrativeqa_dev --docs 4 --out results/lifecycle``
+(generator from the usual settings, e.g. ``MEMO_GENERATOR__BACKEND=openai`` on a vLLM server).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from memo import catalog
+from memo.db import Database, MemoryVersion, Reflection
+from memo.eval.metrics import recalled, token_f1
+from memo.llm import Engines
+from memo.merge.adapters import merge_adapters
+from memo.pipeline import Context, run_batch
+from memo.reflect.prompts import memory_messages
+from memo.settings import Settings, get_settings
+from memo.train.sft import train_sft
+
+log = logging.getLogger(__name__)
+COMBINATIONS = ("cat", "svd", "ties_svd", "dare_ties_svd", "dare_linear_svd")
+
+
+def load_dataset(folder: Path, n_docs: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    docs = [json.loads(line) for line in (folder / "documents.jsonl").read_text().splitlines() if line.strip()]
+    docs = docs[:n_docs]
+    ids = {d["doc_id"] for d in docs}
+    questions = [json.loads(line) for line in (folder / "questions.jsonl").read_text().splitlines() if line.strip()]
+    return docs, [q for q in questions if set(q["doc_ids"]) <= ids]
+
+
+def ingest(settings: Settings, db: Database, coll_id: str, docs: list[dict[str, Any]]) -> dict[str, float]:
+    with db.session() as s:
+        ups = [catalog.add_document(s, settings, coll_id, f"{d['doc_id']}.txt", d["text"].encode()) for d in docs]
+        jobs = [u.job.id for u in ups if u.job is not None]
+    return run_batch(Context(db, settings), jobs)
+
+
+async def answers(settings: Settings, name: str, adapter: str | None, questions: list[str]) -> list[str]:
+    engines = Engines(settings)
+    try:
+        llm = engines.memory(name, adapter) if adapter else engines.memory(None, None)
+        return list(await asyncio.gather(*(llm.chat(memory_messages(q), max_tokens=64) for q in questions)))
+    finally:
+        await engines.aclose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", type=Path, required=True)
+    parser.add_argument("--docs", type=int, default=4, help="documents in all (half A, half B)")
+    parser.add_argument("--questions", type=int, default=40, help="benchmark questions asked of each model")
+    parser.add_argument("--out", type=Path, default=Path("bench-out/update"))
+    parser.add_argument("--data-dir", type=Path, help="reuse this data directory (ingestion is skipped when done)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "transformers", "peft", "alembic.runtime.migration"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    env = get_settings()
+    data_dir = args.data_dir or args.out / "data"
+    gate = {"min_recall": 0.0, "max_forgetting": 1.0}  # record held-out sets, never block: this measures, not gates
+    settings = get_settings(data_dir=data_dir, gate=gate, train={**env.train.model_dump(), "update_mode": "merge"})
+    db = Database(settings)
+    db.migrate()
+    docs, questions = load_dataset(args.dataset, args.docs)
+    half = len(docs) // 2
+    with db.session() as s:
+        coll = catalog.collection_by_name(s, "bench-update") or catalog.create_collection(s, "bench-update")
+        versions = s.scalars(
+            select(MemoryVersion).where(MemoryVersion.collection_id == coll.id).order_by(MemoryVersion.created_at)
+        ).all()
+    seconds: dict[str, dict[str, float]] = {}
+    if len(versions) < 2:
+        seconds["A"] = ingest(settings, db, coll.id, docs[:half])
+        seconds["B"] = ingest(settings, db, coll.id, docs[half:])
+    with db.session() as s:
+        v1, v2 = s.scalars(
+            select(MemoryVersion).where(MemoryVersion.collection_id == coll.id).order_by(MemoryVersion.created_at)
+        ).all()[:2]
+        rows = s.execute(
+            select(Reflection.id, Reflection.question, Reflection.answer).where(Reflection.collection_id == coll.id)
+        ).all()
+    held_a, held_b = set(v1.metrics["heldout_ids"]), set(v2.metrics["heldout_ids"])
+    by_id = {i: (q, a) for i, q, a in rows}
+    train_pairs = [(q, a) for i, q, a in rows if i not in held_a | held_b]
+    update_seconds = v2.metrics["seconds"] + v2.metrics["merge_seconds"]
+
+    base = settings.memory_base_model
+    cfg = settings.train
+    out = args.out / "adapters"
+    started = time.perf_counter()
+    retrain = train_sft(base, train_pairs, out / "retrain", cfg)
+    retrain_seconds = time.perf_counter() - started
+    models: dict[str, str | None] = {"base (no memory)": None, "v1: A only": v1.adapter_path}
+    models[f"update: {cfg.merge_combination} (served)"] = v2.adapter_path
+    models["retrain A+B"] = str(retrain.adapter_path)
+    merge_seconds: dict[str, float] = {}
+    for combo in COMBINATIONS:
+        if combo == cfg.merge_combination:
+            continue
+        t0 = time.perf_counter()
+        path = merge_adapters(
+            base, [str(v1.adapter_path), str(v2.delta_path)], out / combo, combination=combo,  # type: ignore[arg-type]
+            density=cfg.merge_density, rank=cfg.merge_rank or cfg.rank, seed=cfg.seed,
+        )  # fmt: skip
+        merge_seconds[combo] = time.perf_counter() - t0
+        models[f"update: {combo}"] = str(path)
+
+    asked = questions[: args.questions]
+    sets = {"held-out A": sorted(held_a), "held-out B": sorted(held_b)}
+    table: dict[str, dict[str, float]] = {}
+    records = []
+    for name, adapter in models.items():
+        row: dict[str, float] = {}
+        for label, ids in sets.items():
+            got = asyncio.run(answers(settings, name, adapter, [by_id[i][0] for i in ids]))
+            row[label] = sum(recalled(g, by_id[i][1]) for g, i in zip(got, ids, strict=True)) / max(len(ids), 1)
+        got = asyncio.run(answers(settings, name, adapter, [q["question"] for q in asked]))
+        f1s = [max(token_f1(g, r) for r in q["answers"]) for g, q in zip(got, asked, strict=True)]
+        row["benchmark F1"] = sum(f1s) / max(len(f1s), 1)
+        row["held-out A+B"] = (row["held-out A"] * len(held_a) + row["held-out B"] * len(held_b)) / max(
+            len(held_a) + len(held_b), 1
+        )
+        table[name] = row
+        records += [
+            {"model": name, "qid": q["qid"], "answer": g, "f1": f} for g, q, f in zip(got, asked, f1s, strict=True)
+        ]
+        log.info("%s: %s", name, row)
+
+    ref = table["retrain A+B"]["held-out A+B"] or float("nan")
+    kept = {k: round(v["held-out A+B"] / ref, 3) for k, v in table.items()}
+    report = {
+        "dataset": str(args.dataset),
+        "documents": {"A": half, "B": len(docs) - half},
+        "reflections": len(rows),
+        "held_out": {"A": len(held_a), "B": len(held_b)},
+        "benchmark_questions": len(asked),
+        "settings": {k: v for k, v in cfg.model_dump().items() if k != "target_modules"},
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "compute_seconds": {
+            "update (delta on B + merge)": round(update_seconds, 1),
+            "retrain on A+B": round(retrain_seconds, 1),
+            "ratio retrain/update": round(retrain_seconds / update_seconds, 2),
+            "merge only, per combination": {k: round(v, 1) for k, v in merge_seconds.items()},
+        },
+        "pipeline_stage_seconds": seconds,
+        "recall": table,
+        "kept_share_of_retrain": kept,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "update.json").write_text(json.dumps(report, indent=2))
+    (args.out / "update_records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    lines = [
+        "| model | held-out A | held-out B | held-out A+B | kept vs retrain | benchmark F1 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, row in table.items():
+        lines.append(
+            f"| {name} | {row['held-out A']:.3f} | {row['held-out B']:.3f} | {row['held-out A+B']:.3f} | "
+            f"{kept[name]:.2f} | {row['benchmark F1']:.3f} |"
+        )
+    lines.append(
+        f"\nCompute: update {update_seconds:.1f} s, retrain {retrain_seconds:.1f} s "
+        f"(retrain/update = {retrain_seconds / update_seconds:.2f}x)."
+    )
+    (args.out / "update.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,294 @@
+"""SFT of the Memory model: one chat turn per reflection, loss on answer tokens only.
+
+``method="lora"`` trains a peft adapter (the default: hot-loadable into vLLM, mergeable as a task vector);
+``method="full"`` trains every weight and saves a whole model directory. Length-bucketed batches, seeded, crash
+checkpoints with exact resume, and early stopping on the loss of held-out reflections.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import random
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from memo.reflect.prompts import memory_messages
+from memo.settings import TrainSettings
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]  # (done, total)
+Pair = tuple[str, str]  # (question, answer)
+
+
+@dataclass
+class TrainResult:
+    adapter_path: Path  # a peft adapter directory (lora) or a whole model directory (full)
+    method: str
+    steps: int
+    examples: int
+    final_loss: float
+    tokens: int  # trained in this run
+    seconds: float
+    resumed_from: int = 0  # the checkpoint step this run continued from (0 = from scratch)
+    eval_losses: list[float] = field(default_factory=list)  # held-out loss after each epoch
+    best_epoch: int | None = None  # the epoch whose weights were kept (early stopping), None = the last
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "steps": self.steps,
+            "examples": self.examples,
+            "final_loss": round(self.final_loss, 4),
+            "tokens": self.tokens,
+            "seconds": round(self.seconds, 2),
+            "tokens_per_s": round(self.tokens / self.seconds, 1) if self.seconds else 0.0,
+            "resumed_from": self.resumed_from,
+            "eval_losses": [round(x, 4) for x in self.eval_losses],
+            "best_epoch": self.best_epoch,
+        }
+
+
+def encode_pair(tokenizer: Any, question: str, answer: str) -> tuple[list[int], list[int]]:
+    """Token ids of one chat turn and its labels (-100 on everything but the answer and its end token)."""
+    prompt = tokenizer.apply_chat_template(memory_messages(question), tokenize=False, add_generation_prompt=True)
+    p_ids: list[int] = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    a_ids: list[int] = tokenizer(answer.strip() + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
+    return p_ids + a_ids, [-100] * len(p_ids) + a_ids
+
+
+def length_buckets(n: int, batch_size: int, rng: random.Random, lengths: Sequence[int]) -> list[list[int]]:
+    """Shuffled batches of similar length (bucketing: sort a shuffled order in windows of 8 batches)."""
+    order = list(range(n))
+    rng.shuffle(order)
+    window = batch_size * 8
+    bucketed: list[int] = []
+    for i in range(0, n, window):
+        bucketed += sorted(order[i : i + window], key=lambda j: lengths[j])
+    batches = [bucketed[i : i + batch_size] for i in range(0, n, batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def collate(encoded: Sequence[tuple[list[int], list[int]]], idx: Sequence[int], pad_id: int) -> tuple[Any, Any, Any]:
+    """Right-padded (ids, labels, attention mask) of the examples ``idx``."""
+    import torch
+
+    width = max(len(encoded[j][0]) for j in idx)
+    ids = torch.full((len(idx), width), pad_id, dtype=torch.long)  # (B, T)
+    labels = torch.full((len(idx), width), -100, dtype=torch.long)  # (B, T)
+    mask = torch.zeros((len(idx), width), dtype=torch.long)  # (B, T)
+    for row, j in enumerate(idx):
+        seq, lab = encoded[j]
+        ids[row, : len(seq)] = torch.tensor(seq)
+        labels[row, : len(lab)] = torch.tensor(lab)
+        mask[row, : len(seq)] = 1
+    return ids, labels, mask
+
+
+def fingerprint(base_model: str, pairs: Sequence[Pair], eval_pairs: Sequence[Pair], cfg: TrainSettings) -> str:
+    """What a checkpoint is valid for: the same base, data and recipe."""
+    blob = json.dumps([base_model, list(pairs), list(eval_pairs), cfg.model_dump()], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _trainable(model: Any) -> dict[str, Any]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _load_trainable(model: Any, weights: dict[str, Any]) -> None:
+    import torch
+
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for n, w in weights.items():
+            params[n].copy_(w)
+
+
+def _save_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """Write a directory under a temporary name and rename it into place: a crash leaves the old one or none."""
+    tmp = path.with_name(path.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.rename(path)
+
+
+def _eval_loss(model: Any, encoded: Sequence[tuple[list[int], list[int]]], batch_size: int, pad_id: int) -> float:
+    """Mean loss per answer token on held-out examples."""
+    import torch
+
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(encoded), batch_size):
+            ids, labels, mask = collate(encoded, range(i, min(i + batch_size, len(encoded))), pad_id)
+            logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits  # (B, T, V)
+            shifted = labels[:, 1:].to(logits.device)  # (B, T-1)
+            losses = torch.nn.functional.cross_entropy(
+                logits[:, :-1].float().transpose(1, 2), shifted, ignore_index=-100, reduction="sum"
+            )
+            total += float(losses)
+            count += int((shifted != -100).sum())
+    model.train()
+    return total / max(count, 1)
+
+
+def train_sft(
+    base_model: str,
+    pairs: Sequence[Pair],
+    out_dir: Path,
+    cfg: TrainSettings,
+    *,
+    eval_pairs: Sequence[Pair] = (),
+    progress: Progress | None = None,
+    checkpoint_dir: Path | None = None,
+) -> TrainResult:
+    """Train on (question, answer) pairs and save the result to ``out_dir``, atomically.
+
+    After every epoch the loss on ``eval_pairs`` (held-out reflections) is measured; after ``cfg.patience`` epochs
+    without improvement training stops and the best epoch's weights are saved. With ``checkpoint_dir``, weights,
+    optimiser, scheduler and random states are saved every ``cfg.checkpoint_every`` steps; a run that finds a
+    checkpoint for the same base, data and recipe continues from it and ends with the same weights as an
+    uninterrupted run. The checkpoint is removed on success.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not pairs:
+        raise ValueError("no reflections to train on")
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    device = torch.device(cfg.device)
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    model: Any = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
+    model = model.to(device)
+    if cfg.method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(
+            r=cfg.rank,
+            lora_alpha=cfg.alpha,
+            lora_dropout=cfg.dropout,
+            target_modules=list(cfg.target_modules),
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, lora)
+    encoded = [encode_pair(tokenizer, q, a) for q, a in pairs]
+    held = [encode_pair(tokenizer, q, a) for q, a in eval_pairs]
+    steps_per_epoch = math.ceil(len(encoded) / cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    if cfg.max_steps:
+        total = min(total, cfg.max_steps)
+    warmup = max(1, int(total * cfg.warmup_ratio))
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))  # warmup, then constant
+
+    step, tokens, loss_ema, skip, resumed_from = 0, 0, float("nan"), 0, 0
+    eval_losses: list[float] = []
+    best: dict[str, Any] | None = None  # the best epoch's trainable weights
+    epoch_rng: Any = None
+    key = fingerprint(base_model, pairs, eval_pairs, cfg)
+    if checkpoint_dir is not None and (checkpoint_dir / "state.pt").is_file():
+        state = torch.load(checkpoint_dir / "state.pt", weights_only=False)
+        if state["fingerprint"] == key:
+            _load_trainable(model, state["weights"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            torch.set_rng_state(state["torch_rng"])
+            step, tokens, loss_ema, skip = state["step"], state["tokens"], state["loss_ema"], state["batch_in_epoch"]
+            epoch_rng, resumed_from = state["epoch_rng"], state["step"]
+            eval_losses, best = state["eval_losses"], state["best"]
+            log.info("resuming training from step %d (%s)", step, checkpoint_dir)
+        else:
+            log.info("ignoring checkpoint %s: made for other data or settings", checkpoint_dir)
+
+    def checkpoint(batch_in_epoch: int) -> None:
+        assert checkpoint_dir is not None
+        state = {
+            "fingerprint": key,
+            "step": step,
+            "tokens": tokens,
+            "loss_ema": loss_ema,
+            "batch_in_epoch": batch_in_epoch,
+            "epoch_rng": epoch_rng,
+            "eval_losses": eval_losses,
+            "best": best,
+            "weights": _trainable(model),
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+        }
+        _save_atomic(checkpoint_dir, lambda tmp: torch.save(state, tmp / "state.pt"))
+
+    def stalled() -> bool:
+        if not cfg.patience or len(eval_losses) <= cfg.patience:
+            return False
+        return min(eval_losses[-cfg.patience :]) >= min(eval_losses[: -cfg.patience])
+
+    model.train()
+    start, start_tokens = time.perf_counter(), tokens
+    lengths = [len(ids) for ids, _ in encoded]
+    while step < total and not stalled():
+        if epoch_rng is not None:  # resuming: replay this epoch's order
+            rng.setstate(epoch_rng)
+        epoch_rng = rng.getstate()
+        batches = length_buckets(len(encoded), cfg.batch_size, rng, lengths)
+        for b, batch_idx in enumerate(batches):
+            if b < skip:
+                continue
+            if step >= total:
+                break
+            ids, labels, mask = collate(encoded, batch_idx, pad_id)
+            out = model(input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels.to(device))
+            out.loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            tokens += int(mask.sum())
+            loss = float(out.loss.detach())
+            loss_ema = loss if math.isnan(loss_ema) else 0.9 * loss_ema + 0.1 * loss
+            if checkpoint_dir is not None and step % cfg.checkpoint_every == 0 and step < total:
+                checkpoint(b + 1)
+            if progress:
+                progress(step, total)
+        else:  # a whole epoch: measure the held-out loss, remember the best weights
+            if held:
+                eval_losses.append(_eval_loss(model, held, cfg.batch_size, pad_id))
+                if eval_losses[-1] <= min(eval_losses):
+                    best = _trainable(model)
+                log.info("epoch %d: held-out loss %.4f", len(eval_losses), eval_losses[-1])
+        skip, epoch_rng = 0, None
+    best_epoch = None
+    if cfg.patience and best is not None and eval_losses[-1] > min(eval_losses):
+        _load_trainable(model, best)
+        best_epoch = eval_losses.index(min(eval_losses)) + 1
+        log.info("early stopping: keeping epoch %d of %d", best_epoch, len(eval_losses))
+    seconds = time.perf_counter() - start
+
+    def save(tmp: Path) -> None:
+        model.save_pretrained(str(tmp))
+        if cfg.method == "full":
+            tokenizer.save_pretrained(str(tmp))
+
+    _save_atomic(out_dir, save)
+    if checkpoint_dir is not None:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    log.info("trained %d steps on %d pairs in %.1fs, loss %.3f", step, len(encoded), seconds, loss_ema)
+    return TrainResult(
+        out_dir, cfg.method, step, len(encoded), loss_ema, tokens - start_tokens, seconds, resumed_from,
+        eval_losses, best_epoch,
+    )  # fmt: skip

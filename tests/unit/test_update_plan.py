@@ -1,0 +1,71 @@
+"""How the next memory version is built from the active one's ledger (pure decision logic)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+from memo.db import JobKind
+from memo.pipeline import plan_update
+from memo.settings import get_settings
+
+BASE = "/models/base"
+
+
+def settings(**train: Any):
+    return get_settings(memory={"model": BASE}, train={"update_mode": "merge", "consolidate_after": 4, **train})
+
+
+def version(*entries: tuple[str, list[str]], base: str = BASE, method: str = "lora") -> Any:
+    ledger = [{"path": p, "documents": d} for p, d in entries]
+    return SimpleNamespace(ledger=ledger, base_model=base, metrics={"method": method})
+
+
+def job(kind: JobKind = JobKind.ingest) -> Any:
+    return SimpleNamespace(kind=kind)
+
+
+V = version(("full", ["a", "b"]), ("d1", ["c"]), ("d2", ["d", "e"]))
+
+
+def test_a_new_document_trains_a_delta_and_keeps_the_ledger():
+    plan = plan_update(settings(), job(), V, {"a", "b", "c", "d", "e", "f"}, {"f"})
+    assert plan.mode == "merge" and plan.train_docs == {"f"}
+    assert [e["path"] for e in plan.keep] == ["full", "d1", "d2"]
+
+
+def test_removing_a_document_drops_its_delta_and_retrains_its_companions():
+    plan = plan_update(settings(), job(JobKind.remove), V, {"a", "b", "c", "e"}, set())
+    assert plan.mode == "merge" and [e["path"] for e in plan.keep] == ["full", "d1"]
+    assert plan.train_docs == {"e"}  # d2 also held e: e is learned again in the new delta
+
+
+def test_removing_a_document_alone_in_its_delta_only_drops_it():
+    plan = plan_update(settings(), job(JobKind.remove), V, {"a", "b", "d", "e"}, set())
+    assert plan.mode == "merge" and plan.train_docs == set()
+    assert [e["path"] for e in plan.keep] == ["full", "d2"]
+
+
+def test_full_retrain_when_merging_cannot_work():
+    live = {"a", "b", "c", "d", "e", "f"}
+    cases = {
+        "a document of the base adapter": (settings(), job(JobKind.remove), V, {"b", "c", "d", "e"}),
+        "consolidation": (settings(), job(JobKind.consolidate), V, live),
+        "update_mode=retrain": (settings(update_mode="retrain"), job(), V, live),
+        "method=full": (settings(method="full"), job(), V, live),
+        "no earlier LoRA version": (settings(), job(), None, live),
+        "full fine-tuned parent": (settings(), job(), version(("m", ["a"]), method="full"), live),
+        "base model changed": (settings(), job(), version(("full", ["a"]), base="/other"), live),
+        "consolidate_after": (settings(consolidate_after=3), job(), V, live),
+    }
+    for name, (cfg, j, prev, docs) in cases.items():
+        plan = plan_update(cfg, j, prev, docs, {"f"} & docs)
+        assert plan.mode == "full", name
+        assert plan.train_docs == docs and plan.keep == [] and plan.reason, name
+
+
+def test_consolidation_is_off_when_consolidate_after_is_zero():
+    long = version(("full", ["a"]), *[(f"d{i}", [f"x{i}"]) for i in range(20)])
+    live = {"a", "new", *[f"x{i}" for i in range(20)]}
+    assert plan_update(settings(consolidate_after=0), job(), long, live, {"new"}).mode == "merge"
+    assert plan_update(settings(), job(), long, live, {"new"}).mode == "full"
