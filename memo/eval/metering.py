@@ -1,0 +1,138 @@
+"""Token and call accounting for every LLM call a method makes while answering one question.
+
+:class:`MeteredEngines` hands out the same clients as :class:`memo.llm.Engines`, wrapped so that each call adds its
+prompt and completion tokens to the :class:`Meter` of the question being answered (a context variable: questions
+answered concurrently in one event loop each keep their own). Tokens are counted with the tokenizer of the model that
+answered (local models), else with a fallback tokenizer (the executive's, or the default model's), prompt = the chat
+template applied to the messages.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from memo.llm import LLM, Engines, Message
+from memo.settings import LLMRole, Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Meter:
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "calls": self.calls,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "tokens": self.tokens,
+        }
+
+
+CURRENT: contextvars.ContextVar[Meter | None] = contextvars.ContextVar("memo_eval_meter", default=None)
+
+
+class TokenCounter:
+    """Counts the tokens of chat prompts and completions with a Hugging Face tokenizer."""
+
+    def __init__(self, tokenizer: Any, label: str) -> None:
+        self.tokenizer = tokenizer
+        self.label = label
+
+    def prompt(self, messages: list[Message]) -> int:
+        try:
+            ids = self.tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+            if isinstance(ids, dict) or hasattr(ids, "keys"):  # a BatchEncoding
+                ids = ids["input_ids"]
+            return len(ids)
+        except Exception:  # a tokenizer without a chat template: the contents alone
+            return sum(self.text(m["content"]) for m in messages)
+
+    def text(self, text: str) -> int:
+        return len(self.tokenizer.encode(text, add_special_tokens=False))
+
+
+@lru_cache(maxsize=8)
+def _tokenizer(path: str) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+def counter_for(settings: Settings, role: LLMRole) -> TokenCounter:
+    """The tokenizer of ``role``'s model when it is a local directory, else the default model's."""
+    from pathlib import Path
+
+    candidates = [settings.model_path(role)] if role.backend == "local" else [role.model or ""]
+    candidates.append(settings.memory_base_model)
+    for path in candidates:
+        if path and (Path(path) / "tokenizer_config.json").is_file():
+            return TokenCounter(_tokenizer(path), path)
+    raise FileNotFoundError(f"no local tokenizer for {role.model!r} nor at {settings.memory_base_model}")
+
+
+class MeteredLLM:
+    """An LLM that adds every call's tokens to the current question's meter."""
+
+    def __init__(self, inner: LLM, counter: TokenCounter) -> None:
+        self.inner = inner
+        local = getattr(getattr(inner, "model", None), "tokenizer", None)  # LocalChat: its own model's tokenizer
+        self.counter = TokenCounter(local, inner.name) if local is not None else counter
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    async def chat(
+        self,
+        messages: list[Message],
+        *,
+        temperature: float = 0.0,
+        max_tokens: int = 256,
+        json_schema: dict[str, Any] | None = None,
+    ) -> str:
+        out = await self.inner.chat(messages, temperature=temperature, max_tokens=max_tokens, json_schema=json_schema)
+        meter = CURRENT.get()
+        if meter is not None:
+            meter.calls += 1
+            meter.prompt_tokens += self.counter.prompt(messages)
+            meter.completion_tokens += self.counter.text(out)
+        return out
+
+
+class MeteredEngines(Engines):
+    """:class:`Engines` whose clients are metered (what :func:`memo.query.ask` uses in the harness)."""
+
+    def __init__(self, settings: Settings, counter: TokenCounter) -> None:
+        super().__init__(settings)
+        self.counter = counter
+        self._metered: dict[int, MeteredLLM] = {}
+
+    def _wrap(self, llm: LLM) -> LLM:
+        key = id(llm)
+        if key not in self._metered:
+            self._metered[key] = MeteredLLM(llm, self.counter)
+        return self._metered[key]
+
+    def for_role(self, role: LLMRole) -> LLM:
+        return self._wrap(super().for_role(role))
+
+    def memory(self, version_id: str | None, adapter_path: str | None) -> LLM:
+        if version_id is None or adapter_path is None:
+            return self._wrap(super().for_role(self.settings.memory))
+        return self._wrap(super().memory(version_id, adapter_path))
+
+    async def aclose(self) -> None:
+        self._metered.clear()
+        await super().aclose()

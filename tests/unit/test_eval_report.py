@@ -1,0 +1,92 @@
+"""The harness's pure parts: judge verdicts, per-method figures, comparison, written files, BM25 retrieval."""
+
+from __future__ import annotations
+
+import json
+
+from memo.eval import report
+from memo.eval.baselines import parse_verdict, read_messages
+
+
+def _record(method: str, qid: str, f1: float, tokens: int, seconds: float, judge: float | None = None) -> dict:
+    return {
+        "method": method,
+        "qid": qid,
+        "question": "q?",
+        "answers": ["a"],
+        "prediction": "a",
+        "scores": {"em": float(f1 == 1.0), "f1": f1, "rouge_l": f1},
+        "cost": {"calls": 1, "prompt_tokens": tokens - 2, "completion_tokens": 2, "tokens": tokens},
+        "seconds": seconds,
+        "error": None,
+        "judge": judge,
+        "judge_raw": None if judge is None else "CORRECT",
+    }
+
+
+def test_parse_verdict():
+    assert parse_verdict("CORRECT") is True
+    assert parse_verdict("Incorrect.") is False
+    assert parse_verdict("  correct, because") is True
+    assert parse_verdict("maybe") is None
+
+
+def test_read_messages_number_the_passages():
+    msgs = read_messages("Who?", ["one", "two"])
+    assert "[1] one\n\n[2] two" in msgs[-1]["content"] and msgs[-1]["content"].endswith("Question: Who?")
+
+
+def test_summarise_and_compare():
+    records = [
+        _record("bm25", "1", 1.0, 100, 1.0, judge=1.0),
+        _record("bm25", "2", 0.5, 300, 3.0, judge=0.0),
+        _record("gold", "1", 0.0, 50, 2.0),
+        _record("gold", "2", 0.0, 50, 2.0),
+    ]
+    figures = report.summarise(records, ["bm25", "gold"], {"bm25": 3.5, "gold": 2.5})
+    assert figures["bm25"]["f1"] == 75.0 and figures["bm25"]["em"] == 50.0 and figures["bm25"]["judge"] == 50.0
+    assert figures["bm25"]["tokens"] == 400 and figures["bm25"]["tokens_per_question"] == 200.0
+    assert figures["bm25"]["seconds_per_question"] == 2.0 and figures["bm25"]["wall_seconds"] == 3.5
+    assert figures["gold"]["judge"] is None and figures["gold"]["questions"] == 2
+    previous = {"bm25": {**figures["bm25"], "f1": 80.0}, "other": figures["gold"]}
+    delta = report.compare(figures, previous)
+    assert delta == {"bm25": {"em": 0.0, "f1": -5.0, "rouge_l": 0.0, "judge": 0.0}}
+
+
+def test_write_produces_every_file(tmp_path):
+    records = [_record("memo", "1", 1.0, 10, 1.0), _record("closed-book", "1", 0.0, 5, 0.5)]
+    results = {
+        "command": "memo eval --dataset x",
+        "benchmark": {"name": "tiny", "questions": 1, "documents": 1, "distractor_documents": 0},
+        "methods": report.summarise(records, ["memo", "closed-book"], {"memo": 1.0, "closed-book": 0.5}),
+        "setup_seconds": {"memo": 12.0},
+        "models": {"executive": "exec-model", "memory": "mem-model"},
+        "collection": None,
+        "comparison": {"against": "old.json", "delta": {"memo": {"f1": 3.0}}},
+    }
+    files = report.write(tmp_path, results, records)
+    assert set(files) == {"results.json", "results.md", "records.jsonl", "accuracy.png", "cost.png"}
+    for p in files.values():
+        assert p.stat().st_size > 0
+    assert (tmp_path / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
+    md = (tmp_path / "results.md").read_text()
+    assert "| memo | 100.00 | 100.00 | 100.00 | — | 10 |" in md
+    assert "| memo | — | 3.00 | — | — |" in md and "memo eval --dataset x" in md
+    assert json.loads((tmp_path / "results.json").read_text())["methods"]["memo"]["f1"] == 100.0
+    assert len((tmp_path / "records.jsonl").read_text().splitlines()) == 2
+
+
+def test_bm25_finds_the_passage_with_the_words():
+    from memo.eval.dataset import Doc
+    from memo.eval.retrieval import BM25Index, chunk_corpus
+
+    docs = [
+        Doc("a", "Alpha", "The lighthouse keeper Ann painted the tower red. " * 3),
+        Doc("b", "Beta", "Bakers in the valley sell rye bread every Sunday. " * 3),
+    ]
+    passages = chunk_corpus(docs, words=20, overlap=0)
+    assert {p.doc_id for p in passages} == {"a", "b"} and passages[0].text.startswith("Alpha: ")
+    index = BM25Index(passages)
+    assert index.search("Who sells rye bread?", 1)[0].doc_id == "b"
+    assert index.search("lighthouse tower", 1)[0].doc_id == "a"
+    assert index.search("the of and", 2) == []
