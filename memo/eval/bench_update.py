@@ -5,7 +5,8 @@ halves A and B, ingested one after the other through the real pipeline with ``up
 full adapter on A, version 2 a delta trained on B alone and merged with it (the update). Then, on the same
 reflections, a full retrain on A and B (what ``update_mode=retrain`` would do), and every merge combination of the
 same two task vectors. Each model answers, closed-book, the reflections held out of training (A's and B's) and the
-benchmark's own questions about the documents; compute is the wall time of training (+ merging).
+benchmark's own questions about the documents (held-out recall as the gate measures it,
+:func:`memo.train.gate.knows`); compute is the wall time of training (+ merging).
 
 Run: ``python -m memo.eval.bench_update --dataset ../shared/data/narrativeqa_dev --docs 4 --out results/lifecycle``
 (generator from the usual settings, e.g. ``MEMO_GENERATOR__BACKEND=openai`` on a vLLM server).
@@ -27,12 +28,13 @@ from sqlalchemy import select
 
 from memo import catalog
 from memo.db import Database, MemoryVersion, Reflection
-from memo.eval.metrics import recalled, token_f1
+from memo.eval.metrics import token_f1
 from memo.llm import Engines
 from memo.merge.adapters import merge_adapters
 from memo.pipeline import Context, run_batch
 from memo.reflect.prompts import memory_messages
 from memo.settings import Settings, get_settings
+from memo.train.gate import knows
 from memo.train.sft import train_sft
 
 log = logging.getLogger(__name__)
@@ -133,7 +135,7 @@ def main() -> None:
         row: dict[str, float] = {}
         for label, ids in sets.items():
             got = asyncio.run(answers(settings, name, adapter, [by_id[i][0] for i in ids]))
-            row[label] = sum(recalled(g, by_id[i][1]) for g, i in zip(got, ids, strict=True)) / max(len(ids), 1)
+            row[label] = sum(knows(g, *by_id[i]) for g, i in zip(got, ids, strict=True)) / max(len(ids), 1)
         got = asyncio.run(answers(settings, name, adapter, [q["question"] for q in asked]))
         f1s = [max(token_f1(g, r) for r in q["answers"]) for g, q in zip(got, asked, strict=True)]
         row["benchmark F1"] = sum(f1s) / max(len(f1s), 1)

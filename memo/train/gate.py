@@ -4,10 +4,11 @@ earlier documents (the old and the new version answer the same probe questions).
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from memo.eval.metrics import recalled
+from memo.eval.metrics import normalise, recalled
 from memo.llm.base import LLM
 from memo.reflect.prompts import memory_messages
 from memo.settings import GateSettings
@@ -30,12 +31,28 @@ def split_holdout(pairs: Sequence[Pair], cfg: GateSettings) -> tuple[list[Pair],
     return [p for p in pairs if p[0] not in held], [p for p in pairs if p[0] in held]
 
 
+def knows(prediction: str, question: str, reference: str, share: float = 0.5) -> bool:
+    """The prediction carries the reference's knowledge, not an echo of the question.
+
+    A reflection's answer restates its question's words ("When was Zorblax founded?" -> "Zorblax was founded in
+    2004 by Tobias Quillfeather."), so plain token overlap rewards a model that repeats the question. Only the
+    reference's tokens that the question does not contain count: at least ``share`` of them must appear in the
+    prediction. A reference with no such tokens falls back to :func:`memo.eval.metrics.recalled`.
+    """
+    asked = set(normalise(question).split())
+    novel = Counter(t for t in normalise(reference).split() if t not in asked)
+    if not novel:
+        return recalled(prediction, reference)
+    got = Counter(normalise(prediction).split())
+    return sum((novel & got).values()) >= share * sum(novel.values())
+
+
 async def recall(llm: LLM, pairs: Sequence[Pair]) -> float | None:
-    """Share of questions whose closed-book answer recalls the reference (None when there are none)."""
+    """Share of questions whose closed-book answer :func:`knows` the reference (None when there are none)."""
     if not pairs:
         return None
     answers = await asyncio.gather(*(llm.chat(memory_messages(q), max_tokens=64) for _, q, _ in pairs))
-    return sum(recalled(a, ref) for a, (_, _, ref) in zip(answers, pairs, strict=True)) / len(pairs)
+    return sum(knows(a, q, ref) for a, (_, q, ref) in zip(answers, pairs, strict=True)) / len(pairs)
 
 
 @dataclass

@@ -118,7 +118,8 @@ def test_second_upload_trains_a_delta_and_merges_it(tmp_path, model_dir):
             strict,
             coll.id,
             "d3.txt",
-            b"Zorblax was founded in 2004 by Tobias Quillfeather. The Zorblax canteen serves soup on Fridays.",
+            b"Zorblax was founded in 2004 by Tobias Quillfeather. The Zorblax canteen serves soup on Fridays. "
+            b"The Zorblax night shift starts at 23:40.",
         )
     with pytest.raises(GateFailed, match="not activated"):
         run_pipeline(Context(db, strict), up.job.id)

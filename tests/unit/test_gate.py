@@ -1,5 +1,5 @@
 from memo.settings import GateSettings
-from memo.train.gate import judge, recall, split_holdout
+from memo.train.gate import judge, knows, recall, split_holdout
 
 from .fakes import ScriptedLLM
 
@@ -17,6 +17,16 @@ async def test_recall_scores_closed_book_answers():
     llm = ScriptedLLM(lambda m, t: "It is 217 dollars." if "hotel" in m[-1]["content"] else "I don't know")
     assert await recall(llm, [("1", "hotel cap?", "217 dollars"), ("2", "portal?", "Skylark")]) == 0.5
     assert await recall(llm, []) is None
+
+
+def test_knows_counts_the_answer_not_an_echo_of_the_question():
+    q, ref = "When was Zorblax founded?", "Zorblax was founded in 2004 by Tobias Quillfeather."
+    assert knows("It was founded in 2004 by Tobias Quillfeather.", q, ref)
+    assert knows("Tobias Quillfeather founded it in 2004.", q, ref)
+    assert not knows("Zorblax was founded.", q, ref)  # echoes the question: token F1 with ref is 0.5, knows nothing
+    assert not knows("Zorblax was founded in 1990 by Ada Lovelace.", q, ref)
+    assert knows("Skylark", "Which portal?", "Skylark")
+    assert knows("the Zorblax one", "Which Zorblax?", "Zorblax")  # nothing novel in the reference: plain recall
 
 
 def test_judge():
