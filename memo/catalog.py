@@ -9,7 +9,19 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from memo.blobs import BlobStore
-from memo.db import Chunk, Collection, Document, DocumentStatus, Job, JobKind, JobState, MemoryVersion, Reflection
+from memo.db import (
+    Chunk,
+    Collection,
+    Document,
+    DocumentStatus,
+    Job,
+    JobKind,
+    JobState,
+    MemoryVersion,
+    Reflection,
+    ReflectionSource,
+    ReflectUnit,
+)
 from memo.errors import Conflict, InvalidInput, NotFound, NotReady, PayloadTooLarge
 from memo.ingest.parse import content_hash, validate_upload
 from memo.settings import Settings
@@ -111,7 +123,11 @@ def remove_document(session: Session, collection_id: str, document_id: str) -> R
     busy = _busy(session, collection_id)
     if busy is not None:
         raise Conflict(f"job {busy.id} of this collection is {busy.state.value}; retry when it has finished")
+    # every pair with this document among its sources goes (cross-document pairs of other documents too)
+    sourced = select(ReflectionSource.reflection_id).where(ReflectionSource.document_id == doc.id)
+    session.execute(delete(Reflection).where(Reflection.id.in_(sourced.scalar_subquery())))
     session.execute(delete(Reflection).where(Reflection.document_id == doc.id))
+    session.execute(delete(ReflectUnit).where(ReflectUnit.document_id == doc.id))  # re-upload reflects afresh
     session.execute(delete(Chunk).where(Chunk.document_id == doc.id))
     doc.status = DocumentStatus.deleted
     learned = session.scalars(

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from memo.blobs import BlobStore
@@ -31,11 +30,10 @@ from memo.db import (
     VersionStatus,
 )
 from memo.errors import GateFailed, InvalidInput, NotFound
-from memo.ingest.chunk import chunk_text
+from memo.ingest.chunk import chunk_text, chunk_tokens, token_counter
 from memo.ingest.parse import parse
-from memo.llm import LLM, Engines
-from memo.reflect.direct import direct_facts, question_hash
-from memo.reflect.prompts import PROMPT_VERSION
+from memo.llm import Engines
+from memo.reflect.run import DocumentReflector
 from memo.serving.publish import active_version, load_into_server, publish, retire_adapters
 from memo.settings import Settings
 from memo.train.gate import judge, recall, split_holdout
@@ -87,77 +85,71 @@ def _add_stats(ctx: Context, job_id: str, stage: str, figures: dict[str, float])
 # -- stages -------------------------------------------------------------------------------------------------------
 def stage_parse(ctx: Context, job_id: str) -> None:
     job = _job(ctx, job_id)
+    cfg = ctx.settings.chunk
     with ctx.db.session() as s:
         doc = s.get(Document, job.document_id)
         assert doc is not None
         if s.scalars(select(Chunk.id).where(Chunk.document_id == doc.id)).first():
             return  # already chunked
         text = parse(BlobStore(ctx.settings.blob_dir).get(doc.content_hash), doc.media_type)
-        pieces = chunk_text(text, words=ctx.settings.chunk.words, overlap=ctx.settings.chunk.overlap)
+        if cfg.unit == "tokens":
+            count = token_counter(ctx.settings.tokenizer_path)
+            pieces = chunk_tokens(text, tokens=cfg.tokens, overlap=cfg.token_overlap, count=count)
+        else:
+            pieces = chunk_text(text, words=cfg.words, overlap=cfg.overlap)
         if not pieces:
             raise InvalidInput(f"{doc.filename!r} has no text to learn from")
         s.add_all(Chunk(document_id=doc.id, seq=i, text=t) for i, t in enumerate(pieces))
         doc.status = DocumentStatus.chunked
-    _add_stats(ctx, job_id, "parse", {"chunks": len(pieces), "words": len(text.split())})
+    figures: dict[str, float] = {"chunks": len(pieces), "words": len(text.split())}
+    if cfg.unit == "tokens":
+        figures["tokens"] = count(text)
+    _add_stats(ctx, job_id, "parse", figures)
+
+
+def _stage_progress(ctx: Context, job_id: str, every_s: float = 1.0) -> Callable[[str, int, int], None]:
+    """A (stage, done, total) callback for the reflect stage: done/total of the current MeMo stage on the job row,
+    every stage's figures under ``stats["reflect_progress"]``; written at most once per ``every_s`` (and at ends)."""
+    last = [0.0]
+    seen: dict[str, list[int]] = {}
+
+    def report(stage: str, done: int, total: int) -> None:
+        seen[stage] = [done, total]
+        now = time.monotonic()
+        if done < total and now - last[0] < every_s:
+            return
+        last[0] = now
+        with ctx.db.session() as s:
+            job = s.get(Job, job_id)
+            if job is not None:
+                job.done, job.total = done, total
+                job.stats = {**(job.stats or {}), "reflect_progress": {k: list(v) for k, v in seen.items()}}
+
+    return report
 
 
 def stage_reflect(ctx: Context, job_id: str) -> None:
+    """The MeMo stages selected by ``settings.reflect.stages`` on the job's document (memo.reflect.run); resumable
+    per unit of work, deduplicated within the collection, with per-stage figures in the job's statistics."""
     job = _job(ctx, job_id)
-    with ctx.db.session() as s:
-        chunks = s.scalars(select(Chunk).where(Chunk.document_id == job.document_id).order_by(Chunk.seq)).all()
-    pending = [c for c in chunks if c.reflected_version != PROMPT_VERSION]
-    report = _progress(ctx, job_id)
-    total = len(chunks)
-    done = total - len(pending)
-    report(done, total)
-    sem = asyncio.Semaphore(ctx.settings.reflect_concurrency)
-    figures = {"pairs": 0, "facts_without_question": 0, "duplicates": 0}
+    assert job.document_id is not None
+    reflector = DocumentReflector(ctx.db, ctx.settings, job.document_id, _stage_progress(ctx, job_id))
 
-    async def one(generator: LLM, chunk: Chunk) -> None:
-        nonlocal done
-        async with sem:
-            pairs, failed = await direct_facts(generator, chunk.text)
-        with ctx.db.session() as s:
-            for p in pairs:
-                row = Reflection(
-                    collection_id=job.collection_id,
-                    document_id=job.document_id,
-                    chunk_id=chunk.id,
-                    kind=p.kind,
-                    question=p.question,
-                    answer=p.answer,
-                    question_hash=question_hash(p.question),
-                )
-                try:
-                    with s.begin_nested():  # a duplicate question in the collection is skipped, not fatal
-                        s.add(row)
-                    figures["pairs"] += 1
-                except IntegrityError:
-                    figures["duplicates"] += 1
-            c = s.get(Chunk, chunk.id)
-            assert c is not None
-            c.reflected_version = PROMPT_VERSION  # same transaction as its pairs: resumable per chunk
-        figures["facts_without_question"] += failed
-        done += 1
-        report(done, total)
-
-    async def run_all() -> None:
+    async def run_all() -> dict[str, Any]:
         engines = Engines(ctx.settings)  # clients live inside this event loop only
         try:
-            generator = engines.generator()
-            await asyncio.gather(*(one(generator, c) for c in pending))
+            return await reflector.run(engines.generator())
         finally:
             await engines.aclose()
 
-    asyncio.run(run_all())
+    figures = asyncio.run(run_all())
     with ctx.db.session() as s:
         doc = s.get(Document, job.document_id)
         assert doc is not None
         doc.status = DocumentStatus.reflected
-        n = len(s.scalars(select(Reflection.id).where(Reflection.document_id == job.document_id)).all())
-    if n == 0:
+    if figures["document_pairs"] == 0:
         raise InvalidInput("no reflections could be generated from this document; nothing to learn")
-    _add_stats(ctx, job_id, "reflect", {**figures, "document_pairs": n})
+    _add_stats(ctx, job_id, "reflect", figures)
 
 
 def live_documents(session: Session, collection_id: str) -> list[str]:

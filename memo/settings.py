@@ -6,11 +6,12 @@ Nested values use a double underscore, e.g. ``MEMO_MEMORY__BACKEND=openai``,
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 Backend = Literal["local", "openai"]
 
@@ -38,13 +39,63 @@ class LLMRole(BaseModel):
 
 
 class ChunkSettings(BaseModel):
+    """Chunking for the reflect stage. ``unit=tokens`` (default) measures chunks with the tokenizer of ``tokenizer``
+    (unset = the generator's model directory when local, else the memory training base); ``unit=words`` cuts word
+    windows of ``words``/``overlap`` (the MeMo paper's unit)."""
+
+    unit: Literal["tokens", "words"] = "tokens"
+    tokens: int = Field(default=512, ge=16)
+    token_overlap: int = Field(default=64, ge=0)
+    tokenizer: str | None = None
     words: int = Field(default=200, ge=10)
     overlap: int = Field(default=20, ge=0)
 
     @model_validator(mode="after")
     def _check(self) -> ChunkSettings:
-        if self.overlap >= self.words:
+        if self.overlap >= self.words or self.token_overlap >= self.tokens:
             raise ValueError("chunk overlap must be smaller than the chunk size")
+        return self
+
+
+REFLECT_STAGES = ("direct", "indirect", "consolidate", "verify", "entities", "cross")
+
+
+class ReflectSettings(BaseModel):
+    """The MeMo reflection stages run on every document (``MEMO_REFLECT__STAGES=direct,indirect,verify``).
+
+    ``direct`` is always run. ``verify`` checks (and rewrites, up to ``verify_attempts``) the pairs of every other
+    stage before they are stored. ``cross`` pairs this document with related documents of its collection.
+    """
+
+    stages: Annotated[list[str], NoDecode] = ["direct", "indirect", "verify"]  # env: a comma-separated list
+    direct_variants: int = Field(default=3, ge=1)  # phrasings per stated fact
+    json_retries: int = Field(default=1, ge=0)  # extra attempts when structured output does not parse
+    verify_attempts: int = Field(default=5, ge=1)  # rewrites of a failing pair before it is dropped
+    # which pairs the LLM judge sees after the rule checks (self-containment rules and grounding in the source apply to
+    # every pair): "all", "generated" (all but direct facts, whose answers are source sentences), "none" (rules only)
+    verify_judge: Literal["all", "generated", "none"] = "generated"
+    consolidate_max_groups: int = Field(default=12, ge=0)  # per document
+    consolidate_max_answer_words: int = Field(default=150, ge=20)
+    cross_max_related: int = Field(default=3, ge=0)  # related documents per document
+    cross_min_similarity: float = Field(default=0.1, ge=0, le=1)
+    cross_max_anchors: int = Field(default=6, ge=0)  # anchor pairs of this document
+    cross_batch: int = Field(default=20, ge=1, le=50)  # pairs of other documents per request
+    near_duplicate_threshold: float = Field(default=0.85, gt=0, le=1)  # shingle Jaccard (MinHash); 1 = exact only
+    max_tokens: int = Field(default=384, ge=32)  # per structured request
+
+    @field_validator("stages", mode="before")
+    @classmethod
+    def _split(cls, v: object) -> object:
+        if isinstance(v, str):
+            v = json.loads(v) if v.strip().startswith("[") else [s.strip() for s in v.split(",") if s.strip()]
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> ReflectSettings:
+        unknown = set(self.stages) - set(REFLECT_STAGES)
+        if unknown:
+            raise ValueError(f"unknown reflect stages {sorted(unknown)}; known: {', '.join(REFLECT_STAGES)}")
+        self.stages = [s for s in REFLECT_STAGES if s in self.stages or s == "direct"]  # the method's order
         return self
 
 
@@ -109,6 +160,7 @@ class Settings(BaseSettings):
     executive: LLMRole = LLMRole()
 
     chunk: ChunkSettings = ChunkSettings()
+    reflect: ReflectSettings = ReflectSettings()
     train: TrainSettings = TrainSettings()
     gate: GateSettings = GateSettings()
     max_sub_questions: int = Field(default=4, ge=1)
@@ -133,6 +185,15 @@ class Settings(BaseSettings):
     def model_path(self, role: LLMRole) -> str:
         """The model a local backend loads for ``role``."""
         return role.model or str(self.default_model_dir)
+
+    @property
+    def tokenizer_path(self) -> str:
+        """The tokenizer chunks are measured with: the generator's local weights, else the memory training base."""
+        if self.chunk.tokenizer:
+            return self.chunk.tokenizer
+        if self.generator.backend == "local":
+            return self.model_path(self.generator)
+        return self.memory_base_model
 
     @property
     def memory_base_model(self) -> str:

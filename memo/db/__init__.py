@@ -10,6 +10,8 @@ from memo.db.models import (
     JobState,
     MemoryVersion,
     Reflection,
+    ReflectionSource,
+    ReflectUnit,
     VersionStatus,
 )
 from memo.db.session import Database
@@ -27,5 +29,7 @@ __all__ = [
     "JobState",
     "MemoryVersion",
     "Reflection",
+    "ReflectionSource",
+    "ReflectUnit",
     "VersionStatus",
 ]

@@ -108,7 +108,7 @@ class Chunk(Base):
 
 
 class Reflection(Base):
-    """A synthetic QA pair; provenance is its source document and chunk."""
+    """A synthetic QA pair; its primary source is ``document_id``/``chunk_id``, every source in ReflectionSource."""
 
     __tablename__ = "reflections"
     __table_args__ = (
@@ -124,6 +124,33 @@ class Reflection(Base):
     question: Mapped[str] = mapped_column(Text)
     answer: Mapped[str] = mapped_column(Text)
     question_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ReflectionSource(Base):
+    """Provenance: every document and chunk a reflection was made from (one row for a single-chunk pair, several
+    for consolidated and cross-document pairs). ``Reflection.document_id``/``chunk_id`` is the primary source."""
+
+    __tablename__ = "reflection_sources"
+
+    reflection_id: Mapped[str] = mapped_column(ForeignKey("reflections.id", ondelete="CASCADE"), primary_key=True)
+    chunk_id: Mapped[str] = mapped_column(ForeignKey("chunks.id", ondelete="CASCADE"), primary_key=True)
+    document_id: Mapped[str] = mapped_column(ForeignKey("documents.id", ondelete="CASCADE"), index=True)
+
+
+class ReflectUnit(Base):
+    """One finished unit of reflection work (a chunk, a consolidation group, a cross-document batch) of a document,
+    keyed by document content hash + prompt version + stage + the unit's inputs, committed with its pairs: a killed
+    job skips finished units when it resumes. ``stats`` are the unit's figures (pairs, dropped, tokens)."""
+
+    __tablename__ = "reflect_units"
+    __table_args__ = (UniqueConstraint("document_id", "work_key", name="uq_reflect_unit"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    document_id: Mapped[str] = mapped_column(ForeignKey("documents.id", ondelete="CASCADE"), index=True)
+    stage: Mapped[str] = mapped_column(String(32))
+    work_key: Mapped[str] = mapped_column(String(64))
+    stats: Mapped[dict] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

@@ -1,0 +1,62 @@
+"""Token-aware chunking with overlap: measured with the real tokenizer of the packaged model."""
+
+from __future__ import annotations
+
+from memo.ingest.chunk import approx_tokens, chunk_text, chunk_tokens, split_sentences, token_counter
+from memo.settings import get_settings
+
+
+def _long_document(n: int = 120) -> str:
+    return " ".join(
+        f"The Zorblax depot number {i} in Varnmouth stores {i * 7} crates of glassware since {1900 + i}."
+        for i in range(n)
+    )
+
+
+def test_chunks_fit_the_token_budget_of_the_real_tokenizer_and_overlap(model_dir):
+    count = token_counter(str(model_dir))
+    assert count is not approx_tokens
+    text = _long_document()
+    chunks = chunk_tokens(text, tokens=200, overlap=40, count=count)
+    assert len(chunks) >= 8  # a long document is cut into several chunks
+    for c in chunks:
+        assert count(c) <= 200
+    for prev, nxt in zip(chunks, chunks[1:], strict=False):
+        tail = split_sentences(prev)
+        head = split_sentences(nxt)
+        shared = [s for s in head if s in tail]
+        assert shared and head[: len(shared)] == tail[-len(shared) :]  # whole sentences repeated
+        assert sum(count(s) for s in shared) <= 40
+    covered = {s for c in chunks for s in split_sentences(c)}
+    assert covered == set(split_sentences(text))  # nothing lost
+
+
+def test_overlong_sentence_is_split_by_tokens(model_dir):
+    count = token_counter(str(model_dir))
+    sentence = " ".join(f"glassware{i}" for i in range(300)) + "."
+    chunks = chunk_tokens(sentence, tokens=64, overlap=0, count=count)
+    assert len(chunks) > 3
+    assert all(count(c) <= 64 for c in chunks)
+    assert " ".join(chunks).split() == sentence.split()
+
+
+def test_missing_tokenizer_falls_back_to_an_approximation(tmp_path):
+    assert token_counter(str(tmp_path / "nothing-here")) is approx_tokens
+    assert token_counter(None) is approx_tokens
+    assert approx_tokens("") == 0
+    assert approx_tokens("one two three four") == 6  # ceil(4 * 4 / 3), longer than chars / 4
+    chunks = chunk_tokens(_long_document(30), tokens=100, overlap=10)
+    assert len(chunks) > 3 and all(approx_tokens(c) <= 100 for c in chunks)
+
+
+def test_word_chunking_keeps_its_signature():
+    chunks = chunk_text(" ".join(["word"] * 95) + ".", words=40, overlap=5)
+    assert [len(c.split()) for c in chunks] == [40, 40, 15]
+
+
+def test_chunk_settings_default_to_tokens_of_the_generator(tmp_path):
+    s = get_settings(data_dir=tmp_path)
+    assert s.chunk.unit == "tokens" and s.chunk.token_overlap < s.chunk.tokens
+    assert s.tokenizer_path == str(s.default_model_dir)
+    s = get_settings(data_dir=tmp_path, chunk={"tokenizer": "/some/dir"})
+    assert s.tokenizer_path == "/some/dir"
