@@ -103,6 +103,7 @@ def memory_key(settings: Settings, bench: Benchmark) -> str:
     material = {
         "corpus": bench.summary()["corpus_sha256"],
         "chunk": settings.chunk.model_dump(),
+        "reflect": settings.model_dump().get("reflect"),  # the reflection stages and their limits, where configurable
         "train": train,
         "gate": settings.gate.model_dump(),
         "generator": [gen.backend, settings.model_path(gen) if gen.backend == "local" else gen.model, gen.base_url],
@@ -387,6 +388,7 @@ def run_eval(settings: Settings, cfg: EvalConfig) -> dict[str, Any]:
             "gate_blocks": cfg.gate,
             "work_dir": str(settings.data_dir),
             "chunk": settings.chunk.model_dump(),
+            "reflect": settings.model_dump().get("reflect"),
             "train": settings.train.model_dump(),
             "gate": settings.gate.model_dump(),
             "max_sub_questions": settings.max_sub_questions,

@@ -199,13 +199,14 @@ def plots(results: dict[str, Any], out: Path) -> list[Path]:
 
 
 def write(out: Path, results: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Path]:
+    """Write every output file into ``out`` (``results`` gains the list of their names)."""
     out.mkdir(parents=True, exist_ok=True)
     files = {
         "results.json": out / "results.json",
         "results.md": out / "results.md",
         "records.jsonl": out / "records.jsonl",
     }
-    results = {**results, "files": sorted([*files, "accuracy.png", "cost.png"])}
+    results["files"] = sorted([*files, "accuracy.png", "cost.png"])
     files["results.json"].write_text(json.dumps(results, indent=2, default=str) + "\n")
     files["results.md"].write_text(markdown(results))
     files["records.jsonl"].write_text("".join(json.dumps(r, default=str) + "\n" for r in records))
