@@ -80,7 +80,14 @@ def main() -> None:
     env = get_settings()
     data_dir = args.data_dir or args.out / "data"
     gate = {"min_recall": 0.0, "max_forgetting": 1.0}  # record held-out sets, never block: this measures, not gates
-    settings = get_settings(data_dir=data_dir, gate=gate, train={**env.train.model_dump(), "update_mode": "merge"})
+    # the bench keeps its own data directory; local roles still load the prepared model of the usual one
+    roles = {
+        r: getattr(env, r).model_copy(update={"model": getattr(env, r).model or str(env.default_model_dir)})
+        for r in ("generator", "memory", "executive")
+    }
+    settings = get_settings(
+        data_dir=data_dir, gate=gate, train={**env.train.model_dump(), "update_mode": "merge"}, **roles
+    )
     db = Database(settings)
     db.migrate()
     docs, questions = load_dataset(args.dataset, args.docs)
