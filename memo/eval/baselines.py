@@ -63,7 +63,8 @@ def judge_messages(question: str, references: list[str], prediction: str) -> lis
         {"role": "system", "content": JUDGE_SYSTEM},
         {
             "role": "user",
-            "content": f"Question: {question}\nReference answers: {refs}\nPredicted answer: {prediction or '(empty)'}",
+            "content": f"Question: {question}\nReference answers: {refs}\nPredicted answer: {prediction or '(empty)'}\n"
+            "Verdict (CORRECT or INCORRECT):",
         },
     ]
 

@@ -264,7 +264,7 @@ async def _judge_all(engines: MeteredEngines, role: LLMRole, records: list[dict[
                 raw = await judge.chat(
                     baselines.judge_messages(r["question"], r["answers"], r["prediction"]),
                     temperature=0.0,
-                    max_tokens=4,
+                    max_tokens=8,
                 )
             except Exception as exc:
                 log.warning("judge failed on %s/%s: %s", r["method"], r["qid"], exc)

@@ -32,8 +32,8 @@ def summarise(records: list[dict[str, Any]], methods: list[str], wall: dict[str,
         for k in ("em", "f1", "rouge_l"):
             v = _mean([r["scores"][k] for r in rows])
             fig[k] = round(100 * v, 2) if v is not None else None
-        judged = [r["judge"] for r in rows if r.get("judge") is not None]
-        fig["judge"] = round(100 * sum(judged) / n, 2) if judged and n else None
+        judged = [r.get("judge") or 0.0 for r in rows if r.get("judge_raw") is not None]  # unparsed verdict = wrong
+        fig["judge"] = round(100 * sum(judged) / len(judged), 2) if judged else None
         fig["judge_unparsed"] = sum(1 for r in rows if r.get("judge_raw") is not None and r.get("judge") is None)
         for k in ("prompt_tokens", "completion_tokens", "tokens", "calls"):
             total = sum(int(r["cost"][k]) for r in rows)

@@ -42,12 +42,16 @@ def test_summarise_and_compare():
         _record("bm25", "2", 0.5, 300, 3.0, judge=0.0),
         _record("gold", "1", 0.0, 50, 2.0),
         _record("gold", "2", 0.0, 50, 2.0),
+        {**_record("dense", "1", 0.0, 50, 2.0), "judge_raw": "The answer is", "judge": None},  # unparsed = wrong
+        _record("dense", "2", 0.0, 50, 2.0, judge=1.0),
     ]
-    figures = report.summarise(records, ["bm25", "gold"], {"bm25": 3.5, "gold": 2.5})
+    figures = report.summarise(records, ["bm25", "gold", "dense"], {"bm25": 3.5, "gold": 2.5})
     assert figures["bm25"]["f1"] == 75.0 and figures["bm25"]["em"] == 50.0 and figures["bm25"]["judge"] == 50.0
     assert figures["bm25"]["tokens"] == 400 and figures["bm25"]["tokens_per_question"] == 200.0
     assert figures["bm25"]["seconds_per_question"] == 2.0 and figures["bm25"]["wall_seconds"] == 3.5
     assert figures["gold"]["judge"] is None and figures["gold"]["questions"] == 2
+    assert figures["dense"]["judge"] == 50.0 and figures["dense"]["judge_unparsed"] == 1
+    assert figures["dense"]["wall_seconds"] == 0.0
     previous = {"bm25": {**figures["bm25"], "f1": 80.0}, "other": figures["gold"]}
     delta = report.compare(figures, previous)
     assert delta == {"bm25": {"em": 0.0, "f1": -5.0, "rouge_l": 0.0, "judge": 0.0}}
