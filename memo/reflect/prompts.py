@@ -28,6 +28,11 @@ STANDALONE_RULE = (
 )
 
 
+def _doc(text: str) -> str:
+    # a closing tag inside the data must not end the data early
+    return "<document>\n" + text.replace("</document>", "</ document>") + "\n</document>"
+
+
 def _pairs_schema(types: list[str] | None, max_items: int) -> dict[str, object]:
     item: dict[str, object] = {
         "type": "object",
@@ -106,6 +111,12 @@ REWRITE_SYSTEM = (
     + DATA_RULE
 )
 
+REWRITE_SHOT = (
+    _doc("Mara Quill was born in 1950. In 1990 she founded Quill Lamps in Oslo.")
+    + "\nPair: Q: When did she found it? A: In 1990.\nProblems: pronoun in the question",
+    '{"question": "When did Mara Quill found Quill Lamps?", "answer": "Mara Quill founded Quill Lamps in 1990."}',
+)
+
 ENTITY_TYPES = ["reverse_lookup", "relation_traversal"]
 ENTITY_SYSTEM = (
     "You write questions that surface the entities of a text. reverse_lookup: describe an entity by one or more "
@@ -152,11 +163,6 @@ CROSS_SCHEMA: dict[str, object] = {
 }
 
 
-def _doc(text: str) -> str:
-    # a closing tag inside the data must not end the data early
-    return "<document>\n" + text.replace("</document>", "</ document>") + "\n</document>"
-
-
 def _facts(pairs: list[tuple[str, str]]) -> str:
     return "\n".join(f"{i}. Q: {q} A: {a}" for i, (q, a) in enumerate(pairs, 1))
 
@@ -194,6 +200,8 @@ def rewrite_messages(question: str, answer: str, source: str, violations: list[s
     problems = "; ".join(violations) or "not self-contained"
     return [
         {"role": "system", "content": REWRITE_SYSTEM},
+        {"role": "user", "content": REWRITE_SHOT[0]},
+        {"role": "assistant", "content": REWRITE_SHOT[1]},
         {
             "role": "user",
             "content": f"{_doc(source)}\nPair: Q: {question} A: {answer}\nProblems: {problems}",

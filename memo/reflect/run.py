@@ -287,6 +287,8 @@ class DocumentReflector:
             metered = st.MeteredLLM(llm, self.count, stats)
             async with sem:
                 pairs = await u.run(metered, stats)
+                dup = Counter(self.dedup.check(p.question) for p in pairs)  # not worth verifying
+                pairs = [p for p in pairs if self.dedup.check(p.question) == "new"]
                 if verify and pairs:
                     vstats = st.StageStats()
                     vllm = st.MeteredLLM(llm, self.count, vstats)
@@ -309,17 +311,18 @@ class DocumentReflector:
                     stats.extra["verify"] = 1  # marks a unit that carries verification figures
                     for k, v in vstats.as_dict().items():
                         stats.extra[f"verify_{k}"] = v
-            self._store(u, pairs, stats)
+            self._store(u, pairs, stats, dup["exact"], dup["near"])
             done += 1
             self.progress(stage, done, len(units))
 
         await asyncio.gather(*(one(u) for u in todo))
 
-    def _store(self, unit: Unit, pairs: list[st.Pair], stats: st.StageStats) -> None:
-        """The unit's new pairs, their sources and its marker, in one transaction."""
+    def _store(self, unit: Unit, pairs: list[st.Pair], stats: st.StageStats, exact: int = 0, near: int = 0) -> None:
+        """The unit's new pairs, their sources and its marker, in one transaction (``exact``/``near``: duplicates
+        the unit already left out)."""
         figures = stats.as_dict()
         kinds: Counter[str] = Counter()
-        dup = {"exact": 0, "near": 0}
+        dup = {"exact": exact, "near": near}
         with self.db.session() as s:
             for p in pairs:
                 verdict = self.dedup.check(p.question)

@@ -60,3 +60,28 @@ def test_chunk_settings_default_to_tokens_of_the_generator(tmp_path):
     assert s.tokenizer_path == str(s.default_model_dir)
     s = get_settings(data_dir=tmp_path, chunk={"tokenizer": "/some/dir"})
     assert s.tokenizer_path == "/some/dir"
+
+
+def test_parse_stage_cuts_a_long_document_into_token_chunks(tmp_path, model_dir):
+    from sqlalchemy import select
+
+    from memo import catalog
+    from memo.db import Chunk, Database, Job
+    from memo.pipeline import Context, stage_parse
+    from tests.conftest import make_settings
+
+    settings = make_settings(tmp_path, chunk={"tokens": 128, "token_overlap": 24, "tokenizer": str(model_dir)})
+    db = Database(settings)
+    db.migrate()
+    with db.session() as s:
+        coll = catalog.create_collection(s, "c")
+        job_id = catalog.add_document(s, settings, coll.id, "long.txt", _long_document(40).encode()).job.id
+    stage_parse(Context(db, settings), job_id)
+    count = token_counter(str(model_dir))
+    with db.session() as s:
+        chunks = s.scalars(select(Chunk.text).order_by(Chunk.seq)).all()
+        stats = s.get(Job, job_id).stats["parse"]
+    assert len(chunks) == stats["chunks"] > 5
+    assert all(count(c) <= 128 for c in chunks)
+    assert stats["tokens"] == count(_long_document(40))
+    db.dispose()

@@ -290,3 +290,24 @@ def test_related_documents_by_entities_and_words():
     got = related_documents(target, others, max_related=5, min_similarity=0.1)
     assert [d for d, _ in got][:1] == ["b"] and "c" not in {d for d, _ in got}
     assert related_documents(target, others, max_related=1, min_similarity=0.1) == got[:1]
+
+
+def test_stage_selection_from_settings(monkeypatch, tmp_path):
+    from memo.settings import get_settings
+
+    assert get_settings(data_dir=tmp_path).reflect.stages == ["direct", "verify"]
+    monkeypatch.setenv("MEMO_REFLECT__STAGES", "cross, entities,indirect")
+    assert get_settings(data_dir=tmp_path).reflect.stages == ["direct", "indirect", "entities", "cross"]  # method order
+    monkeypatch.setenv("MEMO_REFLECT__STAGES", "direct,telepathy")
+    with pytest.raises(ValueError, match="telepathy"):
+        get_settings(data_dir=tmp_path)
+
+
+def test_only_the_selected_stages_run(env):
+    ctx, coll = env
+    ctx.settings.reflect.stages = ["direct"]
+    job, doc = _ingest(ctx, coll, "a.txt", DOC_A)
+    assert {k for k, _, _ in _pairs(ctx, doc)} == {"direct"}
+    assert {c["messages"][0]["content"] for c in FakeEngines.llm.calls} == {prompts.DIRECT_SYSTEM}
+    with ctx.db.session() as s:
+        assert set(s.get(Job, job).stats["reflect"]["stages"]) == {"direct"}
