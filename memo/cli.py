@@ -247,6 +247,7 @@ def demo(
 
 @app.command("eval")
 def eval_(
+    ctx: typer.Context,
     dataset: Annotated[Path, typer.Option(help="Benchmark folder: documents.jsonl + questions.jsonl.")],
     out: Annotated[Path, typer.Option(help="Where results.json, results.md, records.jsonl and plots go.")] = Path(
         "eval-out"
@@ -272,7 +273,6 @@ def eval_(
 ) -> None:
     """Run the service and the baselines on a benchmark, with one Executive; score and write a report."""
     import shlex
-    import sys
 
     from memo.errors import MemoError
     from memo.eval.harness import EvalConfig, run_eval
@@ -306,13 +306,29 @@ def eval_(
             judge=judge,
             compare=compare,
             gate=gate,
-            command=shlex.join(["memo", *sys.argv[1:]]),
+            command=shlex.join(_eval_command(ctx)),
         )
         run_eval(settings, cfg)
     except MemoError as exc:
         _fail(exc.message)
     typer.echo((out / "results.md").read_text())
     typer.echo(f"written to {out}/")
+
+
+def _eval_command(ctx: typer.Context) -> list[str]:
+    """The options of this run as a command line (every option that differs from its default; no API key)."""
+    words = ["memo", "eval"]
+    for param in ctx.command.params:
+        name = param.name or ""
+        value = ctx.params.get(name)
+        if name == "judge_api_key" or value is None or value == param.default or not param.opts:
+            continue
+        flag = param.opts[0]
+        if isinstance(value, bool):
+            words.append(flag if value else f"--no-{flag[2:]}")
+        else:
+            words += [flag, str(value)]
+    return words
 
 
 def main() -> None:
