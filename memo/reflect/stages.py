@@ -216,14 +216,19 @@ _NOT_ENTITIES = {
 }  # fmt: skip
 
 
+_CONNECTORS = {"of", "de", "the", "and", "&"} | {w.lower() for w in _NOT_ENTITIES}
+
+
 def entities(text: str) -> set[str]:
     """Capitalised names and numbers of ``text`` (a cheap entity extractor for grouping and relatedness)."""
     out = set()
     for m in _ENTITY.finditer(text):
-        words = [w for w in m.group(0).split() if w not in _NOT_ENTITIES]
-        name = " ".join(words).strip(" .,:")
+        words = [w.strip(" .,:") for w in m.group(0).split() if w not in _NOT_ENTITIES]
+        name = " ".join(w for w in words if w)
         if name and not (name.isdigit() and len(name) == 1):
             out.add(name.lower())
+        if len(words) > 1:  # "The Zorblax IT helpdesk" also mentions Zorblax
+            out.update(w.lower() for w in words if len(w) > 1 and w[0].isupper() and w.lower() not in _CONNECTORS)
     return out
 
 
@@ -406,7 +411,8 @@ def _cross_of(n: int) -> Callable[[Any], list[tuple[str, str, str, list[int]]]]:
         for it in items:
             if not isinstance(it, dict):
                 continue
-            uses = [int(u) for u in it.get("uses") or [] if isinstance(u, int | float) and 1 <= int(u) <= n]
+            raw = it.get("uses") or []
+            uses = [int(u) for u in raw if isinstance(u, int | float) and 1 <= u <= n] if isinstance(raw, list) else []
             out.append(
                 (str(it.get("type", "")), str(it.get("question", "")).strip(), str(it.get("answer", "")).strip(), uses)
             )

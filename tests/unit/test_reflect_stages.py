@@ -275,3 +275,9 @@ async def test_structured_stage_on_the_real_local_model_never_crashes(model_dir)
         assert pairs == []
     for p in pairs:
         assert p.kind.startswith("indirect_") and p.question.endswith("?") and p.answer and p.sources == (SRC,)
+
+
+def test_entities_names_their_words_and_numbers():
+    got = st.entities("The Zorblax IT helpdesk was set up by Meridel Okonkwo in 2019 for the Bank of England.")
+    assert {"zorblax it", "zorblax", "meridel okonkwo", "okonkwo", "2019", "bank of england", "england"} <= got
+    assert not {"the", "of", "it"} & got
