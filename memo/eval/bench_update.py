@@ -171,6 +171,12 @@ def main() -> None:
             "ratio retrain/update": round(retrain_seconds / update_seconds, 2),
             "merge only, per combination": {k: round(v, 1) for k, v in merge_seconds.items()},
         },
+        # wall time depends on what else the machine runs; trained tokens and steps do not
+        "trained": {
+            "update (delta on B)": {"steps": v2.metrics["steps"], "tokens": v2.metrics["tokens"]},
+            "retrain on A+B": {"steps": retrain.steps, "tokens": retrain.tokens},
+            "ratio retrain/update (tokens)": round(retrain.tokens / max(v2.metrics["tokens"], 1), 2),
+        },
         "pipeline_stage_seconds": seconds,
         "recall": table,
         "kept_share_of_retrain": kept,
@@ -189,7 +195,8 @@ def main() -> None:
         )
     lines.append(
         f"\nCompute: update {update_seconds:.1f} s, retrain {retrain_seconds:.1f} s "
-        f"(retrain/update = {retrain_seconds / update_seconds:.2f}x)."
+        f"(retrain/update = {retrain_seconds / update_seconds:.2f}x); tokens trained: update {v2.metrics['tokens']}, "
+        f"retrain {retrain.tokens} ({retrain.tokens / max(v2.metrics['tokens'], 1):.2f}x)."
     )
     (args.out / "update.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
