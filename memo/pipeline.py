@@ -109,14 +109,16 @@ def stage_parse(ctx: Context, job_id: str) -> None:
 
 def _stage_progress(ctx: Context, job_id: str, every_s: float = 1.0) -> Callable[[str, int, int], None]:
     """A (stage, done, total) callback for the reflect stage: done/total of the current MeMo stage on the job row,
-    every stage's figures under ``stats["reflect_progress"]``; written at most once per ``every_s`` (and at ends)."""
+    every stage's figures under ``stats["reflect_progress"]``; written when a stage starts or ends and at most once
+    per ``every_s`` in between."""
     last = [0.0]
     seen: dict[str, list[int]] = {}
 
     def report(stage: str, done: int, total: int) -> None:
+        first = stage not in seen
         seen[stage] = [done, total]
         now = time.monotonic()
-        if done < total and now - last[0] < every_s:
+        if not first and done < total and now - last[0] < every_s:
             return
         last[0] = now
         with ctx.db.session() as s:

@@ -311,3 +311,26 @@ def test_only_the_selected_stages_run(env):
     assert {c["messages"][0]["content"] for c in FakeEngines.llm.calls} == {prompts.DIRECT_SYSTEM}
     with ctx.db.session() as s:
         assert set(s.get(Job, job).stats["reflect"]["stages"]) == {"direct"}
+
+
+def test_progress_is_on_the_job_row_while_a_stage_runs(env):
+    ctx, coll = env
+    with ctx.db.session() as s:
+        up = catalog.add_document(s, ctx.settings, coll, "a.txt", DOC_A)
+        job_id = up.job.id
+    stage_parse(ctx, job_id)
+    seen: dict[str, object] = {}
+
+    def watching(messages, temperature):
+        if messages[0]["content"] == prompts.ENTITY_SYSTEM:
+            with ctx.db.session() as s:
+                job = s.get(Job, job_id)
+                seen.update(progress=dict(job.stats["reflect_progress"]), row=(job.done, job.total))
+        return generator(messages, temperature)
+
+    FakeEngines.llm = ScriptedLLM(watching)
+    stage_reflect(ctx, job_id)
+    assert seen["row"] == (0, 1)  # the entities stage of the one chunk has started, not finished
+    progress = seen["progress"]
+    assert progress["entities"] == [0, 1] and progress["direct"] == [1, 1] and progress["indirect"] == [1, 1]
+    assert "cross" not in progress
