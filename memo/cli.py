@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from tqdm import tqdm
 
 from memo.settings import Settings, get_settings
 
@@ -117,6 +115,7 @@ def ingest(
     from memo.db import Database
     from memo.errors import MemoError
     from memo.pipeline import Context, run_batch
+    from memo.progress import bar_runner
 
     settings = _setup()
     db = Database(settings)
@@ -148,47 +147,11 @@ def ingest(
         return
     ctx = Context(db, settings)
 
-    def runner(stage: str, job_ids: list[str], fn: Callable[[str], object]) -> None:
-        if len(job_ids) > 1 or stage in ("parse", "publish"):
-            for job_id in tqdm(job_ids, desc=stage, unit="doc"):
-                fn(job_id)
-        else:
-            _with_bar(db, job_ids[0], stage, lambda: fn(job_ids[0]))
-
     try:
-        run_batch(ctx, jobs, runner)
+        run_batch(ctx, jobs, bar_runner(db))
     except MemoError as exc:
         _fail(exc.message)
     typer.echo(f"collection {collection!r} ({coll_id}) learned {len(jobs)} document(s)")
-
-
-def _with_bar(db: object, job_id: str, stage: str, fn: object) -> None:
-    """Run ``fn`` in a thread while a progress bar follows the job row's done/total."""
-    import threading
-
-    from memo.db import Database, Job
-
-    assert isinstance(db, Database) and callable(fn)
-    err: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            fn()
-        except BaseException as exc:
-            err.append(exc)
-
-    t = threading.Thread(target=target)
-    t.start()
-    with tqdm(desc=stage, unit="step") as bar:
-        while t.is_alive():
-            t.join(0.5)
-            with db.session() as s:
-                job = s.get(Job, job_id)
-                if job is not None and job.total and (job.total, job.done) != (bar.total, bar.n):
-                    bar.total = job.total
-                    bar.update(job.done - bar.n)
-    if err:
-        raise err[0]
 
 
 @app.command()

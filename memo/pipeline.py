@@ -27,6 +27,7 @@ from memo.db import (
     JobState,
     MemoryVersion,
     Reflection,
+    ReflectionSource,
     VersionStatus,
 )
 from memo.errors import GateFailed, InvalidInput, NotFound
@@ -244,6 +245,16 @@ def stage_train(ctx: Context, job_id: str) -> None:
         _, heldout = split_holdout(new, ctx.settings.gate)
         held_ids = {i for i, _, _ in heldout}
         pairs = [(q, a) for i, q, a, d, _ in rows if d in plan.train_docs and i not in held_ids]
+        # a delta carries the knowledge of every document its pairs came from (cross-document pairs have several):
+        # removing any of them must drop the delta
+        carried = set(
+            s.scalars(
+                select(ReflectionSource.document_id)
+                .join(Reflection, Reflection.id == ReflectionSource.reflection_id)
+                .where(Reflection.collection_id == job.collection_id, Reflection.document_id.in_(plan.train_docs))
+                .distinct()
+            )
+        )
         if plan.mode == "full" and not pairs:
             raise InvalidInput("no reflections to train on")
         version = MemoryVersion(
@@ -277,7 +288,8 @@ def stage_train(ctx: Context, job_id: str) -> None:
                 base, pairs, out / "delta", cfg, eval_pairs=held_pairs, progress=progress, checkpoint_dir=ckpt
             )
             delta = result.adapter_path
-            entries.append({"path": str(delta), "documents": sorted(plan.train_docs), "examples": len(pairs)})
+            carried = (carried | plan.train_docs) & live
+            entries.append({"path": str(delta), "documents": sorted(carried), "examples": len(pairs)})
             metrics.update(result.metrics)
         started = time.perf_counter()
         served = merge_adapters(

@@ -21,9 +21,7 @@ import asyncio
 import hashlib
 import json
 import logging
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -41,6 +39,7 @@ from memo.eval.metering import CURRENT, Meter, MeteredEngines, counter_for
 from memo.eval.metrics import score_answer
 from memo.executive import config as executive_config
 from memo.pipeline import Context, run_batch
+from memo.progress import bar_runner
 from memo.reflect.prompts import PROMPT_VERSION
 from memo.serving.publish import active_version
 from memo.settings import LLMRole, Settings
@@ -127,30 +126,6 @@ class Memory:
     metrics: dict[str, Any]
 
 
-def _follow(db: Database, job_id: str, stage: str, fn: Callable[[], object]) -> None:
-    """Run ``fn`` in a thread while a progress bar follows the job row's done/total."""
-    err: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            fn()
-        except BaseException as exc:
-            err.append(exc)
-
-    t = threading.Thread(target=target)
-    t.start()
-    with tqdm(desc=stage, unit="step", leave=False) as bar:
-        while t.is_alive():
-            t.join(0.5)
-            with db.session() as s:
-                job = s.get(Job, job_id)
-                if job is not None and job.total and (job.total, job.done) != (bar.total, bar.n):
-                    bar.total = job.total
-                    bar.update(job.done - bar.n)
-    if err:
-        raise err[0]
-
-
 def ensure_memory(settings: Settings, db: Database, bench: Benchmark) -> Memory:
     """The trained collection of this corpus: reused when its active version exists, else (re)built through the
     real pipeline; an interrupted build resumes (every stage is idempotent)."""
@@ -179,14 +154,9 @@ def ensure_memory(settings: Settings, db: Database, bench: Benchmark) -> Memory:
             )
         log.info("ingesting %d document(s) into %s", len(jobs), name)
 
-        def runner(stage: str, job_ids: list[str], fn: Callable[[str], object]) -> None:
-            if len(job_ids) > 1 or stage in ("parse", "publish"):
-                for job_id in tqdm(job_ids, desc=stage, unit="doc", leave=False):
-                    fn(job_id)
-            else:
-                _follow(db, job_ids[0], stage, lambda: fn(job_ids[0]))
-
-        seconds = {k: round(v, 2) for k, v in run_batch(Context(db, settings), jobs, runner).items()}
+        seconds = {
+            k: round(v, 2) for k, v in run_batch(Context(db, settings), jobs, bar_runner(db, leave=False)).items()
+        }
     with db.session() as s:
         version = active_version(s, coll_id)
         if version is None or not version.adapter_path:
