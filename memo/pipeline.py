@@ -68,12 +68,19 @@ def _progress(ctx: Context, job_id: str, every_s: float = 1.0) -> Callable[[int,
         if done < total and now - last[0] < every_s:
             return
         last[0] = now
-        with ctx.db.session() as s:
-            job = s.get(Job, job_id)
-            if job is not None:
-                job.done, job.total = done, total
+        _set_progress(ctx, job_id, done, total)
 
     return report
+
+
+def _set_progress(ctx: Context, job_id: str, done: int, total: int, **stats: object) -> None:
+    """Write done/total (and, given, statistics under their keys) to the job row."""
+    with ctx.db.session() as s:
+        job = s.get(Job, job_id)
+        if job is not None:
+            job.done, job.total = done, total
+            if stats:
+                job.stats = {**(job.stats or {}), **stats}
 
 
 def _add_stats(ctx: Context, job_id: str, stage: str, figures: dict[str, float]) -> None:
@@ -122,11 +129,7 @@ def _stage_progress(ctx: Context, job_id: str, every_s: float = 1.0) -> Callable
         if not first and done < total and now - last[0] < every_s:
             return
         last[0] = now
-        with ctx.db.session() as s:
-            job = s.get(Job, job_id)
-            if job is not None:
-                job.done, job.total = done, total
-                job.stats = {**(job.stats or {}), "reflect_progress": {k: list(v) for k, v in seen.items()}}
+        _set_progress(ctx, job_id, done, total, reflect_progress={k: list(v) for k, v in seen.items()})
 
     return report
 
@@ -246,15 +249,16 @@ def stage_train(ctx: Context, job_id: str) -> None:
         held_ids = {i for i, _, _ in heldout}
         pairs = [(q, a) for i, q, a, d, _ in rows if d in plan.train_docs and i not in held_ids]
         # a delta carries the knowledge of every document its pairs came from (cross-document pairs have several):
-        # removing any of them must drop the delta
-        carried = set(
-            s.scalars(
+        # its ledger entry lists them all, so removing any of them drops the delta
+        delta_docs: list[str] = []
+        if plan.mode == "merge":
+            sources = s.scalars(
                 select(ReflectionSource.document_id)
                 .join(Reflection, Reflection.id == ReflectionSource.reflection_id)
                 .where(Reflection.collection_id == job.collection_id, Reflection.document_id.in_(plan.train_docs))
                 .distinct()
             )
-        )
+            delta_docs = sorted((set(sources) | plan.train_docs) & live)
         if plan.mode == "full" and not pairs:
             raise InvalidInput("no reflections to train on")
         version = MemoryVersion(
@@ -288,8 +292,7 @@ def stage_train(ctx: Context, job_id: str) -> None:
                 base, pairs, out / "delta", cfg, eval_pairs=held_pairs, progress=progress, checkpoint_dir=ckpt
             )
             delta = result.adapter_path
-            carried = (carried | plan.train_docs) & live
-            entries.append({"path": str(delta), "documents": sorted(carried), "examples": len(pairs)})
+            entries.append({"path": str(delta), "documents": delta_docs, "examples": len(pairs)})
             metrics.update(result.metrics)
         started = time.perf_counter()
         served = merge_adapters(
