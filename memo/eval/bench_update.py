@@ -6,7 +6,7 @@ full adapter on A, version 2 a delta trained on B alone and merged with it (the 
 reflections, a full retrain on A and B (what ``update_mode=retrain`` would do), and every merge combination of the
 same two task vectors. Each model answers, closed-book, the reflections held out of training (A's and B's) and the
 benchmark's own questions about the documents (held-out recall as the gate measures it,
-:func:`memo.train.gate.knows`); compute is the wall time of training (+ merging).
+:func:`memo.train.gate.recall`); compute is the wall time of training (+ merging).
 
 Run: ``python -m memo.eval.bench_update --dataset ../shared/data/narrativeqa_dev --docs 4 --out results/lifecycle``
 (generator from the usual settings, e.g. ``MEMO_GENERATOR__BACKEND=openai`` on a vLLM server).
@@ -34,7 +34,7 @@ from memo.merge.adapters import merge_adapters
 from memo.pipeline import Context, run_batch
 from memo.reflect.prompts import memory_messages
 from memo.settings import Settings, get_settings
-from memo.train.gate import knows
+from memo.train.gate import Pair, recall
 from memo.train.sft import train_sft
 
 log = logging.getLogger(__name__)
@@ -56,11 +56,16 @@ def ingest(settings: Settings, db: Database, coll_id: str, docs: list[dict[str, 
     return run_batch(Context(db, settings), jobs)
 
 
-async def answers(settings: Settings, name: str, adapter: str | None, questions: list[str]) -> list[str]:
+async def ask_model(
+    settings: Settings, name: str, adapter: str | None, held: dict[str, list[Pair]], questions: list[str]
+) -> tuple[dict[str, float], list[str]]:
+    """One model, loaded once: its gate recall on each held-out set, and its answers to the benchmark questions."""
     engines = Engines(settings)
     try:
         llm = engines.memory(name, adapter) if adapter else engines.memory(None, None)
-        return list(await asyncio.gather(*(llm.chat(memory_messages(q), max_tokens=64) for q in questions)))
+        row = {label: (await recall(llm, pairs)) or 0.0 for label, pairs in held.items()}
+        got = await asyncio.gather(*(llm.chat(memory_messages(q), max_tokens=64) for q in questions))
+        return row, list(got)
     finally:
         await engines.aclose()
 
@@ -135,15 +140,13 @@ def main() -> None:
         models[f"update: {combo}"] = str(path)
 
     asked = questions[: args.questions]
-    sets = {"held-out A": sorted(held_a), "held-out B": sorted(held_b)}
+    sets = {
+        label: [(i, *by_id[i]) for i in sorted(ids)] for label, ids in (("held-out A", held_a), ("held-out B", held_b))
+    }
     table: dict[str, dict[str, float]] = {}
     records = []
     for name, adapter in models.items():
-        row: dict[str, float] = {}
-        for label, ids in sets.items():
-            got = asyncio.run(answers(settings, name, adapter, [by_id[i][0] for i in ids]))
-            row[label] = sum(knows(g, *by_id[i]) for g, i in zip(got, ids, strict=True)) / max(len(ids), 1)
-        got = asyncio.run(answers(settings, name, adapter, [q["question"] for q in asked]))
+        row, got = asyncio.run(ask_model(settings, name, adapter, sets, [q["question"] for q in asked]))
         f1s = [max(token_f1(g, r) for r in q["answers"]) for g, q in zip(got, asked, strict=True)]
         row["benchmark F1"] = sum(f1s) / max(len(f1s), 1)
         row["held-out A+B"] = (row["held-out A"] * len(held_a) + row["held-out B"] * len(held_b)) / max(
