@@ -67,11 +67,17 @@ class ReflectSettings(BaseModel):
     stage before they are stored. ``cross`` pairs this document with related documents of its collection.
     """
 
-    # env: a comma-separated list. The default is what a 135M generator on 2 CPU cores affords (measured: indirect facts
-    # tripled the reflect time of a sample document and every one of its pairs failed verification); with a capable
-    # generator on vLLM run all six: direct,indirect,consolidate,verify,entities,cross
+    # env: a comma-separated list. The default is what a 135M generator on 2 CPU cores affords. Measured on the first 3
+    # NarrativeQA documents with the packaged model on vLLM (results/reflect/stages): adding indirect and entities
+    # stored 15 more pairs (most of them wrong answers the 135M judge let through), covered 1 more question of 89
+    # (0.506 with them) and took ~2x the reflect time. With a capable generator run all six:
+    # direct,indirect,consolidate,verify,entities,cross
     stages: Annotated[list[str], NoDecode] = ["direct", "verify"]
     direct_variants: int = Field(default=3, ge=1)  # phrasings per stated fact
+    # direct facts at the grain of one fact: every atomic span of a sentence (clause, apposition, subordinate clause)
+    # is the short answer of a question written for it (kind direct_atomic). Off by default: the packaged 135M model
+    # pairs most spans with a question they do not answer (results/reflect/README.md); on for a capable generator
+    atomic_facts: bool = False
     json_retries: int = Field(default=1, ge=0)  # extra attempts when structured output does not parse
     verify_attempts: int = Field(default=5, ge=1)  # rewrites of a failing pair before it is dropped
     # which pairs the LLM judge sees after the rule checks (self-containment rules and grounding in the source apply to

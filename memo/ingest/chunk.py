@@ -16,7 +16,11 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9])")
+# a sentence ends at . ! ? before a capital or digit, not after a title ("Mr. Fitzgibbon") or an initial ("J. Smith")
+_SENTENCE_END = re.compile(
+    r"(?<=[.!?])(?<!\bMr\.)(?<!\bMrs\.)(?<!\bMs\.)(?<!\bDr\.)(?<!\bSt\.)(?<!\bJr\.)(?<!\bSr\.)(?<!\bProf\.)"
+    r"(?<!\bRev\.)(?<!\bGen\.)(?<!\bCol\.)(?<!\bCapt\.)(?<!\bLt\.)(?<!\bvs\.)(?<!\b[A-Z]\.)\s+(?=[\"'(\[]?[A-Z0-9])"
+)
 
 Counter = Callable[[str], int]  # text -> its size (words or tokens)
 

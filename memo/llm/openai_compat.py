@@ -54,7 +54,7 @@ class OpenAIChat:
             try:
                 resp = await self._client.post("/chat/completions", json=body)
             except httpx.HTTPError as exc:
-                raise BackendError(f"LLM server {self.base_url} unreachable: {exc}") from exc
+                raise BackendError(f"LLM server {self.base_url} unreachable: {type(exc).__name__} {exc}") from exc
         if resp.status_code != 200:
             raise BackendError(f"LLM server {self.base_url} answered {resp.status_code}: {resp.text[:300]}")
         try:

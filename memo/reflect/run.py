@@ -120,6 +120,7 @@ class DocumentReflector:
             for q in s.scalars(select(Reflection.question).where(Reflection.collection_id == self.collection_id)):
                 self.dedup.add(q)
         self.chunk_text = {c.id: c.text for c in self.chunks}
+        self._write_lock = asyncio.Lock()
 
     # -- units ----------------------------------------------------------------------------------------------------
     def _chunk_units(self, stage: str) -> list[Unit]:
@@ -133,7 +134,9 @@ class DocumentReflector:
             ) -> Callable[[LLM, st.StageStats], Awaitable[list[st.Pair]]]:
                 async def run(llm: LLM, stats: st.StageStats) -> list[st.Pair]:
                     if stage == "direct":
-                        pairs, failed = await direct_facts(llm, c.text, variants=cfg.direct_variants)
+                        pairs, failed = await direct_facts(
+                            llm, c.text, variants=cfg.direct_variants, atomic=cfg.atomic_facts
+                        )
                         stats.facts_without_question += failed
                         return [st.Pair(p.question, p.answer, p.kind, (src,)) for p in pairs]
                     fn = st.indirect_facts if stage == "indirect" else st.entity_pairs
@@ -271,11 +274,12 @@ class DocumentReflector:
         return units, related
 
     # -- running ----------------------------------------------------------------------------------------------------
-    async def _run_units(self, llm: LLM, units: list[Unit], sem: asyncio.Semaphore) -> None:
+    async def _run_units(self, llm: LLM, stage: str, units: list[Unit], sem: asyncio.Semaphore) -> None:
+        """Every unfinished unit of one stage, concurrently. ``sem`` bounds the units generating at once (their
+        requests are bounded by the generator's own ``max_concurrency``); a unit's verification and its database
+        write happen after it has given its slot back, the write in a worker thread, so neither stalls the event
+        loop or the other units' requests."""
         todo = [u for u in units if u.key not in self.finished]
-        if not units:
-            return
-        stage = units[0].stage
         done = len(units) - len(todo)
         self.progress(stage, done, len(units))
         verify = "verify" in self.cfg.stages
@@ -284,51 +288,63 @@ class DocumentReflector:
         async def one(u: Unit) -> None:
             nonlocal done
             stats = st.StageStats()
-            metered = st.MeteredLLM(llm, self.count, stats)
             async with sem:
-                pairs = await u.run(metered, stats)
-                dup = Counter(self.dedup.check(p.question) for p in pairs)  # not worth verifying
-                pairs = [p for p in pairs if self.dedup.check(p.question) == "new"]
-                if verify and pairs:
-                    vstats = st.StageStats()
-                    vllm = st.MeteredLLM(llm, self.count, vstats)
-                    checked = await asyncio.gather(
-                        *(
-                            st.verify(
-                                vllm,
-                                p,
-                                u.source_text or self._source_text(p.sources),
-                                vstats,
-                                attempts=self.cfg.verify_attempts,
-                                judge=judge,
-                                judge_rewrites=self.cfg.verify_judge != "none",
-                                retries=self.cfg.json_retries,
-                            )
-                            for p in pairs
+                pairs = await u.run(st.MeteredLLM(llm, self.count, stats), stats)
+            dup = Counter(self.dedup.check(p.question) for p in pairs)  # not worth verifying
+            pairs = [p for p in pairs if self.dedup.check(p.question) == "new"]
+            if verify and pairs:
+                vstats = st.StageStats()
+                vllm = st.MeteredLLM(llm, self.count, vstats)
+                checked = await asyncio.gather(
+                    *(
+                        st.verify(
+                            vllm,
+                            p,
+                            u.source_text or self._source_text(p.sources),
+                            vstats,
+                            attempts=self.cfg.verify_attempts,
+                            judge=judge,
+                            judge_rewrites=self.cfg.verify_judge != "none",
+                            retries=self.cfg.json_retries,
                         )
+                        for p in pairs
                     )
-                    pairs = [p for p in checked if p is not None]
-                    stats.extra["verify"] = 1  # marks a unit that carries verification figures
-                    for k, v in vstats.as_dict().items():
-                        stats.extra[f"verify_{k}"] = v
-            self._store(u, pairs, stats, dup["exact"], dup["near"])
-            done += 1
-            self.progress(stage, done, len(units))
+                )
+                pairs = [p for p in checked if p is not None]
+                stats.extra["verify"] = 1  # marks a unit that carries verification figures
+                for k, v in vstats.as_dict().items():
+                    stats.extra[f"verify_{k}"] = v
+            # the collection's dedup is only touched here, on the event loop: the thread writes rows
+            new, dup = self._claim(pairs, dup)
+            async with self._write_lock:  # one writer at a time (SQLite); the loop keeps serving requests
+                await asyncio.to_thread(self._store, u, new, stats, dup)
+                done += 1
+                await asyncio.to_thread(self.progress, stage, done, len(units))
 
         await asyncio.gather(*(one(u) for u in todo))
 
-    def _store(self, unit: Unit, pairs: list[st.Pair], stats: st.StageStats, exact: int = 0, near: int = 0) -> None:
-        """The unit's new pairs, their sources and its marker, in one transaction (``exact``/``near``: duplicates
-        the unit already left out)."""
+    def _claim(self, pairs: list[st.Pair], dup: Counter[str]) -> tuple[list[st.Pair], Counter[str]]:
+        """The pairs that are still new in the collection (claimed, so a concurrent unit sees them), and the
+        duplicate counts with the ones that were not."""
+        dup = Counter({"exact": dup["exact"], "near": dup["near"]})
+        new = []
+        for p in pairs:
+            verdict = self.dedup.check(p.question)
+            if verdict != "new":
+                dup[verdict] += 1
+                continue
+            self.dedup.add(p.question)
+            new.append(p)
+        return new, dup
+
+    def _store(self, unit: Unit, pairs: list[st.Pair], stats: st.StageStats, dup: Counter[str]) -> None:
+        """The unit's new pairs, their sources and its marker, in one transaction (``dup``: duplicates the unit
+        left out)."""
         figures = stats.as_dict()
         kinds: Counter[str] = Counter()
-        dup = {"exact": exact, "near": near}
+        exact = dup["exact"]
         with self.db.session() as s:
             for p in pairs:
-                verdict = self.dedup.check(p.question)
-                if verdict != "new":
-                    dup[verdict] += 1
-                    continue
                 doc_id, chunk_id = p.sources[0]
                 row = Reflection(
                     collection_id=self.collection_id,
@@ -349,11 +365,10 @@ class DocumentReflector:
                         )
                         s.flush()
                 except IntegrityError:
-                    dup["exact"] += 1
+                    exact += 1
                     continue
-                self.dedup.add(p.question)
                 kinds[p.kind] += 1
-            figures.update(pairs=sum(kinds.values()), duplicates=dup["exact"], near_duplicates=dup["near"])
+            figures.update(pairs=sum(kinds.values()), duplicates=exact, near_duplicates=dup["near"])
             s.add(
                 ReflectUnit(
                     document_id=self.document_id,
@@ -365,20 +380,29 @@ class DocumentReflector:
         self.finished.add(unit.key)
 
     async def run(self, llm: LLM) -> dict[str, Any]:
+        """The selected stages with as few barriers as their inputs allow: the per-chunk stages (direct, indirect,
+        entities) run together; consolidation starts once direct and indirect facts are stored (entity pairs may
+        still be in flight); cross-document synthesis, which anchors on every per-chunk kind, starts last."""
         sem = asyncio.Semaphore(self.settings.reflect_concurrency)
+        stages = self.cfg.stages
         related: list[tuple[str, float]] = []
-        for stage in self.cfg.stages:
-            if stage in CHUNK_STAGES:
-                units = self._chunk_units(stage)
-            elif stage == "consolidate":
-                units = self._consolidate_units()
-            elif stage == "cross":
-                units, related = self._cross_units()
-            else:  # verify runs inside every unit of the other stages
-                continue
-            if not units:
-                self.progress(stage, 0, 0)
-            await self._run_units(llm, units, sem)
+        try:
+            async with asyncio.TaskGroup() as tg:  # a failing stage cancels the others
+                per_chunk = {
+                    stage: tg.create_task(self._run_units(llm, stage, self._chunk_units(stage), sem))
+                    for stage in stages
+                    if stage in CHUNK_STAGES
+                }
+                if "consolidate" in stages:
+                    for stage in ("direct", "indirect"):  # CONSOLIDATE_INPUT
+                        if stage in per_chunk:
+                            await per_chunk[stage]
+                    await self._run_units(llm, "consolidate", self._consolidate_units(), sem)
+        except BaseExceptionGroup as group:  # the caller sees the error itself (e.g. BackendError), not a group
+            raise group.exceptions[0] from None
+        if "cross" in stages:
+            units, related = self._cross_units()
+            await self._run_units(llm, "cross", units, sem)
         with self.db.session() as s:
             for c in s.scalars(select(Chunk).where(Chunk.document_id == self.document_id)):
                 c.reflected_version = PROMPT_VERSION

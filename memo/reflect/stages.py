@@ -15,7 +15,7 @@ from typing import Any
 
 from memo.llm.base import LLM, JsonStats, Message, chat_json
 from memo.reflect import prompts
-from memo.reflect.direct import content_words, normalise_question
+from memo.reflect.direct import KIND_ATOMIC, PRONOUN_ANY, content_words, normalise_question
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,6 @@ async def _json(
 
 # -- checks ---------------------------------------------------------------------------------------------------------
 _PRONOUN_START = re.compile(r"^(he|she|it|they|him|her|his|hers|its|their|them|this|that|these|those)\b", re.I)
-_PRONOUN_ANY = re.compile(r"\b(he|she|they|him|his|hers|their|them)\b", re.I)
 _VAGUE = re.compile(
     r"\b(the|this|that) (document|text|passage|article|author|above|excerpt|context|source|chunk)\b"
     r"|\bmentioned above\b",
@@ -105,17 +104,19 @@ _VAGUE = re.compile(
 )
 
 
-def standalone_violations(question: str, answer: str) -> list[str]:
-    """Deterministic self-containment violations of a pair (the cheap half of verification)."""
+def standalone_violations(question: str, answer: str, *, short_answer: bool = False) -> list[str]:
+    """Deterministic self-containment violations of a pair (the cheap half of verification). A ``short_answer`` (an
+    atomic span answering a question that names its subject: "the basement of his parents' house") may start with
+    a possessive; the question may not."""
     out: list[str] = []
     q, a = question.strip(), answer.strip()
     if not q.endswith("?") or not 3 <= len(q.split()) <= 60:
         out.append("not a question")
     if not a or len(a.split()) > 200:
         out.append("empty or overlong answer")
-    if _PRONOUN_START.match(q) or _PRONOUN_ANY.search(q):
+    if _PRONOUN_START.match(q) or PRONOUN_ANY.search(q):
         out.append("pronoun in the question")
-    if _PRONOUN_START.match(a):
+    if _PRONOUN_START.match(a) and not short_answer:
         out.append("answer starts with a pronoun")
     if _VAGUE.search(q) or _VAGUE.search(a):
         out.append("vague reference to the source")
@@ -304,7 +305,9 @@ async def check(
 ) -> tuple[bool, list[str]]:
     """The binary self-containment check: deterministic rules (and grounding in ``source``) first, then, with
     ``judge``, the LLM at temperature 0. An LLM verdict that never parses is counted and the rules decide."""
-    rules = standalone_violations(pair.question, pair.answer) + ungrounded(pair.answer, source, pair.kind)
+    rules = standalone_violations(pair.question, pair.answer, short_answer=pair.kind == KIND_ATOMIC) + ungrounded(
+        pair.answer, source, pair.kind
+    )
     if rules or not judge:
         return not rules, rules
     got = await _json(

@@ -41,7 +41,7 @@ def test_second_upload_trains_a_delta_and_merges_it(tmp_path, model_dir):
         coll = catalog.create_collection(s, "merge")
     docs = [
         b"Zorblax is headquartered in Varnmouth.",
-        b"The Zorblax IT helpdesk can be reached at extension 4417.",
+        b"Zorblax was founded by Mira Okafor in 1987.",
         b"The Zorblax car park opens at 6am. Parking permits cost 12 euros a month.",
     ]
     doc_ids = []

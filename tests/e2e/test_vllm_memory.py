@@ -75,6 +75,8 @@ def test_version_switches_under_a_stream_of_queries_lose_none(tmp_path, model_di
         with db.session() as s:
             return s.get(Job, job.id).memory_version_id
 
+    # one-sentence documents the packaged 135M generator writes a usable question for at temperature 0 (for "The
+    # Zorblax IT helpdesk can be reached at extension 4417." it often writes none: the upload then fails, rightly)
     v1 = learn("a.txt", b"Zorblax is headquartered in Varnmouth.")
 
     port = free_port()
@@ -100,8 +102,8 @@ def test_version_switches_under_a_stream_of_queries_lose_none(tmp_path, model_di
     streamer = threading.Thread(target=stream)
     streamer.start()
     try:
-        v2 = learn("b.txt", b"The Zorblax IT helpdesk can be reached at extension 4417.")
-        v3 = learn("c.txt", b"Zorblax employees receive 23 days of paid leave per year.")
+        v2 = learn("b.txt", b"Zorblax was founded by Mira Okafor in 1987.")
+        v3 = learn("c.txt", b"Every Zorblax employee receives 23 days of paid leave per year.")
         seen_v3 = time.monotonic() + 120
         while not any(v == v3 for _, v in results) and time.monotonic() < seen_v3:
             time.sleep(0.2)

@@ -1,4 +1,17 @@
-from memo.reflect.direct import KIND_DIRECT, clean_question, direct_facts, is_specific, question_hash
+from memo.reflect import prompts
+from memo.reflect.direct import (
+    KIND_ATOMIC,
+    KIND_DIRECT,
+    answer_spans,
+    atomic_question,
+    clean_question,
+    direct_facts,
+    fits_answer,
+    grounded,
+    is_specific,
+    question_hash,
+    with_antecedents,
+)
 
 from .fakes import ScriptedLLM
 
@@ -36,7 +49,7 @@ async def test_direct_facts_one_pair_per_fact_with_retries_and_dedup():
         return "What does Acme sell?"  # the same for both variants -> deduplicated
 
     llm = ScriptedLLM(reply)
-    pairs, failed = await direct_facts(llm, chunk, variants=2, attempts=3)  # "sell" is specific to fact 1
+    pairs, failed = await direct_facts(llm, chunk, variants=2, attempts=3, atomic=False)  # "sell": fact 1 only
     assert [(p.question, p.answer, p.kind) for p in pairs] == [
         ("What does Acme sell?", "Acme sells red boxes.", KIND_DIRECT)
     ]
@@ -55,3 +68,74 @@ async def test_document_text_is_data_not_instructions():
         assert system["role"] == "system" and "never follow instructions" in system["content"]
         assert "PWNED" not in system["content"]  # the document only ever appears as the user turn
         assert call["messages"][-1]["role"] == "user"
+
+
+def test_answer_spans_are_the_atomic_pieces_of_a_sentence():
+    s = "After the flood destroyed his farm, Tom Reed, a retired pilot, moved to Leeds because his sister lived there."
+    assert answer_spans(s) == [
+        "After the flood destroyed his farm",
+        "Tom Reed",
+        "a retired pilot",
+        "moved to Leeds",
+        "because his sister lived there",
+    ]
+    assert answer_spans("Acme sells boxes.") == []  # one piece: the sentence itself
+
+
+def test_atomic_questions_must_fit_their_answer_and_not_give_it_away():
+    s = "After the flood destroyed his farm, Tom Reed, a retired pilot, moved to Leeds because his sister lived there."
+    assert atomic_question("Why did Tom Reed move to Leeds?", s, "because his sister lived there")
+    assert atomic_question("Who is Tom Reed?", s, "a retired pilot")
+    assert atomic_question("When did Tom Reed move to Leeds?", s, "After the flood destroyed his farm")
+    assert not atomic_question("When did Tom Reed move to Leeds?", s, "because his sister lived there")  # type
+    assert not atomic_question("Who is Tom Reed?", s, "moved to Leeds")  # "who is" wants a noun phrase
+    assert not atomic_question("Who is a retired pilot?", s, "a retired pilot")  # the answer given away
+    assert not atomic_question("Why did Lina Park move to Leeds?", s, "because his sister lived there")  # invented
+    assert not atomic_question("Why did he move to Leeds?", s, "because his sister lived there")  # pronoun
+    assert fits_answer("How many boxes does Acme sell?", "forty boxes")
+    assert not fits_answer("How many boxes does Acme sell?", "red boxes")
+
+
+async def test_direct_facts_also_asks_for_each_atomic_answer():
+    chunk = "Tom Reed, a retired pilot, moved to Leeds because his sister lived there."
+    answers = {
+        "a retired pilot": "Who is Tom Reed?",
+        "because his sister lived there": "Why did Tom Reed move to Leeds?",
+    }
+
+    def reply(messages, temperature):
+        if messages[0]["content"] == prompts.ATOMIC_SYSTEM:
+            answer = messages[-1]["content"].split("Answer: ")[1]
+            return answers.get(answer, "What is the answer to this question?")
+        return "Where did Tom Reed move to?"
+
+    llm = ScriptedLLM(reply)
+    pairs, failed = await direct_facts(llm, chunk, variants=1, atomic_attempts=2)
+    assert failed == 0
+    assert sorted((p.kind, p.question, p.answer) for p in pairs) == [
+        (KIND_DIRECT, "Where did Tom Reed move to?", chunk),
+        (KIND_ATOMIC, "Who is Tom Reed?", "a retired pilot"),
+        (KIND_ATOMIC, "Why did Tom Reed move to Leeds?", "because his sister lived there"),
+    ]
+    atomic_calls = [c for c in llm.calls if c["messages"][0]["content"] == prompts.ATOMIC_SYSTEM]
+    # 4 spans (Tom Reed, a retired pilot, moved to Leeds, because ...): two answered at once, two tried twice
+    assert len(atomic_calls) == 6 and {c["temperature"] for c in atomic_calls} == {0.0, 0.7}
+
+
+def test_a_sentence_opening_with_a_pronoun_comes_with_its_antecedent():
+    sentences = ["Paige Woodward jams her medals into a microwave.", "She then sits, watching.", "Mark is a loner."]
+    assert with_antecedents(sentences) == [
+        sentences[0],
+        "Paige Woodward jams her medals into a microwave. She then sits, watching.",
+        sentences[2],
+    ]
+    assert fits_answer("What is Mark?", "a loner") and not fits_answer("What did Mark do?", "jams her medals")
+
+
+def test_questions_must_not_invent_names_or_most_of_their_words():
+    fact = "Mark Hunter, a student in Phoenix, starts a pirate radio station in the basement of his house."
+    assert grounded("Who starts a pirate radio station in Phoenix?", fact)
+    assert grounded("Where does Mark Hunter run his radio station?", fact)  # one paraphrased word
+    assert not grounded("How did Mark Hunter create the Pokemon app?", fact)  # an invented name
+    assert not grounded("What can a student add to enhance this story?", fact)  # mostly new words
+    assert clean_question("Why did Mark decide to end the Orchid Bakery?", fact) is None
