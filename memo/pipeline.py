@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any
 
@@ -437,23 +438,47 @@ def run_pipeline(ctx: Context, job_id: str) -> None:
         run_stage(ctx, job_id, stage)
 
 
-StageRunner = Callable[[str, list[str], Callable[[str], object]], None]
+StageRunner = Callable[[str, list[str], Callable[[str], object], int], None]
 
 
-def _plain_runner(stage: str, job_ids: list[str], fn: Callable[[str], object]) -> None:
-    for job_id in job_ids:
-        fn(job_id)
+def run_each(
+    job_ids: list[str], fn: Callable[[str], object], workers: int, done: Callable[[], object] = lambda: None
+) -> None:
+    """``fn(job_id)`` for every job, ``workers`` of them at a time in threads, ``done()`` after each (in the calling
+    thread). The first failure is raised once the jobs already running have finished; jobs not started yet are not
+    started (as a one-at-a-time loop stops at its first failure)."""
+    if workers <= 1 or len(job_ids) <= 1:
+        for job_id in job_ids:
+            fn(job_id)
+            done()
+        return
+    with ThreadPoolExecutor(workers, thread_name_prefix="ingest") as pool:
+        futures = [pool.submit(fn, job_id) for job_id in job_ids]
+        try:
+            for future in as_completed(futures):
+                future.result()
+                done()
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+
+
+def _plain_runner(stage: str, job_ids: list[str], fn: Callable[[str], object], workers: int) -> None:
+    run_each(job_ids, fn, workers)
 
 
 def run_batch(ctx: Context, job_ids: list[str], runner: StageRunner = _plain_runner) -> dict[str, float]:
-    """Several new documents of one collection: parse and reflect each, then train and publish once on the
-    union (as the last job); the other jobs are marked as covered by that version. Returns seconds per stage.
-    ``runner(stage, job_ids, fn)`` calls ``fn(job_id)`` for each job (the CLI wraps it in progress bars)."""
+    """Several new documents of one collection: parse and reflect each (``settings.ingest_concurrency`` documents at
+    once), then train and publish once on the union (as the last job); the other jobs are marked as covered by that
+    version. Returns seconds per stage. ``runner(stage, job_ids, fn, workers)`` calls ``fn(job_id)`` for each job
+    (:func:`run_each`; the CLI wraps it in progress bars)."""
     seconds: dict[str, float] = {}
     for stage in STAGES:
-        ids = job_ids if stage in ("parse", "reflect") else job_ids[-1:]
+        per_document = stage in DOCUMENT_STAGES
+        ids = job_ids if per_document else job_ids[-1:]
+        workers = ctx.settings.ingest_concurrency if per_document else 1
         started = time.perf_counter()
-        runner(stage, ids, lambda j, st=stage: run_stage(ctx, j, st))  # type: ignore[misc]
+        runner(stage, ids, lambda j, st=stage: run_stage(ctx, j, st), workers)  # type: ignore[misc]
         seconds[stage] = time.perf_counter() - started
     with ctx.db.session() as s:
         last = s.get(Job, job_ids[-1])

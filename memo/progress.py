@@ -8,7 +8,7 @@ from collections.abc import Callable
 from tqdm import tqdm
 
 from memo.db import Database, Job
-from memo.pipeline import StageRunner
+from memo.pipeline import StageRunner, run_each
 
 
 def _follow(db: Database, job_id: str, stage: str, fn: Callable[[], object], leave: bool) -> None:
@@ -39,10 +39,10 @@ def bar_runner(db: Database, *, leave: bool = True) -> StageRunner:
     """A :func:`memo.pipeline.run_batch` runner: one bar per document for batched stages, the job's own
     done/total for a stage of a single job."""
 
-    def runner(stage: str, job_ids: list[str], fn: Callable[[str], object]) -> None:
+    def runner(stage: str, job_ids: list[str], fn: Callable[[str], object], workers: int) -> None:
         if len(job_ids) > 1 or stage in ("parse", "publish"):
-            for job_id in tqdm(job_ids, desc=stage, unit="doc", leave=leave):
-                fn(job_id)
+            with tqdm(total=len(job_ids), desc=stage, unit="doc", leave=leave) as bar:
+                run_each(job_ids, fn, workers, lambda: bar.update(1))
         else:
             _follow(db, job_ids[0], stage, lambda: fn(job_ids[0]), leave)
 

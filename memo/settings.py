@@ -174,6 +174,10 @@ class Settings(BaseSettings):
     gate: GateSettings = GateSettings()
     max_sub_questions: int = Field(default=4, ge=1)
     reflect_concurrency: int = Field(default=8, ge=1)
+    # documents of one batch (memo ingest, memo eval) parsed and reflected at once: a short document's reflection is a
+    # few requests with a long tail, so one at a time leaves a batching generator idle. Like Celery workers ingesting
+    # one collection, documents reflected together do not see each other's near-duplicates (exact ones are refused)
+    ingest_concurrency: int = Field(default=4, ge=1)
 
     @property
     def db_url(self) -> str:
