@@ -151,7 +151,18 @@ def ingest(
         run_batch(ctx, jobs, bar_runner(db))
     except MemoError as exc:
         _fail(exc.message)
-    typer.echo(f"collection {collection!r} ({coll_id}) learned {len(jobs)} document(s)")
+    from sqlalchemy import select
+
+    from memo.db import Document, Job, JobState
+
+    with db.session() as s:
+        failed = [
+            (s.get(Document, job.document_id), job.error)
+            for job in s.scalars(select(Job).where(Job.id.in_(jobs), Job.state == JobState.failed))
+        ]
+        for doc, error in failed:
+            typer.echo(f"{doc.filename if doc else '?'}: not learned: {error}", err=True)
+    typer.echo(f"collection {collection!r} ({coll_id}) learned {len(jobs) - len(failed)} document(s)")
 
 
 @app.command()

@@ -470,15 +470,35 @@ def _plain_runner(stage: str, job_ids: list[str], fn: Callable[[str], object], w
 def run_batch(ctx: Context, job_ids: list[str], runner: StageRunner = _plain_runner) -> dict[str, float]:
     """Several new documents of one collection: parse and reflect each (``settings.ingest_concurrency`` documents at
     once), then train and publish once on the union (as the last job); the other jobs are marked as covered by that
-    version. Returns seconds per stage. ``runner(stage, job_ids, fn, workers)`` calls ``fn(job_id)`` for each job
-    (:func:`run_each`; the CLI wraps it in progress bars)."""
+    version. A document that is bad input (unparseable, nothing to learn) fails its own job, with the reason, and
+    is left out; the batch goes on without it (any other error stops the batch). Returns seconds per stage.
+    ``runner(stage, job_ids, fn, workers)`` calls ``fn(job_id)`` for each job (:func:`run_each`; the CLI wraps it
+    in progress bars)."""
     seconds: dict[str, float] = {}
+    left_out: dict[str, str] = {}
+
+    def document_stage(job_id: str, stage: str) -> None:
+        if job_id in left_out:
+            return
+        try:
+            run_stage(ctx, job_id, stage)
+        except InvalidInput as exc:  # recorded on the job row by run_stage
+            log.warning("job %s left out of the batch: %s", job_id, exc.message)
+            left_out[job_id] = exc.message
+
     for stage in STAGES:
         per_document = stage in DOCUMENT_STAGES
+        if not per_document:
+            job_ids = [j for j in job_ids if j not in left_out]
+            if not job_ids:
+                raise InvalidInput(f"no document of the batch can be learned: {next(iter(left_out.values()))}")
         ids = job_ids if per_document else job_ids[-1:]
         workers = ctx.settings.ingest_concurrency if per_document else 1
+        fn = (
+            (lambda j, st=stage: document_stage(j, st)) if per_document else (lambda j, st=stage: run_stage(ctx, j, st))
+        )
         started = time.perf_counter()
-        runner(stage, ids, lambda j, st=stage: run_stage(ctx, j, st), workers)  # type: ignore[misc]
+        runner(stage, ids, fn, workers)  # type: ignore[arg-type]
         seconds[stage] = time.perf_counter() - started
     with ctx.db.session() as s:
         last = s.get(Job, job_ids[-1])

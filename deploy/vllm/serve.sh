@@ -6,6 +6,8 @@ venv=$1 model=$2 port=$3
 shift 3
 export VLLM_CPU_KVCACHE_SPACE=${VLLM_CPU_KVCACHE_SPACE:-2}
 export VLLM_ALLOW_RUNTIME_LORA_UPDATING=True
+# a model step on an oversubscribed CPU (other jobs on the cores) can exceed vLLM's 300 s default, which kills the engine
+export VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS=${VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS:-1800}
 export HF_HUB_OFFLINE=1
 exec "$venv/bin/python" -m vllm.entrypoints.openai.api_server \
   --model "$model" --served-model-name smollm2 \

@@ -123,6 +123,7 @@ class Memory:
     version_id: str
     adapter_path: str
     reflections: int
+    documents_not_learned: int  # bad input for the pipeline (e.g. no reflection could be written): left out
     metrics: dict[str, Any]
 
 
@@ -162,6 +163,9 @@ def ensure_memory(settings: Settings, db: Database, bench: Benchmark) -> Memory:
         if version is None or not version.adapter_path:
             raise InvalidInput(f"collection {name} has no active memory version after ingestion")
         n_refl = s.scalar(select(func.count(Reflection.id)).where(Reflection.collection_id == coll_id)) or 0
+        n_failed = s.scalar(
+            select(func.count(Job.id)).where(Job.collection_id == coll_id, Job.state == JobState.failed)
+        )
         v = s.get(MemoryVersion, version.id)
         assert v is not None
         metrics = {k: x for k, x in (v.metrics or {}).items() if k != "heldout_ids"}
@@ -175,6 +179,7 @@ def ensure_memory(settings: Settings, db: Database, bench: Benchmark) -> Memory:
             version_id=version.id,
             adapter_path=str(version.adapter_path),
             reflections=int(n_refl),
+            documents_not_learned=int(n_failed or 0),
             metrics=metrics,
         )
 
