@@ -113,13 +113,13 @@ def markdown(results: dict[str, Any]) -> str:
         f"scores in % (best over reference answers, SQuAD normalisation); tokens = prompt + completion of every "
         f"LLM call per question; wall = seconds to answer all questions (setup = one-time indexing or ingestion).",
         "",
-        "| method | EM | F1 | ROUGE-L | judge | tokens/q | calls/q | wall s | s/q | setup s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| method | EM | F1 | ROUGE-L | judge | errors | tokens/q | calls/q | wall s | s/q | setup s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for m, f in methods.items():
         setup = results.get("setup_seconds", {}).get(m)
         lines.append(
-            f"| {m} | {_fmt(f['em'])} | {_fmt(f['f1'])} | {_fmt(f['rouge_l'])} | {_fmt(f['judge'])} | "
+            f"| {m} | {_fmt(f['em'])} | {_fmt(f['f1'])} | {_fmt(f['rouge_l'])} | {_fmt(f['judge'])} | {f['errors']} | "
             f"{_fmt(f['tokens_per_question'], 0)} | {_fmt(f['calls_per_question'], 1)} | "
             f"{_fmt(f['wall_seconds'], 1)} | "
             f"{_fmt(f['seconds_per_question'], 1)} | {_fmt(setup, 1)} |"
@@ -141,10 +141,12 @@ def markdown(results: dict[str, Any]) -> str:
     coll = results.get("collection")
     if coll:
         ingest = "reused from the cache" if coll["reused"] else f"{coll['ingest_seconds']:.1f} s"
+        left_out = coll.get("documents_not_learned")
         lines += [
             "",
             f"Memory: collection `{coll['name']}`, version `{coll['version_id']}`, {coll['reflections']} reflections; "
-            f"ingestion {ingest}.",
+            f"ingestion {ingest}"
+            + (f"; {left_out} document(s) yielded no reflection and were left out." if left_out else "."),
         ]
     lines += ["", f"Command: `{results['command']}`", ""]
     return "\n".join(lines)

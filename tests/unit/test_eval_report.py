@@ -58,14 +58,22 @@ def test_summarise_and_compare():
 
 
 def test_write_produces_every_file(tmp_path):
-    records = [_record("memo", "1", 1.0, 10, 1.0), _record("closed-book", "1", 0.0, 5, 0.5)]
+    failed = {**_record("closed-book", "1", 0.0, 5, 0.5), "error": "BackendError: LLM server unreachable"}
+    records = [_record("memo", "1", 1.0, 10, 1.0), failed]
     results = {
         "command": "memo eval --dataset x",
         "benchmark": {"name": "tiny", "questions": 1, "documents": 1, "distractor_documents": 0},
         "methods": report.summarise(records, ["memo", "closed-book"], {"memo": 1.0, "closed-book": 0.5}),
         "setup_seconds": {"memo": 12.0},
         "models": {"executive": "exec-model", "memory": "mem-model"},
-        "collection": None,
+        "collection": {
+            "name": "c",
+            "version_id": "v",
+            "reflections": 7,
+            "reused": False,
+            "ingest_seconds": 3.0,
+            "documents_not_learned": 2,
+        },
         "comparison": {"against": "old.json", "delta": {"memo": {"f1": 3.0}}},
     }
     files = report.write(tmp_path, results, records)
@@ -74,7 +82,9 @@ def test_write_produces_every_file(tmp_path):
         assert p.stat().st_size > 0
     assert (tmp_path / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
     md = (tmp_path / "results.md").read_text()
-    assert "| memo | 100.00 | 100.00 | 100.00 | — | 10 |" in md
+    assert "| memo | 100.00 | 100.00 | 100.00 | — | 0 | 10 |" in md
+    assert "| closed-book | 0.00 | 0.00 | 0.00 | — | 1 | 5 |" in md  # a failed question is shown, not hidden
+    assert "2 document(s) yielded no reflection and were left out" in md
     assert "| memo | — | 3.00 | — | — |" in md and "memo eval --dataset x" in md
     assert json.loads((tmp_path / "results.json").read_text())["methods"]["memo"]["f1"] == 100.0
     assert len((tmp_path / "records.jsonl").read_text().splitlines()) == 2
