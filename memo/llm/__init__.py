@@ -70,6 +70,7 @@ class Engines:
                     api_key=role.api_key,
                     max_concurrency=role.max_concurrency,
                     timeout_s=role.timeout_s,
+                    lora_path=adapter_path,
                 )
             elif is_full_model(adapter_path):  # a fully fine-tuned version is a model of its own
                 from memo.llm.local import LocalChat, load_local_model

@@ -12,6 +12,9 @@ from memo.llm.base import Message
 
 
 class OpenAIChat:
+    """``lora_path``: ``model`` is a LoRA adapter of a vLLM server at that path; when the server does not know it (it
+    was restarted since the adapter was published), the adapter is loaded again and the request retried once."""
+
     def __init__(
         self,
         base_url: str,
@@ -20,9 +23,12 @@ class OpenAIChat:
         api_key: str | None = None,
         max_concurrency: int = 8,
         timeout_s: float = 300.0,
+        lora_path: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.model = model
+        self.lora_path = lora_path
+        self._reload = asyncio.Lock()
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout_s)
         self._sem = asyncio.Semaphore(max_concurrency)
@@ -50,17 +56,29 @@ class OpenAIChat:
                 "type": "json_schema",
                 "json_schema": {"name": "output", "schema": json_schema},
             }
-        async with self._sem:
-            try:
-                resp = await self._client.post("/chat/completions", json=body)
-            except httpx.HTTPError as exc:
-                raise BackendError(f"LLM server {self.base_url} unreachable: {type(exc).__name__} {exc}") from exc
+        resp = await self._post("/chat/completions", body)
+        if resp.status_code == 404 and self.lora_path is not None:
+            await self._load_adapter()
+            resp = await self._post("/chat/completions", body)
         if resp.status_code != 200:
             raise BackendError(f"LLM server {self.base_url} answered {resp.status_code}: {resp.text[:300]}")
         try:
             return str(resp.json()["choices"][0]["message"]["content"] or "")
         except (KeyError, IndexError, ValueError) as exc:
             raise BackendError(f"LLM server {self.base_url} sent an unexpected body: {resp.text[:300]}") from exc
+
+    async def _post(self, path: str, body: dict[str, Any]) -> httpx.Response:
+        async with self._sem:
+            try:
+                return await self._client.post(path, json=body)
+            except httpx.HTTPError as exc:
+                raise BackendError(f"LLM server {self.base_url} unreachable: {type(exc).__name__} {exc}") from exc
+
+    async def _load_adapter(self) -> None:
+        async with self._reload:  # concurrent requests that all met the 404 load it once
+            resp = await self._post("/load_lora_adapter", {"lora_name": self.model, "lora_path": self.lora_path})
+        if resp.status_code != 200 and "already been loaded" not in resp.text:
+            raise BackendError(f"LLM server {self.base_url} refused adapter {self.model}: {resp.text[:300]}")
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -43,6 +43,14 @@ def test_memory_versions_are_served_by_vllm(tmp_path, model_dir, vllm_server):
         assert body["memory"] == served_adapter_name(version["id"])
         assert all(step["memory_answer"] for step in body["trace"])
 
+        # the server forgets the adapter (as a restarted vLLM does): the next query loads it again, nothing fails
+        name = served_adapter_name(version["id"])
+        assert httpx.post(f"{vllm_server}/unload_lora_adapter", json={"lora_name": name}).status_code == 200
+        assert name not in {m["id"] for m in httpx.get(f"{vllm_server}/models").json()["data"]}
+        r = client.post("/v1/query", json={"collection_id": coll.id, "question": "Where is Zorblax headquartered?"})
+        assert r.status_code == 200, r.text
+        assert name in {m["id"] for m in httpx.get(f"{vllm_server}/models").json()["data"]}
+
 
 def test_version_switches_under_a_stream_of_queries_lose_none(tmp_path, model_dir, vllm_server):
     import threading
