@@ -11,6 +11,7 @@ import functools
 import logging
 import math
 import re
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -107,10 +108,19 @@ def approx_tokens(text: str) -> int:
     return max(math.ceil(len(text) / 4), math.ceil(len(text.split()) * 4 / 3)) if text.strip() else 0
 
 
-@functools.lru_cache(maxsize=8)
+_counter_lock = threading.Lock()
+
+
 def token_counter(tokenizer_path: str | None) -> Counter:
     """Count tokens with the Hugging Face tokenizer at ``tokenizer_path`` (a local directory; nothing is downloaded),
-    or with :func:`approx_tokens` when it is unset or cannot be loaded."""
+    or with :func:`approx_tokens` when it is unset or cannot be loaded. Thread-safe: documents of a batch are chunked
+    on several threads, and transformers' lazy import fails in all but one of them when they race."""
+    with _counter_lock:
+        return _load_counter(tokenizer_path)
+
+
+@functools.lru_cache(maxsize=8)
+def _load_counter(tokenizer_path: str | None) -> Counter:
     if tokenizer_path and Path(tokenizer_path).is_dir():
         try:
             from transformers import AutoTokenizer

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 from memo.ingest.chunk import approx_tokens, chunk_text, chunk_tokens, split_sentences, token_counter
 from memo.settings import get_settings
 
@@ -85,3 +88,17 @@ def test_parse_stage_cuts_a_long_document_into_token_chunks(tmp_path, model_dir)
     assert all(count(c) <= 128 for c in chunks)
     assert stats["tokens"] == count(_long_document(40))
     db.dispose()
+
+
+def test_token_counter_loads_the_tokenizer_when_threads_race_for_it(model_dir):
+    # a batch chunks its documents on several threads; in a fresh process they all reach transformers' lazy import
+    # at once, and unguarded all but one fell back to approximate counts
+    code = (
+        "import sys, threading\n"
+        "from memo.ingest.chunk import approx_tokens, token_counter\n"
+        "got = []\n"
+        "ts = [threading.Thread(target=lambda: got.append(token_counter(sys.argv[1]))) for _ in range(8)]\n"
+        "[t.start() for t in ts]; [t.join() for t in ts]\n"
+        "assert len(got) == 8 and all(c is got[0] for c in got) and got[0] is not approx_tokens, got\n"
+    )
+    subprocess.run([sys.executable, "-c", code, str(model_dir)], check=True, timeout=120)
