@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from memo.llm.base import LLM, Message, chat_json, extract_json
+from memo.llm.slots import shared_slots
 from memo.settings import LLMRole, Settings
 
 __all__ = ["LLM", "Engines", "Message", "chat_json", "extract_json", "is_full_model", "served_adapter_name"]
@@ -39,8 +40,8 @@ class Engines:
                     role.base_url,
                     role.model,
                     api_key=role.api_key,
-                    max_concurrency=role.max_concurrency,
                     timeout_s=role.timeout_s,
+                    slots=shared_slots(key, role.max_concurrency),
                 )
             else:
                 from memo.llm.local import LocalChat, load_local_model
@@ -68,9 +69,9 @@ class Engines:
                     role.base_url,
                     served_adapter_name(version_id),
                     api_key=role.api_key,
-                    max_concurrency=role.max_concurrency,
                     timeout_s=role.timeout_s,
                     lora_path=adapter_path,
+                    slots=shared_slots(("memory", role.base_url), role.max_concurrency),  # every version
                 )
             elif is_full_model(adapter_path):  # a fully fine-tuned version is a model of its own
                 from memo.llm.local import LocalChat, load_local_model

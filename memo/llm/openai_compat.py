@@ -9,10 +9,14 @@ import httpx
 
 from memo.errors import BackendError
 from memo.llm.base import Message
+from memo.llm.slots import Slots
 
 
 class OpenAIChat:
-    """``lora_path``: ``model`` is a LoRA adapter of a vLLM server at that path; when the server does not know it (it
+    """``slots``: bounds the requests in flight, shared with the process's other clients of the same role (see
+    :mod:`memo.llm.slots`); by default this client's own ``max_concurrency``.
+
+    ``lora_path``: ``model`` is a LoRA adapter of a vLLM server at that path; when the server does not know it (it
     was restarted since the adapter was published), the adapter is loaded again and the request retried once."""
 
     def __init__(
@@ -24,6 +28,7 @@ class OpenAIChat:
         max_concurrency: int = 8,
         timeout_s: float = 300.0,
         lora_path: str | None = None,
+        slots: Slots | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.model = model
@@ -31,7 +36,7 @@ class OpenAIChat:
         self._reload = asyncio.Lock()
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout_s)
-        self._sem = asyncio.Semaphore(max_concurrency)
+        self._slots = slots or Slots(max_concurrency)
 
     @property
     def name(self) -> str:
@@ -68,7 +73,7 @@ class OpenAIChat:
             raise BackendError(f"LLM server {self.base_url} sent an unexpected body: {resp.text[:300]}") from exc
 
     async def _post(self, path: str, body: dict[str, Any]) -> httpx.Response:
-        async with self._sem:
+        async with self._slots:
             try:
                 return await self._client.post(path, json=body)
             except httpx.HTTPError as exc:
