@@ -289,6 +289,24 @@ def eval_(
     typer.echo(f"written to {out}/")
 
 
+@app.command("eval-combine")
+def eval_combine(
+    runs: Annotated[list[Path], typer.Argument(help="Result folders of memo eval runs (same benchmark, Executive).")],
+    out: Annotated[Path, typer.Option(help="Where the combined report goes.")],
+) -> None:
+    """One report from eval runs that answered different methods (e.g. baselines while the memory trained)."""
+    from memo.errors import MemoError
+    from memo.eval import report
+
+    _setup()
+    try:
+        report.combine(runs, out)
+    except MemoError as exc:
+        _fail(exc.message)
+    typer.echo((out / "results.md").read_text())
+    typer.echo(f"written to {out}/")
+
+
 def _eval_command(ctx: typer.Context) -> list[str]:
     """The options of this run as a command line (every option that differs from its default; no API key)."""
     words = ["memo", "eval"]

@@ -200,6 +200,50 @@ def plots(results: dict[str, Any], out: Path) -> list[Path]:
     return paths
 
 
+def combine(runs: list[Path], out: Path) -> dict[str, Any]:
+    """One report from runs of the same benchmark and Executive that answered different methods (e.g. the baselines
+    while the memory was still training), written to ``out``. Refuses runs that differ in corpus, questions or
+    Executive, or that answered a method twice."""
+    from memo.errors import InvalidInput
+    from memo.eval.baselines import METHODS
+
+    if len(runs) < 2:
+        raise InvalidInput("combine needs at least two result folders")
+    loaded = []
+    for run in runs:
+        path = run / "results.json"
+        if not path.is_file() or not (run / "records.jsonl").is_file():
+            raise InvalidInput(f"{run} holds no results.json and records.jsonl of a memo eval run")
+        results = json.loads(path.read_text())
+        records = [json.loads(line) for line in (run / "records.jsonl").read_text().splitlines() if line.strip()]
+        loaded.append((run, results, records))
+    first = loaded[0][1]
+    for run, results, _ in loaded[1:]:
+        for what, get in (
+            ("benchmark", lambda r: r["benchmark"]),
+            ("executive", lambda r: r["models"]["roles"]["executive"]),
+        ):
+            if get(results) != get(first):
+                raise InvalidInput(f"{run} differs from {loaded[0][0]} in its {what}; its figures are not comparable")
+    answered = [m for _, results, _ in loaded for m in results["methods"]]
+    twice = sorted({m for m in answered if answered.count(m) > 1})
+    if twice:
+        raise InvalidInput(f"method(s) answered in more than one run: {', '.join(twice)}")
+    merged = {**first}
+    merged["methods"] = {
+        m: fig for m in METHODS for _, results, _ in loaded for k, fig in results["methods"].items() if k == m
+    }
+    merged["setup_seconds"] = {k: v for _, results, _ in loaded for k, v in results.get("setup_seconds", {}).items()}
+    merged["collection"] = next((r["collection"] for _, r, _ in loaded if r.get("collection")), None)
+    merged["settings"] = {**first["settings"], "methods": list(merged["methods"])}
+    merged["command"] = " && ".join(r["command"] for _, r, _ in loaded)
+    merged["combined_from"] = [{"run": str(run), "created_at": r["created_at"]} for run, r, _ in loaded]
+    merged.pop("comparison", None)
+    records = [rec for m in merged["methods"] for _, _, recs in loaded for rec in recs if rec["method"] == m]
+    write(out, merged, records)
+    return merged
+
+
 def write(out: Path, results: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Path]:
     """Write every output file into ``out`` (``results`` gains the list of their names)."""
     out.mkdir(parents=True, exist_ok=True)

@@ -90,6 +90,49 @@ def test_write_produces_every_file(tmp_path):
     assert len((tmp_path / "records.jsonl").read_text().splitlines()) == 2
 
 
+def _run(tmp_path, name: str, methods: list[str], executive: str = "exec-model", collection: dict | None = None):
+    records = [_record(m, q, 1.0 if m == "memo" else 0.5, 10, 1.0) for m in methods for q in ("1", "2")]
+    results = {
+        "command": f"memo eval --methods {','.join(methods)}",
+        "created_at": "2026-11-24T00:00:00Z",
+        "benchmark": {"name": "tiny", "questions": 2, "documents": 1, "distractor_documents": 0, "corpus_sha256": "x"},
+        "methods": report.summarise(records, methods, {m: 2.0 for m in methods}),
+        "setup_seconds": {m: 1.0 for m in methods},
+        "models": {"executive": executive, "memory": "mem", "roles": {"executive": {"model": executive}}},
+        "settings": {"methods": methods},
+        "collection": collection,
+    }
+    report.write(tmp_path / name, results, records)
+    return tmp_path / name
+
+
+def test_combine_runs_that_answered_different_methods(tmp_path):
+    coll = {"name": "c", "version_id": "v", "reflections": 7, "reused": False, "ingest_seconds": 3.0}
+    base = _run(tmp_path, "base", ["closed-book", "bm25"])
+    mem = _run(tmp_path, "mem", ["memo"], collection=coll)
+    merged = report.combine([base, mem], tmp_path / "all")
+    assert list(merged["methods"]) == ["memo", "closed-book", "bm25"]  # the harness's order
+    assert merged["collection"] == coll and merged["methods"]["memo"]["f1"] == 100.0
+    md = (tmp_path / "all" / "results.md").read_text()
+    assert "| memo | 100.00 |" in md and "| bm25 | 0.00 | 50.00 |" in md and " && " in md
+    assert len((tmp_path / "all" / "records.jsonl").read_text().splitlines()) == 6
+
+
+def test_combine_refuses_runs_that_are_not_comparable(tmp_path):
+    import pytest
+
+    from memo.errors import InvalidInput
+
+    base = _run(tmp_path, "base", ["closed-book", "bm25"])
+    with pytest.raises(InvalidInput, match="executive"):
+        report.combine([base, _run(tmp_path, "other", ["memo"], executive="another")], tmp_path / "x")
+    with pytest.raises(InvalidInput, match="more than one run: bm25"):
+        report.combine([base, _run(tmp_path, "again", ["bm25"])], tmp_path / "x")
+    with pytest.raises(InvalidInput, match="no results.json"):
+        report.combine([base, tmp_path / "missing"], tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
 def test_bm25_finds_the_passage_with_the_words():
     from memo.eval.dataset import Doc
     from memo.eval.retrieval import BM25Index, chunk_corpus
