@@ -135,7 +135,7 @@ def main() -> None:
     ap.add_argument("--slots", type=int, default=32)
     ap.add_argument("--pairs", type=int, default=4)
     ap.add_argument("--width", type=int, default=64)
-    ap.add_argument("--self-layers", type=int, default=1)
+    ap.add_argument("--self-layers", type=int, default=0, help="SlotMemoryConfig.n_self_layers")
     ap.add_argument("--write-scale", type=float, default=10.0, help="SlotMemoryConfig.write_scale")
     ap.add_argument("--steps", type=int, default=1200)
     ap.add_argument("--batch", type=int, default=32)
@@ -168,7 +168,7 @@ def main() -> None:
         "|---|---|---|---|",
     ]
     what = {
-        "slots": f"{args.slots} slots ({args.length // args.slots}x compression)",
+        "slots": f"{args.slots} slots ({args.length // args.slots}x compression, {args.self_layers} self-attn layers)",
         "truncate": f"last {args.slots} tokens",
         "full": f"all {args.length} tokens",
     }
