@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The MQAR runs behind results/core/mqar.jsonl, in the order they were executed (a run already in the file is
 # skipped, so this is resumable). vocab 512 instead of zoology's 8192 and 300 steps of 32 fresh sequences:
-# the CPU budget (see README.md). The lines after "not reached" were queued but not run within the session.
+# the CPU budget (see README.md). The lines after "not reached" were queued but not run; the last block is a
+# later session's 1000-step runs at (256,16).
 set -euo pipefail
 M="python -m memo.eval.core.mqar --vocab 512 --steps 300 --batch 32 --threads 1 --out results/core/mqar.jsonl"
 ALL=mosaics,atlas_nopoly_c1,attention,linear_attention,atlas
@@ -13,5 +14,12 @@ $M --models mosaics,atlas_nopoly_c1,attention,linear_attention --settings 256:16
 # not reached within the session's CPU budget:
 $M --models atlas_nopoly_c1,attention,linear_attention --settings 128:8 --widths 64 --lrs 3e-3
 $M --models atlas_nopoly_c1,mosaics,atlas,attention,linear_attention --settings 256:16 --widths 128 --lrs 3e-3
-$M --models atlas --settings 256:16 --widths 64 --lrs 1e-2
 $M --models $ALL --settings 64:4,128:8,256:16 --widths 64 --lrs 3e-3
+# a later session: (256,16) at 300 steps left Atlas at chance; 1000 steps at lr 3e-3 for the hardest setting
+$M --models atlas --settings 256:16 --widths 64 --lrs 1e-2
+M1000="${M/--steps 300/--steps 1000}"
+$M1000 --models atlas --settings 256:16 --widths 64,128 --lrs 3e-3
+$M1000 --models attention,mosaics,atlas_nopoly_c1,linear_attention --settings 256:16 --widths 128 --lrs 3e-3
+# the same session: widths 128 at the two shorter settings (the grid), 300 steps
+$M --models atlas --settings 64:4,128:8 --widths 128 --lrs 1e-2
+$M --models mosaics,attention,linear_attention,atlas_nopoly_c1 --settings 64:4,128:8 --widths 128 --lrs 1e-2

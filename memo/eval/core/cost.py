@@ -7,10 +7,11 @@ Each (layer, length) is measured in a fresh subprocess: forward time (no grad, b
 warm-up pass) and peak memory (the growth of the process's peak RSS during the timed passes). Both are divided
 by the number of tokens. Attention is ``F.scaled_dot_product_attention(is_causal=True)`` in one pass; the
 recurrent layers run their parallel/chunked form in one pass; Memory Mosaics' context memory (whose read is
-over all earlier pairs) and the windowed variant are fed in pieces of ``--piece`` tokens with carried state,
-the way a long context is streamed. Width 64, 4 heads, batch 1, ``--threads`` threads (default 1). Peak memory
-is ru_maxrss after the timed passes minus the resident size before them, with glibc's mmap threshold pinned at
-64 KiB so freed tensors leave the resident set (it includes the layer's temporaries and its output).
+over all earlier pairs) is fed in pieces of 1,024 tokens and the windowed variant in pieces of its window, with
+carried state, the way a long context is streamed. Width 64, 4 heads, batch 1, ``--threads`` threads (default
+1). Peak memory is ru_maxrss after the timed passes minus the resident size before them, with glibc's mmap
+threshold pinned at 64 KiB so freed tensors leave the resident set (it includes the layer's temporaries and its
+output).
 """
 
 from __future__ import annotations
@@ -42,6 +43,10 @@ from memo.core import (
 )
 
 D, HEADS = 64, 4
+# Memory Mosaics' short-term window (v2), in pairs: the longest MQAR context here (256), so the windowed layer
+# recalls what the full one does on MQAR. It is streamed in pieces of the window: a piece of n tokens reads
+# n x (window + n) pairs, so the cost per token is bounded from the first piece on
+WINDOW = 256
 LAYERS = [
     "attention",
     "linear_attention",
@@ -69,7 +74,7 @@ def build(name: str) -> tuple[nn.Module, int | None]:
     if name == "mosaics":
         return ContextAssociativeMemory(ContextMemoryConfig(d_model=D, n_heads=HEADS)), 1024
     if name == "mosaics_window":
-        return ContextAssociativeMemory(ContextMemoryConfig(d_model=D, n_heads=HEADS, window=512)), 1024
+        return ContextAssociativeMemory(ContextMemoryConfig(d_model=D, n_heads=HEADS, window=WINDOW)), WINDOW
     if name == "slot_memory":
         return LatentSlotMemory(SlotMemoryConfig(d_model=D, n_slots=32, n_heads=HEADS)), None
     raise ValueError(f"unknown layer {name!r}")

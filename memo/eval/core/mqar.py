@@ -113,6 +113,7 @@ def run(
     seed: int,
     n_test: int,
     vocab: int = VOCAB,
+    log_every: int = 0,
 ) -> dict[str, object]:
     torch.manual_seed(seed)
     cfg = MemoryLMConfig(vocab_size=vocab, mixer=mixer_config(name, d, seq_len), d_model=d, n_layers=2)
@@ -127,7 +128,7 @@ def run(
     t0 = time.time()
     losses: list[float] = []
     skipped = 0
-    for _ in range(steps):
+    for step in range(steps):
         x, y = mqar_batch(rng, batch, seq_len, n_pairs, vocab)
         h, _ = model.hidden(x)  # (B, L, D)
         mask = y != -100
@@ -141,6 +142,8 @@ def run(
             opt.step()
             losses.append(loss.item())
         sched.step()
+        if log_every and (step + 1) % log_every == 0:
+            print(f"{name} L={seq_len} D={n_pairs} d={d} lr={lr:g} step {step + 1} loss {loss.item():.3f}", flush=True)
     train_s = time.time() - t0
     acc = evaluate(model, test_x, test_y, batch=100)
     return {
@@ -177,6 +180,7 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=VOCAB)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="results/core/mqar.jsonl")
+    ap.add_argument("--log-every", type=int, default=50, help="print the training loss every N steps (0: never)")
     ap.add_argument("--quick", action="store_true", help="tiny run: (64,4), width 64, vocab 512, 20 steps")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -221,6 +225,7 @@ def main() -> None:
                         args.seed,
                         args.n_test,
                         args.vocab,
+                        args.log_every,
                     )
                     print(
                         f"{name:18s} V={args.vocab} L={seq_len:4d} D={n_pairs:3d} d={d:4d} lr={lr:.0e} "

@@ -1,7 +1,7 @@
 """Tables and a plot from the MQAR runs: ``python -m memo.eval.core.mqar_report [results/core/mqar.jsonl]``.
 
-Writes ``mqar.md`` (best accuracy over the learning rates tried, and every run) and ``mqar.png`` next to
-the input.
+Writes ``mqar.md`` (best accuracy over the learning rates and training lengths tried, and every run) and
+``mqar.png`` next to the input.
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ def main() -> None:
     lrs: dict[tuple[str, int, int, int], list[str]] = defaultdict(list)
     for r in runs:
         key = (r["model"], r["seq_len"], r["n_pairs"], r["d_model"])
-        lrs[key].append(f"{r['lr']:.0e}:{r['accuracy']:.2f}")
+        lrs[key].append(f"{r['lr']:.0e}/{r['steps']}:{r['accuracy']:.2f}")
         if key not in best or r["accuracy"] > best[key]["accuracy"]:
             best[key] = r
     cols = sorted({(k[1], k[2], k[3]) for k in best}, key=lambda c: (c[2], c[0]))
     models = [m for m in MODELS if any(k[0] == m for k in best)]
     lines = [
-        "MQAR test accuracy (best over the learning rates tried; cell: accuracy [lr:acc for each lr])",
+        "MQAR test accuracy (best over the runs; cell: accuracy [lr/steps:acc for each run])",
         "",
         "| model | " + " | ".join(f"(L={c[0]}, D={c[1]}) width {c[2]}" for c in cols) + " |",
         "|---|" + "---|" * len(cols),
@@ -66,11 +66,11 @@ def main() -> None:
         ax.bar(xs, ys, width=width, label=m)
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(cols))])
     ax.set_xticklabels([f"L={c[0]} D={c[1]}\nwidth {c[2]}" for c in cols], fontsize=8)
-    ax.set_ylabel("test accuracy (best lr)")
+    ax.set_ylabel("test accuracy (best run)")
     ax.set_ylim(0, 1.05)
     ax.axhline(0.9, color="gray", ls=":", lw=1)
     ax.legend(fontsize=8)
-    ax.set_title("MQAR on CPU (vocab 512, 300 steps x 32 sequences)")
+    ax.set_title("MQAR on CPU (vocab 512, batches of 32 fresh sequences)")
     fig.tight_layout()
     fig.savefig(path.with_name("mqar.png"), dpi=120)
 
