@@ -125,9 +125,15 @@ class TrainSettings(BaseModel):
     batch_size: int = 4
     epochs: int = 8
     max_steps: int = 0  # 0 = no cap beyond epochs
+    # a small document gives a handful of reflections: 8 epochs of them are a few optimizer steps, too few to learn
+    # anything; epochs are added until at least this many steps (max_steps still caps)
+    min_steps: int = Field(default=32, ge=0)
     # early stopping on the loss of held-out reflections, measured after every epoch: stop after this many epochs
     # without improvement and keep the best weights (0 = train every epoch, keep the last weights)
     patience: int = Field(default=2, ge=0)
+    # the loss of fewer held-out reflections than this is too noisy to stop on (a small document gives up one or
+    # two): it is still measured and reported, but every epoch is trained
+    early_stop_min_heldout: int = Field(default=4, ge=1)
     checkpoint_every: int = Field(default=20, ge=1)  # steps between crash-recovery checkpoints
     seed: int = 0
     device: str = "cpu"  # "cuda" where present

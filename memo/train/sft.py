@@ -155,8 +155,9 @@ def train_sft(
 ) -> TrainResult:
     """Train on (question, answer) pairs and save the result to ``out_dir``, atomically.
 
-    After every epoch the loss on ``eval_pairs`` (held-out reflections) is measured; after ``cfg.patience`` epochs
-    without improvement training stops and the best epoch's weights are saved. With ``checkpoint_dir``, weights,
+    After every epoch the loss on ``eval_pairs`` (held-out reflections) is measured; with at least
+    ``cfg.early_stop_min_heldout`` of them, after ``cfg.patience`` epochs without improvement training stops and the
+    best epoch's weights are saved. With ``checkpoint_dir``, weights,
     optimiser, scheduler and random states are saved every ``cfg.checkpoint_every`` steps; a run that finds a
     checkpoint for the same base, data and recipe continues from it and ends with the same weights as an
     uninterrupted run. The checkpoint is removed on success.
@@ -186,8 +187,9 @@ def train_sft(
         model = get_peft_model(model, lora)
     encoded = [encode_pair(tokenizer, q, a) for q, a in pairs]
     held = [encode_pair(tokenizer, q, a) for q, a in eval_pairs]
+    patience = cfg.patience if len(held) >= cfg.early_stop_min_heldout else 0
     steps_per_epoch = math.ceil(len(encoded) / cfg.batch_size)
-    total = steps_per_epoch * cfg.epochs
+    total = max(steps_per_epoch * cfg.epochs, cfg.min_steps)
     if cfg.max_steps:
         total = min(total, cfg.max_steps)
     warmup = max(1, int(total * cfg.warmup_ratio))
@@ -233,9 +235,9 @@ def train_sft(
         _save_atomic(checkpoint_dir, lambda tmp: torch.save(state, tmp / "state.pt"))
 
     def stalled() -> bool:
-        if not cfg.patience or len(eval_losses) <= cfg.patience:
+        if not patience or len(eval_losses) <= patience:
             return False
-        return min(eval_losses[-cfg.patience :]) >= min(eval_losses[: -cfg.patience])
+        return min(eval_losses[-patience:]) >= min(eval_losses[:-patience])
 
     model.train()
     start, start_tokens = time.perf_counter(), tokens
@@ -273,7 +275,7 @@ def train_sft(
                 log.info("epoch %d: held-out loss %.4f", len(eval_losses), eval_losses[-1])
         skip, epoch_rng = 0, None
     best_epoch = None
-    if cfg.patience and best is not None and eval_losses[-1] > min(eval_losses):
+    if patience and best is not None and eval_losses[-1] > min(eval_losses):
         _load_trainable(model, best)
         best_epoch = eval_losses.index(min(eval_losses)) + 1
         log.info("early stopping: keeping epoch %d of %d", best_epoch, len(eval_losses))

@@ -18,7 +18,7 @@ PAIRS = [
     for i, c in enumerate(["red", "teal", "amber", "violet", "grey", "ochre"])
 ]
 CFG = TrainSettings(
-    rank=4, alpha=8, dropout=0.1, batch_size=2, epochs=3, lr=1e-2, seed=3, checkpoint_every=2, patience=0
+    rank=4, alpha=8, dropout=0.1, batch_size=2, epochs=3, min_steps=0, lr=1e-2, seed=3, checkpoint_every=2, patience=0
 )  # 9 steps
 
 
@@ -91,7 +91,7 @@ HELD = [("Which colour is fact number 2 of Zorblax?", "Fact 2 of Zorblax is the 
 
 
 def test_resume_with_early_stopping_state_equals_an_uninterrupted_run(tiny_base, tmp_path):
-    cfg = CFG.model_copy(update={"patience": 1, "epochs": 4})
+    cfg = CFG.model_copy(update={"patience": 1, "epochs": 4, "early_stop_min_heldout": 1})
     clean = train_sft(tiny_base, PAIRS, tmp_path / "clean", cfg, eval_pairs=HELD)
     assert len(clean.eval_losses) >= 1
 
@@ -114,7 +114,9 @@ def test_resume_with_early_stopping_state_equals_an_uninterrupted_run(tiny_base,
 def test_early_stopping_keeps_the_best_epoch(tiny_base, tmp_path):
     """A learning rate far too high makes the held-out loss rise after the first epoch: training stops after
     ``patience`` more epochs and the first epoch's weights are the ones saved."""
-    cfg = CFG.model_copy(update={"patience": 1, "epochs": 10, "lr": 0.5, "rank": 8, "alpha": 64})
+    cfg = CFG.model_copy(
+        update={"patience": 1, "epochs": 10, "lr": 0.5, "rank": 8, "alpha": 64, "early_stop_min_heldout": 1}
+    )
     result = train_sft(tiny_base, PAIRS, tmp_path / "out", cfg, eval_pairs=HELD)
     losses = result.eval_losses
     best = losses.index(min(losses))
@@ -128,6 +130,19 @@ def test_early_stopping_keeps_the_best_epoch(tiny_base, tmp_path):
     a, b = _weights(result.adapter_path), _weights(again.adapter_path)
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
+
+
+def test_too_few_held_out_reflections_never_stop_training(tiny_base, tmp_path):
+    """The same diverging run, but one held-out reflection is fewer than ``early_stop_min_heldout``: its loss is
+    measured after every epoch, yet every epoch is trained and the last weights are kept."""
+    cfg = CFG.model_copy(update={"patience": 1, "epochs": 10, "lr": 0.5, "rank": 8, "alpha": 64})
+    assert len(HELD) < cfg.early_stop_min_heldout
+    result = train_sft(tiny_base, PAIRS, tmp_path / "out", cfg, eval_pairs=HELD)
+    losses = result.eval_losses
+    assert len(losses) == 10 and result.steps == 10 * 3
+    # an epoch without improvement before the last, after which patience 1 alone would have stopped
+    assert any(losses[i] >= min(losses[:i]) for i in range(1, 9)), losses
+    assert result.best_epoch is None
 
 
 def test_full_fine_tuning_saves_a_whole_model_that_loads(tiny_base, tmp_path):
