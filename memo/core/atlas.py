@@ -90,18 +90,15 @@ class AtlasMemory(nn.Module):
         d, h = config.d_model, config.n_heads
         dh = d // h
         self.head_dim = dh
-        # distinct monomials of degree i are built from those of degree i-1 times one more coordinate,
-        # picked by a 0/1 selection matrix (a matmul, whose backward is cheap, instead of an index gather)
+        # distinct monomials of degree i are those of degree i-1 times one more coordinate (an index gather each)
         self.feat_dim = dh
         prev: list[tuple[int, ...]] = [(j,) for j in range(dh)]
         for i in range(2, config.poly_degree + 1):
             combos = list(itertools.combinations_with_replacement(range(dh), i))
             where = {c: n for n, c in enumerate(prev)}
-            select = torch.zeros(len(prev) * dh, len(combos))  # (M_{i-1} * d, M_i)
-            for n, c in enumerate(combos):
-                select[where[c[:-1]] * dh + c[-1], n] = 1.0
             mult = [math.factorial(i) / math.prod(math.factorial(c.count(j)) for j in set(c)) for c in combos]
-            self.register_buffer(f"mono_select_{i}", select, persistent=False)
+            self.register_buffer(f"mono_prev_{i}", torch.tensor([where[c[:-1]] for c in combos]), persistent=False)
+            self.register_buffer(f"mono_last_{i}", torch.tensor([c[-1] for c in combos]), persistent=False)
             self.register_buffer(f"mono_scale_{i}", torch.tensor(mult, dtype=torch.float64).sqrt(), persistent=False)
             self.feat_dim += len(combos)
             prev = combos
@@ -148,8 +145,8 @@ class AtlasMemory(nn.Module):
         parts = [coeffs[..., 0:1] * k]  # (B, H, T, d)
         mono = k  # (B, H, T, M_1)
         for i in range(2, self.config.poly_degree + 1):
-            outer = (mono[..., :, None] * k[..., None, :]).flatten(-2)  # (B, H, T, M_{i-1} * d)
-            mono = outer @ getattr(self, f"mono_select_{i}")  # (B, H, T, M_i)
+            prev, last = getattr(self, f"mono_prev_{i}"), getattr(self, f"mono_last_{i}")  # (M_i,) indices
+            mono = mono[..., prev] * k[..., last]  # (B, H, T, M_i)
             scale = getattr(self, f"mono_scale_{i}").to(k.dtype)  # (M_i,)
             parts.append(coeffs[..., i - 1 : i] * scale * mono)
         return torch.cat(parts, dim=-1)  # (B, H, T, feat_dim)

@@ -66,9 +66,9 @@ def mqar_batch(
     return inputs, targets
 
 
-def mixer_config(name: str, d: int, seq_len: int) -> MixerConfig:
-    """The layer for a model name at width d (4 heads at width 64, 8 at 128: head dim 16)."""
-    heads = max(1, d // 16)
+def mixer_config(name: str, d: int, seq_len: int, head_dim: int = 16) -> MixerConfig:
+    """The layer for a model name at width d, in heads of ``head_dim`` (16: 4 heads at width 64, 8 at 128)."""
+    heads = max(1, d // head_dim)
     if name == "attention":
         return CausalAttentionConfig(d_model=d, n_heads=heads)
     if name == "linear_attention":
@@ -114,9 +114,10 @@ def run(
     n_test: int,
     vocab: int = VOCAB,
     log_every: int = 0,
+    head_dim: int = 16,
 ) -> dict[str, object]:
     torch.manual_seed(seed)
-    cfg = MemoryLMConfig(vocab_size=vocab, mixer=mixer_config(name, d, seq_len), d_model=d, n_layers=2)
+    cfg = MemoryLMConfig(vocab_size=vocab, mixer=mixer_config(name, d, seq_len, head_dim), d_model=d, n_layers=2)
     model = MemoryLM(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1, betas=(0.9, 0.98))
     warmup = max(1, steps // 20)
@@ -172,6 +173,7 @@ def main() -> None:
     ap.add_argument("--models", default="attention,mosaics,atlas,atlas_nopoly_c1,linear_attention")
     ap.add_argument("--settings", default="64:4,128:8,256:16", help="comma-separated L:D")
     ap.add_argument("--widths", default="64,128")
+    ap.add_argument("--head-dim", type=int, default=16, help="heads = width // head dim")
     ap.add_argument("--lrs", default="1e-3,3e-3")
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--batch", type=int, default=32)
@@ -204,6 +206,7 @@ def main() -> None:
                     r["steps"],
                     r["batch"],
                     r["vocab"],
+                    r["d_model"] // r["mixer_config"]["n_heads"],
                 )
             )
     for setting in args.settings.split(","):
@@ -211,7 +214,7 @@ def main() -> None:
         for d in (int(v) for v in args.widths.split(",")):
             for name in args.models.split(","):
                 for lr in (float(v) for v in args.lrs.split(",")):
-                    key = (name, seq_len, n_pairs, d, lr, args.steps, args.batch, args.vocab)
+                    key = (name, seq_len, n_pairs, d, lr, args.steps, args.batch, args.vocab, args.head_dim)
                     if key in done:
                         continue
                     r = run(
@@ -226,6 +229,7 @@ def main() -> None:
                         args.n_test,
                         args.vocab,
                         args.log_every,
+                        args.head_dim,
                     )
                     print(
                         f"{name:18s} V={args.vocab} L={seq_len:4d} D={n_pairs:3d} d={d:4d} lr={lr:.0e} "

@@ -21,13 +21,16 @@ def main() -> None:
     lrs: dict[tuple[str, int, int, int], list[str]] = defaultdict(list)
     for r in runs:
         key = (r["model"], r["seq_len"], r["n_pairs"], r["d_model"])
-        lrs[key].append(f"{r['lr']:.0e}/{r['steps']}:{r['accuracy']:.2f}")
+        heads = r["mixer_config"]["n_heads"]
+        tag = "" if heads == max(1, r["d_model"] // 16) else f"/{heads}h"  # heads other than the head-dim-16 default
+        lrs[key].append(f"{r['lr']:.0e}/{r['steps']}{tag}:{r['accuracy']:.2f}")
         if key not in best or r["accuracy"] > best[key]["accuracy"]:
             best[key] = r
     cols = sorted({(k[1], k[2], k[3]) for k in best}, key=lambda c: (c[2], c[0]))
     models = [m for m in MODELS if any(k[0] == m for k in best)]
     lines = [
-        "MQAR test accuracy (best over the runs; cell: accuracy [lr/steps:acc for each run])",
+        "MQAR test accuracy (best over the runs; cell: accuracy [lr/steps:acc for each run; /Nh: N heads instead of "
+        "one per 16 of width])",
         "",
         "| model | " + " | ".join(f"(L={c[0]}, D={c[1]}) width {c[2]}" for c in cols) + " |",
         "|---|" + "---|" * len(cols),
@@ -38,12 +41,13 @@ def main() -> None:
             r = best.get((m, *c))
             cells.append("-" if r is None else f"**{r['accuracy']:.3f}** [{', '.join(lrs[(m, *c)])}]")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    header = "| model | L | D | width | lr | steps x batch | accuracy | skipped | train s |"
+    header = "| model | L | D | width | heads | lr | steps x batch | accuracy | skipped | train s |"
     lines += ["", "Every run:", "", header]
-    lines.append("|---|---|---|---|---|---|---|---|---|")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|")
     for r in runs:
         lines.append(
-            f"| {r['model']} | {r['seq_len']} | {r['n_pairs']} | {r['d_model']} | {r['lr']:.0e} | "
+            f"| {r['model']} | {r['seq_len']} | {r['n_pairs']} | {r['d_model']} | {r['mixer_config']['n_heads']} | "
+            f"{r['lr']:.0e} | "
             f"{r['steps']} x {r['batch']} | {r['accuracy']:.3f} | {r.get('skipped_nonfinite_steps', '-')} | "
             f"{r['train_seconds']} |"
         )
