@@ -23,3 +23,13 @@ $M1000 --models attention,mosaics,atlas_nopoly_c1,linear_attention --settings 25
 # the same session: widths 128 at the two shorter settings (the grid), 300 steps
 $M --models atlas --settings 64:4,128:8 --widths 128 --lrs 1e-2
 $M --models mosaics,attention,linear_attention,atlas_nopoly_c1 --settings 64:4,128:8 --widths 128 --lrs 1e-2
+# a third session: why width 128 is slow for Atlas at (128,8): lower learning rates, longer, and other head counts
+# (heads = width // head dim; the default head dim is 16)
+M600="${M/--steps 300/--steps 600}"
+$M600 --models atlas --settings 128:8 --widths 128 --lrs 3e-3,1e-3
+$M --models atlas --settings 128:8 --widths 64 --head-dim 8 --lrs 1e-2
+$M --models atlas --settings 128:8 --widths 64 --head-dim 32 --lrs 1e-2
+$M --models atlas --settings 128:8 --widths 128 --head-dim 32 --lrs 1e-2
+# the same session, (256,16) at width 128 twice as long (run with --threads 2 on an otherwise idle machine)
+M2000="${M/--steps 300/--steps 2000}"
+${M2000/--threads 1/--threads 2} --models atlas --settings 256:16 --widths 128 --lrs 3e-3
