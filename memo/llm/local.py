@@ -49,8 +49,8 @@ class LocalModel:
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        # float32 on CPU: the precision adapters are trained in (a memorising LoRA on a bfloat16 base recalled less),
-        # and CPUs without native bfloat16 (AVX2) run it slower anyway; half precision on accelerators
+        # float32 on CPU: the precision adapters are trained in, and CPUs without native bfloat16 (AVX2) run
+        # bfloat16 slower anyway; half precision on accelerators
         dtype = torch.float32 if device == "cpu" else torch.float16
         base: Any = AutoModelForCausalLM.from_pretrained(self.path, dtype=dtype)
         self.base = base.to(device).eval()
