@@ -157,10 +157,9 @@ def train_sft(
 
     After every epoch the loss on ``eval_pairs`` (held-out reflections) is measured; with at least
     ``cfg.early_stop_min_heldout`` of them, after ``cfg.patience`` epochs without improvement training stops and the
-    best epoch's weights are saved. With ``checkpoint_dir``, weights,
-    optimiser, scheduler and random states are saved every ``cfg.checkpoint_every`` steps; a run that finds a
-    checkpoint for the same base, data and recipe continues from it and ends with the same weights as an
-    uninterrupted run. The checkpoint is removed on success.
+    best epoch's weights are saved. With ``checkpoint_dir``, weights, optimiser, scheduler and random states are
+    saved every ``cfg.checkpoint_every`` steps; a run that finds a checkpoint for the same base, data and recipe
+    continues from it and ends with the same weights as an uninterrupted run. The checkpoint is removed on success.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -267,10 +266,10 @@ def train_sft(
                 checkpoint(b + 1)
             if progress:
                 progress(step, total)
-        else:  # a whole epoch: measure the held-out loss, remember the best weights
+        else:  # a whole epoch: measure the held-out loss, remember the best weights (only early stopping uses them)
             if held:
                 eval_losses.append(_eval_loss(model, held, cfg.batch_size, pad_id))
-                if eval_losses[-1] <= min(eval_losses):
+                if patience and eval_losses[-1] <= min(eval_losses):
                     best = _trainable(model)
                 log.info("epoch %d: held-out loss %.4f", len(eval_losses), eval_losses[-1])
         skip, epoch_rng = 0, None
