@@ -7,8 +7,11 @@ Data (zoology ``multiquery_ar``): vocabulary 8192, keys from the lower half, val
 sequence of length L starts with D key-value pairs, then the D keys are queried again at gaps drawn with p(g)
 ~ g^(a-1), a = 0.01, other positions hold random tokens; only the positions whose next token is a queried
 value are scored. Training data is drawn fresh every step (no example is seen twice); the test set is a fixed
-1,000 sequences per setting. Every run appends one JSON line to ``--out`` (resumable: finished runs are
-skipped).
+1,000 sequences per setting. By default a model is trained on the setting it is tested on; ``--train-mix
+zoology`` trains one model on zoology's reproduction pool instead (100k examples of (64,4), 20k each of (128,8),
+(256,16), (256,32), (256,64): each step's batch is one of them, drawn with those weights) and tests it on every
+``--settings`` entry. Every run appends one JSON line per tested setting to ``--out`` (resumable: finished runs
+are skipped).
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ from memo.core import (
 from memo.core.lm import MixerConfig
 
 VOCAB = 8192  # the zoology vocabulary; --vocab overrides it (the CPU runs use 512, see README)
+# zoology's MQAR reproduction train pool: (L, D, examples)
+ZOOLOGY_POOL = ((64, 4, 100_000), (128, 8, 20_000), (256, 16, 20_000), (256, 32, 20_000), (256, 64, 20_000))
 
 
 def mqar_batch(
@@ -104,8 +109,7 @@ def evaluate(model: MemoryLM, inputs: torch.Tensor, labels: torch.Tensor, batch:
 
 def run(
     name: str,
-    seq_len: int,
-    n_pairs: int,
+    settings: list[tuple[int, int]],
     d: int,
     lr: float,
     steps: int,
@@ -115,9 +119,25 @@ def run(
     vocab: int = VOCAB,
     log_every: int = 0,
     head_dim: int = 16,
-) -> dict[str, object]:
+    train_mix: str = "none",
+) -> list[dict[str, object]]:
+    """Train one model and test it on each (L, D) of ``settings``: one record per setting.
+
+    ``train_mix="none"`` trains on the single setting given; ``"zoology"`` on ZOOLOGY_POOL.
+    """
+    if train_mix == "none":
+        if len(settings) != 1:
+            raise ValueError("without a train mix a model is trained and tested on one setting")
+        pool, weights = settings, np.ones(1)
+    elif train_mix == "zoology":
+        pool = [(seq_len, n_pairs) for seq_len, n_pairs, _ in ZOOLOGY_POOL]
+        weights = np.array([n for _, _, n in ZOOLOGY_POOL], dtype=np.float64)
+    else:
+        raise ValueError(f"unknown train mix {train_mix!r}")
+    weights = weights / weights.sum()
     torch.manual_seed(seed)
-    cfg = MemoryLMConfig(vocab_size=vocab, mixer=mixer_config(name, d, seq_len, head_dim), d_model=d, n_layers=2)
+    max_len = max(seq_len for seq_len, _ in [*pool, *settings])
+    cfg = MemoryLMConfig(vocab_size=vocab, mixer=mixer_config(name, d, max_len, head_dim), d_model=d, n_layers=2)
     model = MemoryLM(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1, betas=(0.9, 0.98))
     warmup = max(1, steps // 20)
@@ -125,11 +145,11 @@ def run(
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
     )
     rng = np.random.default_rng(seed)
-    test_x, test_y = mqar_batch(np.random.default_rng(10_000 + seq_len), n_test, seq_len, n_pairs, vocab)
     t0 = time.time()
     losses: list[float] = []
     skipped = 0
     for step in range(steps):
+        seq_len, n_pairs = pool[rng.choice(len(pool), p=weights)] if len(pool) > 1 else pool[0]
         x, y = mqar_batch(rng, batch, seq_len, n_pairs, vocab)
         h, _ = model.hidden(x)  # (B, L, D)
         mask = y != -100
@@ -146,26 +166,32 @@ def run(
         if log_every and (step + 1) % log_every == 0:
             print(f"{name} L={seq_len} D={n_pairs} d={d} lr={lr:g} step {step + 1} loss {loss.item():.3f}", flush=True)
     train_s = time.time() - t0
-    acc = evaluate(model, test_x, test_y, batch=100)
-    return {
-        "model": name,
-        "vocab": vocab,
-        "seq_len": seq_len,
-        "n_pairs": n_pairs,
-        "d_model": d,
-        "lr": lr,
-        "steps": steps,
-        "batch": batch,
-        "train_examples": steps * batch,
-        "test_examples": n_test,
-        "accuracy": acc,
-        "final_train_loss": float(np.mean(losses[-20:])) if losses else float("nan"),
-        "skipped_nonfinite_steps": skipped,
-        "train_seconds": round(train_s, 1),
-        "params": sum(p.numel() for p in model.parameters()),
-        "seed": seed,
-        "mixer_config": {k: v for k, v in asdict(cfg.mixer).items()},
-    }
+    records = []
+    for seq_len, n_pairs in settings:
+        test_x, test_y = mqar_batch(np.random.default_rng(10_000 + seq_len), n_test, seq_len, n_pairs, vocab)
+        records.append(
+            {
+                "model": name,
+                "vocab": vocab,
+                "seq_len": seq_len,
+                "n_pairs": n_pairs,
+                "d_model": d,
+                "lr": lr,
+                "steps": steps,
+                "batch": batch,
+                "train_mix": train_mix,
+                "train_examples": steps * batch,
+                "test_examples": n_test,
+                "accuracy": evaluate(model, test_x, test_y, batch=100),
+                "final_train_loss": float(np.mean(losses[-20:])) if losses else float("nan"),
+                "skipped_nonfinite_steps": skipped,
+                "train_seconds": round(train_s, 1),
+                "params": sum(p.numel() for p in model.parameters()),
+                "seed": seed,
+                "mixer_config": {k: v for k, v in asdict(cfg.mixer).items()},
+            }
+        )
+    return records
 
 
 def main() -> None:
@@ -183,6 +209,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="results/core/mqar.jsonl")
     ap.add_argument("--log-every", type=int, default=50, help="print the training loss every N steps (0: never)")
+    ap.add_argument(
+        "--train-mix",
+        choices=["none", "zoology"],
+        default="none",
+        help="none: train on each tested setting; zoology: one model per run on zoology's pool, tested on all",
+    )
     ap.add_argument("--quick", action="store_true", help="tiny run: (64,4), width 64, vocab 512, 20 steps")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -207,20 +239,25 @@ def main() -> None:
                     r["batch"],
                     r["vocab"],
                     r["d_model"] // r["mixer_config"]["n_heads"],
+                    r.get("train_mix", "none"),
                 )
             )
-    for setting in args.settings.split(","):
-        seq_len, n_pairs = (int(v) for v in setting.split(":"))
+    settings = [(int(st.split(":")[0]), int(st.split(":")[1])) for st in args.settings.split(",")]
+    # one training run per group of settings: each setting alone, or all of them for one mixed-pool model
+    groups = [[st] for st in settings] if args.train_mix == "none" else [settings]
+    for group in groups:
         for d in (int(v) for v in args.widths.split(",")):
             for name in args.models.split(","):
                 for lr in (float(v) for v in args.lrs.split(",")):
-                    key = (name, seq_len, n_pairs, d, lr, args.steps, args.batch, args.vocab, args.head_dim)
-                    if key in done:
+                    keys = [
+                        (name, L, D, d, lr, args.steps, args.batch, args.vocab, args.head_dim, args.train_mix)
+                        for L, D in group
+                    ]
+                    if all(key in done for key in keys):
                         continue
-                    r = run(
+                    records = run(
                         name,
-                        seq_len,
-                        n_pairs,
+                        group,
                         d,
                         lr,
                         args.steps,
@@ -230,14 +267,17 @@ def main() -> None:
                         args.vocab,
                         args.log_every,
                         args.head_dim,
+                        args.train_mix,
                     )
-                    print(
-                        f"{name:18s} V={args.vocab} L={seq_len:4d} D={n_pairs:3d} d={d:4d} lr={lr:.0e} "
-                        f"acc={r['accuracy']:.3f} loss={r['final_train_loss']:.3f} {r['train_seconds']}s",
-                        flush=True,
-                    )
+                    for r in records:
+                        print(
+                            f"{name:18s} V={args.vocab} L={r['seq_len']:4d} D={r['n_pairs']:3d} d={d:4d} "
+                            f"lr={lr:.0e} mix={args.train_mix} acc={r['accuracy']:.3f} "
+                            f"loss={r['final_train_loss']:.3f} {r['train_seconds']}s",
+                            flush=True,
+                        )
                     with out.open("a") as f:
-                        f.write(json.dumps(r) + "\n")
+                        f.writelines(json.dumps(r) + "\n" for r in records)
 
 
 if __name__ == "__main__":
