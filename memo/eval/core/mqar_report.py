@@ -23,6 +23,8 @@ def main() -> None:
         key = (r["model"], r["seq_len"], r["n_pairs"], r["d_model"])
         heads = r["mixer_config"]["n_heads"]
         tag = "" if heads == max(1, r["d_model"] // 16) else f"/{heads}h"  # heads other than the head-dim-16 default
+        if r.get("train_mix", "none") != "none":
+            tag += f"/{r['train_mix']}"  # trained on a pool of settings, not on this one alone
         lrs[key].append(f"{r['lr']:.0e}/{r['steps']}{tag}:{r['accuracy']:.2f}")
         if key not in best or r["accuracy"] > best[key]["accuracy"]:
             best[key] = r
@@ -30,7 +32,7 @@ def main() -> None:
     models = [m for m in MODELS if any(k[0] == m for k in best)]
     lines = [
         "MQAR test accuracy (best over the runs; cell: accuracy [lr/steps:acc for each run; /Nh: N heads instead of "
-        "one per 16 of width])",
+        "one per 16 of width; /zoology: one model trained on zoology's pool of settings])",
         "",
         "| model | " + " | ".join(f"(L={c[0]}, D={c[1]}) width {c[2]}" for c in cols) + " |",
         "|---|" + "---|" * len(cols),
@@ -41,12 +43,13 @@ def main() -> None:
             r = best.get((m, *c))
             cells.append("-" if r is None else f"**{r['accuracy']:.3f}** [{', '.join(lrs[(m, *c)])}]")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    header = "| model | L | D | width | heads | lr | steps x batch | accuracy | skipped | train s |"
+    header = "| model | L | D | width | heads | trained on | lr | steps x batch | accuracy | skipped | train s |"
     lines += ["", "Every run:", "", header]
-    lines.append("|---|---|---|---|---|---|---|---|---|---|")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in runs:
         lines.append(
             f"| {r['model']} | {r['seq_len']} | {r['n_pairs']} | {r['d_model']} | {r['mixer_config']['n_heads']} | "
+            f"{'this setting' if r.get('train_mix', 'none') == 'none' else r['train_mix'] + ' pool'} | "
             f"{r['lr']:.0e} | "
             f"{r['steps']} x {r['batch']} | {r['accuracy']:.3f} | {r.get('skipped_nonfinite_steps', '-')} | "
             f"{r['train_seconds']} |"
