@@ -240,19 +240,18 @@ def main() -> None:
                     r["vocab"],
                     r["d_model"] // r["mixer_config"]["n_heads"],
                     r.get("train_mix", "none"),
+                    r["seed"],
                 )
             )
     settings = [(int(st.split(":")[0]), int(st.split(":")[1])) for st in args.settings.split(",")]
     # one training run per group of settings: each setting alone, or all of them for one mixed-pool model
     groups = [[st] for st in settings] if args.train_mix == "none" else [settings]
+    common = (args.steps, args.batch, args.vocab, args.head_dim, args.train_mix, args.seed)
     for group in groups:
         for d in (int(v) for v in args.widths.split(",")):
             for name in args.models.split(","):
                 for lr in (float(v) for v in args.lrs.split(",")):
-                    keys = [
-                        (name, L, D, d, lr, args.steps, args.batch, args.vocab, args.head_dim, args.train_mix)
-                        for L, D in group
-                    ]
+                    keys = [(name, L, D, d, lr, *common) for L, D in group]
                     if all(key in done for key in keys):
                         continue
                     records = run(
