@@ -11,7 +11,16 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-MODELS = ["attention", "mosaics", "atlas", "atlas_nopoly_c1", "linear_attention"]
+MODELS = [
+    "attention",
+    "mosaics",
+    "atlas",
+    "atlas_nopoly",
+    "atlas_c1",
+    "atlas_nopoly_c1",
+    "atlas_ns",
+    "linear_attention",
+]
 
 
 def main() -> None:
