@@ -33,3 +33,11 @@ $M --models atlas --settings 128:8 --widths 128 --head-dim 32 --lrs 1e-2
 # the same session, (256,16) at width 128 twice as long (run with --threads 2 on an otherwise idle machine)
 M2000="${M/--steps 300/--steps 2000}"
 ${M2000/--threads 1/--threads 2} --models atlas --settings 256:16 --widths 128 --lrs 3e-3
+# a fourth session: zoology's own training data, one model per run trained on its reproduction pool (64:4 x100k,
+# 128:8/256:16/256:32/256:64 x20k each; --train-mix zoology) and tested on each setting. The runs of each line
+# were made two at a time, each on its own core.
+MIX="${M/--steps 300/--steps 1000} --train-mix zoology --settings 64:4,128:8,256:16 --widths 128"
+$MIX --models atlas --lrs 3e-3,1e-2
+$MIX --models mosaics,atlas_nopoly_c1,attention,linear_attention --lrs 1e-2
+$MIX --models atlas_nopoly,atlas_c1 --lrs 1e-2
+$MIX --models attention,linear_attention,mosaics,atlas_nopoly_c1 --lrs 3e-3

@@ -23,45 +23,64 @@ MODELS = [
 ]
 
 
-def main() -> None:
-    path = Path(sys.argv[1] if len(sys.argv) > 1 else "results/core/mqar.jsonl")
-    runs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    best: dict[tuple[str, int, int, int], dict] = {}
-    lrs: dict[tuple[str, int, int, int], list[str]] = defaultdict(list)
+TITLES = {
+    "none": "trained on the tested setting alone",
+    "zoology": "one model per run trained on zoology's pool (64:4 x100k, 128:8/256:16/256:32/256:64 x20k), tested "
+    "on each setting",
+}
+
+Cell = tuple[str, int, int, int]  # model, L, D, width
+
+
+def best_runs(runs: list[dict]) -> tuple[dict[Cell, dict], dict[Cell, list[str]]]:
+    """The best run per cell and every run's ``lr/steps[/Nh]:accuracy`` tag per cell."""
+    best: dict[Cell, dict] = {}
+    tags: dict[Cell, list[str]] = defaultdict(list)
     for r in runs:
         key = (r["model"], r["seq_len"], r["n_pairs"], r["d_model"])
         heads = r["mixer_config"]["n_heads"]
         tag = "" if heads == max(1, r["d_model"] // 16) else f"/{heads}h"  # heads other than the head-dim-16 default
-        if r.get("train_mix", "none") != "none":
-            tag += f"/{r['train_mix']}"  # trained on a pool of settings, not on this one alone
-        lrs[key].append(f"{r['lr']:.0e}/{r['steps']}{tag}:{r['accuracy']:.2f}")
+        if r.get("seed", 0):
+            tag += f"/seed{r['seed']}"
+        tags[key].append(f"{r['lr']:.0e}/{r['steps']}{tag}:{r['accuracy']:.2f}")
         if key not in best or r["accuracy"] > best[key]["accuracy"]:
             best[key] = r
-    cols = sorted({(k[1], k[2], k[3]) for k in best}, key=lambda c: (c[2], c[0]))
-    models = [m for m in MODELS if any(k[0] == m for k in best)]
-    lines = [
-        "MQAR test accuracy (best over the runs; cell: accuracy [lr/steps:acc for each run; /Nh: N heads instead of "
-        "one per 16 of width; /zoology: one model trained on zoology's pool of settings])",
-        "",
-        "| model | " + " | ".join(f"(L={c[0]}, D={c[1]}) width {c[2]}" for c in cols) + " |",
-        "|---|" + "---|" * len(cols),
-    ]
-    for m in models:
-        cells = []
-        for c in cols:
-            r = best.get((m, *c))
-            cells.append("-" if r is None else f"**{r['accuracy']:.3f}** [{', '.join(lrs[(m, *c)])}]")
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    header = "| model | L | D | width | heads | trained on | lr | steps x batch | accuracy | skipped | train s |"
-    lines += ["", "Every run:", "", header]
-    lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    return best, tags
+
+
+def main() -> None:
+    path = Path(sys.argv[1] if len(sys.argv) > 1 else "results/core/mqar.jsonl")
+    runs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    mixes = [m for m in TITLES if any(r.get("train_mix", "none") == m for r in runs)]
+    tables = {m: best_runs([r for r in runs if r.get("train_mix", "none") == m]) for m in mixes}
+    lines = []
+    for mix in mixes:
+        best, tags = tables[mix]
+        cols = sorted({(k[1], k[2], k[3]) for k in best}, key=lambda c: (c[2], c[0]))
+        models = [m for m in MODELS if any(k[0] == m for k in best)]
+        lines += [
+            f"MQAR test accuracy, {TITLES[mix]} (best over the runs; cell: accuracy [lr/steps:acc for each run; "
+            "/Nh: N heads instead of one per 16 of width])",
+            "",
+            "| model | " + " | ".join(f"(L={c[0]}, D={c[1]}) width {c[2]}" for c in cols) + " |",
+            "|---|" + "---|" * len(cols),
+        ]
+        for m in models:
+            cells = []
+            for c in cols:
+                r = best.get((m, *c))
+                cells.append("-" if r is None else f"**{r['accuracy']:.3f}** [{', '.join(tags[(m, *c)])}]")
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        lines.append("")
+    header = "| model | L | D | width | heads | trained on | lr | steps x batch | seed | accuracy | skipped | train s |"
+    lines += ["Every run:", "", header]
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in runs:
         lines.append(
             f"| {r['model']} | {r['seq_len']} | {r['n_pairs']} | {r['d_model']} | {r['mixer_config']['n_heads']} | "
             f"{'this setting' if r.get('train_mix', 'none') == 'none' else r['train_mix'] + ' pool'} | "
-            f"{r['lr']:.0e} | "
-            f"{r['steps']} x {r['batch']} | {r['accuracy']:.3f} | {r.get('skipped_nonfinite_steps', '-')} | "
-            f"{r['train_seconds']} |"
+            f"{r['lr']:.0e} | {r['steps']} x {r['batch']} | {r.get('seed', 0)} | {r['accuracy']:.3f} | "
+            f"{r.get('skipped_nonfinite_steps', '-')} | {r['train_seconds']} |"
         )
     out = path.with_name("mqar.md")
     out.write_text("\n".join(lines) + "\n")
@@ -74,19 +93,23 @@ def main() -> None:
     except ImportError:
         print("matplotlib not installed: no plot")
         return
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(cols)), 4))
-    width = 0.8 / max(1, len(models))
-    for i, m in enumerate(models):
-        xs = [j + i * width for j in range(len(cols))]
-        ys = [best[(m, *c)]["accuracy"] if (m, *c) in best else 0.0 for c in cols]
-        ax.bar(xs, ys, width=width, label=m)
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(cols))])
-    ax.set_xticklabels([f"L={c[0]} D={c[1]}\nwidth {c[2]}" for c in cols], fontsize=8)
-    ax.set_ylabel("test accuracy (best run)")
-    ax.set_ylim(0, 1.05)
-    ax.axhline(0.9, color="gray", ls=":", lw=1)
-    ax.legend(fontsize=8)
-    ax.set_title("MQAR on CPU (vocab 512, batches of 32 fresh sequences)")
+    fig, axes = plt.subplots(len(mixes), 1, figsize=(10, 4 * len(mixes)), squeeze=False)
+    for ax, mix in zip(axes[:, 0], mixes, strict=True):
+        best, _ = tables[mix]
+        cols = sorted({(k[1], k[2], k[3]) for k in best}, key=lambda c: (c[2], c[0]))
+        models = [m for m in MODELS if any(k[0] == m for k in best)]
+        width = 0.8 / max(1, len(models))
+        for i, m in enumerate(models):
+            xs = [j + i * width for j in range(len(cols))]
+            ys = [best[(m, *c)]["accuracy"] if (m, *c) in best else 0.0 for c in cols]
+            ax.bar(xs, ys, width=width, label=m)
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(cols))])
+        ax.set_xticklabels([f"L={c[0]} D={c[1]}\nwidth {c[2]}" for c in cols], fontsize=8)
+        ax.set_ylabel("test accuracy (best run)")
+        ax.set_ylim(0, 1.05)
+        ax.axhline(0.9, color="gray", ls=":", lw=1)
+        ax.legend(fontsize=7, ncol=2)
+        ax.set_title(f"MQAR on CPU (vocab 512, batches of 32 fresh sequences), {TITLES[mix]}"[:110], fontsize=9)
     fig.tight_layout()
     fig.savefig(path.with_name("mqar.png"), dpi=120)
 
