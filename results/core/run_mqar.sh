@@ -34,10 +34,14 @@ $M --models atlas --settings 128:8 --widths 128 --head-dim 32 --lrs 1e-2
 M2000="${M/--steps 300/--steps 2000}"
 ${M2000/--threads 1/--threads 2} --models atlas --settings 256:16 --widths 128 --lrs 3e-3
 # a fourth session: zoology's own training data, one model per run trained on its reproduction pool (64:4 x100k,
-# 128:8/256:16/256:32/256:64 x20k each; --train-mix zoology) and tested on each setting. The runs of each line
-# were made two at a time, each on its own core.
-MIX="${M/--steps 300/--steps 1000} --train-mix zoology --settings 64:4,128:8,256:16 --widths 128"
-$MIX --models atlas --lrs 3e-3,1e-2
-$MIX --models mosaics,atlas_nopoly_c1,attention,linear_attention --lrs 1e-2
-$MIX --models atlas_nopoly,atlas_c1 --lrs 1e-2
-$MIX --models attention,linear_attention,mosaics,atlas_nopoly_c1 --lrs 3e-3
+# 128:8/256:16/256:32/256:64 x20k each; --train-mix zoology) and tested on each setting. Two runs at a time, one
+# per core.
+MIX="${M/--steps 300/--steps 1000} --train-mix zoology --settings 64:4,128:8,256:16"
+$MIX --widths 128 --models atlas --lrs 3e-3,1e-2
+$MIX --widths 128 --models mosaics,atlas_nopoly_c1,attention,linear_attention --lrs 1e-2
+$MIX --widths 128 --models atlas_nopoly,atlas_c1 --lrs 1e-2
+$MIX --widths 128 --models attention,linear_attention,mosaics,atlas_nopoly_c1 --lrs 3e-3
+${MIX/--steps 1000/--steps 5000} --widths 128 --models attention --lrs 3e-3,1e-3
+$MIX --widths 128 --models atlas --lrs 1e-3
+$MIX --widths 128 --models atlas --lrs 3e-3 --seed 1
+$MIX --widths 64 --models atlas,mosaics,atlas_nopoly_c1,linear_attention --lrs 3e-3
