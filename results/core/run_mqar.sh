@@ -45,3 +45,6 @@ ${MIX/--steps 1000/--steps 5000} --widths 128 --models attention --lrs 3e-3,1e-3
 $MIX --widths 128 --models atlas --lrs 1e-3
 $MIX --widths 128 --models atlas --lrs 3e-3 --seed 1
 $MIX --widths 64 --models atlas,mosaics,atlas_nopoly_c1,linear_attention --lrs 3e-3
+# the same session: the goal's two models at zoology's vocabulary, 8192 (two threads, machine otherwise idle)
+MIX8K="${MIX/--vocab 512/--vocab 8192}"
+${MIX8K/--threads 1/--threads 2} --widths 128 --models atlas,mosaics --lrs 3e-3

@@ -53,15 +53,19 @@ def best_runs(runs: list[dict]) -> tuple[dict[Cell, dict], dict[Cell, list[str]]
 def main() -> None:
     path = Path(sys.argv[1] if len(sys.argv) > 1 else "results/core/mqar.jsonl")
     runs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    mixes = [m for m in TITLES if any(r.get("train_mix", "none") == m for r in runs)]
-    tables = {m: best_runs([r for r in runs if r.get("train_mix", "none") == m]) for m in mixes}
+    # one table per regime: how the model was trained and the vocabulary size
+    regimes = sorted(
+        {(r.get("train_mix", "none"), r["vocab"]) for r in runs}, key=lambda g: (list(TITLES).index(g[0]), g[1])
+    )
+    tables = {g: best_runs([r for r in runs if (r.get("train_mix", "none"), r["vocab"]) == g]) for g in regimes}
     lines = []
-    for mix in mixes:
-        best, tags = tables[mix]
+    for mix, vocab in regimes:
+        best, tags = tables[(mix, vocab)]
         cols = sorted({(k[1], k[2], k[3]) for k in best}, key=lambda c: (c[2], c[0]))
         models = [m for m in MODELS if any(k[0] == m for k in best)]
         lines += [
-            f"MQAR test accuracy, {TITLES[mix]} (best over the runs; cell: accuracy [lr/steps:acc for each run; "
+            f"MQAR test accuracy, vocabulary {vocab}, {TITLES[mix]} "
+            "(best over the runs; cell: accuracy [lr/steps:acc for each run; "
             "/Nh: N heads instead of one per 16 of width])",
             "",
             "| model | " + " | ".join(f"(L={c[0]}, D={c[1]}) width {c[2]}" for c in cols) + " |",
@@ -74,12 +78,16 @@ def main() -> None:
                 cells.append("-" if r is None else f"**{r['accuracy']:.3f}** [{', '.join(tags[(m, *c)])}]")
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
         lines.append("")
-    header = "| model | L | D | width | heads | trained on | lr | steps x batch | seed | accuracy | skipped | train s |"
+    header = (
+        "| model | vocab | L | D | width | heads | trained on | lr | steps x batch | seed | accuracy | skipped "
+        "| train s |"
+    )
     lines += ["Every run:", "", header]
-    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in runs:
         lines.append(
-            f"| {r['model']} | {r['seq_len']} | {r['n_pairs']} | {r['d_model']} | {r['mixer_config']['n_heads']} | "
+            f"| {r['model']} | {r['vocab']} | {r['seq_len']} | {r['n_pairs']} | {r['d_model']} | "
+            f"{r['mixer_config']['n_heads']} | "
             f"{'this setting' if r.get('train_mix', 'none') == 'none' else r['train_mix'] + ' pool'} | "
             f"{r['lr']:.0e} | {r['steps']} x {r['batch']} | {r.get('seed', 0)} | {r['accuracy']:.3f} | "
             f"{r.get('skipped_nonfinite_steps', '-')} | {r['train_seconds']} |"
@@ -95,9 +103,9 @@ def main() -> None:
     except ImportError:
         print("matplotlib not installed: no plot")
         return
-    fig, axes = plt.subplots(len(mixes), 1, figsize=(10, 4 * len(mixes)), squeeze=False)
-    for ax, mix in zip(axes[:, 0], mixes, strict=True):
-        best, _ = tables[mix]
+    fig, axes = plt.subplots(len(regimes), 1, figsize=(10, 4 * len(regimes)), squeeze=False)
+    for ax, (mix, vocab) in zip(axes[:, 0], regimes, strict=True):
+        best, _ = tables[(mix, vocab)]
         cols = sorted({(k[1], k[2], k[3]) for k in best}, key=lambda c: (c[2], c[0]))
         models = [m for m in MODELS if any(k[0] == m for k in best)]
         width = 0.8 / max(1, len(models))
@@ -111,7 +119,7 @@ def main() -> None:
         ax.set_ylim(0, 1.05)
         ax.axhline(0.9, color="gray", ls=":", lw=1)
         ax.legend(fontsize=7, ncol=2)
-        ax.set_title(f"MQAR on CPU (vocab 512, batches of 32 fresh sequences): {SHORT_TITLES[mix]}", fontsize=9)
+        ax.set_title(f"MQAR on CPU (vocab {vocab}, batches of 32 fresh sequences): {SHORT_TITLES[mix]}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path.with_name("mqar.png"), dpi=120)
 
