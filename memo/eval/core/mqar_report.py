@@ -10,6 +10,7 @@ import json
 import sys
 from collections import defaultdict
 from pathlib import Path
+from typing import NamedTuple
 
 MODELS = [
     "attention",
@@ -34,8 +35,15 @@ SHORT_TITLES = {"none": "trained on the tested setting alone", "zoology": "train
 Cell = tuple[str, int, int, int]  # model, L, D, width
 
 
-def best_runs(runs: list[dict]) -> tuple[dict[Cell, dict], dict[Cell, list[str]]]:
-    """The best run per cell and every run's ``lr/steps[/Nh]:accuracy`` tag per cell."""
+class Table(NamedTuple):
+    best: dict[Cell, dict]  # the best run per cell
+    tags: dict[Cell, list[str]]  # every run's lr/steps[/Nh][/seedN]:accuracy per cell
+    cols: list[tuple[int, int, int]]  # (L, D, width), by width then length
+    models: list[str]  # in MODELS order
+
+
+def best_runs(runs: list[dict]) -> Table:
+    """The best run per cell, every run's tag per cell, and the table's columns and rows."""
     best: dict[Cell, dict] = {}
     tags: dict[Cell, list[str]] = defaultdict(list)
     for r in runs:
@@ -47,7 +55,8 @@ def best_runs(runs: list[dict]) -> tuple[dict[Cell, dict], dict[Cell, list[str]]
         tags[key].append(f"{r['lr']:.0e}/{r['steps']}{tag}:{r['accuracy']:.2f}")
         if key not in best or r["accuracy"] > best[key]["accuracy"]:
             best[key] = r
-    return best, tags
+    cols = sorted({(k[1], k[2], k[3]) for k in best}, key=lambda c: (c[2], c[0]))
+    return Table(best, tags, cols, [m for m in MODELS if any(k[0] == m for k in best)])
 
 
 def main() -> None:
@@ -60,9 +69,7 @@ def main() -> None:
     tables = {g: best_runs([r for r in runs if (r.get("train_mix", "none"), r["vocab"]) == g]) for g in regimes}
     lines = []
     for mix, vocab in regimes:
-        best, tags = tables[(mix, vocab)]
-        cols = sorted({(k[1], k[2], k[3]) for k in best}, key=lambda c: (c[2], c[0]))
-        models = [m for m in MODELS if any(k[0] == m for k in best)]
+        best, tags, cols, models = tables[(mix, vocab)]
         lines += [
             f"MQAR test accuracy, vocabulary {vocab}, {TITLES[mix]} "
             "(best over the runs; cell: accuracy [lr/steps:acc for each run; "
@@ -105,9 +112,7 @@ def main() -> None:
         return
     fig, axes = plt.subplots(len(regimes), 1, figsize=(10, 4 * len(regimes)), squeeze=False)
     for ax, (mix, vocab) in zip(axes[:, 0], regimes, strict=True):
-        best, _ = tables[(mix, vocab)]
-        cols = sorted({(k[1], k[2], k[3]) for k in best}, key=lambda c: (c[2], c[0]))
-        models = [m for m in MODELS if any(k[0] == m for k in best)]
+        best, _, cols, models = tables[(mix, vocab)]
         width = 0.8 / max(1, len(models))
         for i, m in enumerate(models):
             xs = [j + i * width for j in range(len(cols))]
