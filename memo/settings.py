@@ -74,10 +74,10 @@ class ReflectSettings(BaseModel):
     # direct,indirect,consolidate,verify,entities,cross
     stages: Annotated[list[str], NoDecode] = ["direct", "verify"]
     direct_variants: int = Field(default=3, ge=1)  # phrasings per stated fact
-    # direct facts at the grain of one fact: every atomic span of a sentence (clause, apposition, subordinate clause)
-    # is the short answer of a question written for it (kind direct_atomic). Off by default: the packaged 135M model
-    # pairs most spans with a question they do not answer (results/reflect/README.md); on for a capable generator
-    atomic_facts: bool = False
+    # direct facts at the grain of one fact, from a dependency parse (memo.reflect.syntax): a short-answer pair for each
+    # clause's subject, objects and modifiers, appositions, action chains between clauses (kinds direct_atomic,
+    # direct_sequence), and the parse's question for a sentence the generator wrote none for (direct_parsed)
+    parsed_facts: bool = True
     json_retries: int = Field(default=1, ge=0)  # extra attempts when structured output does not parse
     verify_attempts: int = Field(default=5, ge=1)  # rewrites of a failing pair before it is dropped
     # which pairs the LLM judge sees after the rule checks (self-containment rules and grounding in the source apply to

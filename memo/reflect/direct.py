@@ -2,11 +2,10 @@
 
 Each sentence of a chunk is a stated fact; the generator writes the question it answers and the sentence
 itself is the answer (standalone by construction, no document ids in the text). A sentence usually states several
-facts: each of its atomic spans (a clause, an apposition, a subordinate clause: :func:`answer_spans`) is also the
-short answer of a question the generator writes for it in the context of its sentence (answer-aware question
-generation, kind ``direct_atomic``); rule checks keep only questions of the answer's type that do not give the
-answer away. Every request is separate, so a batching backend (vLLM, or the local micro-batcher) decodes them
-together.
+facts: the dependency parse (:mod:`memo.reflect.syntax`) adds a short-answer pair for each of them (who, what,
+where, when, why of every clause, appositions) and the action chains between clauses; a sentence the generator
+wrote no usable question for gets the parse's question. Every request is separate, so a batching backend (vLLM, or
+the local micro-batcher) decodes them together.
 """
 
 from __future__ import annotations
@@ -19,14 +18,13 @@ from dataclasses import dataclass
 
 from memo.ingest.chunk import split_sentences
 from memo.llm.base import LLM
-from memo.reflect.prompts import atomic_messages, direct_messages
+from memo.reflect.prompts import direct_messages
+from memo.reflect.syntax import KIND_PARSED, ParsedText, parse_facts
 
 log = logging.getLogger(__name__)
 
 KIND_DIRECT = "direct"
-KIND_ATOMIC = "direct_atomic"
 MIN_FACT_WORDS = 4
-MAX_SPAN_WORDS = 20
 # a personal pronoun in a question: the pair is not self-contained (verification's rule too)
 PRONOUN_ANY = re.compile(r"\b(he|she|they|him|his|hers|their|them)\b", re.I)
 
@@ -124,113 +122,23 @@ def with_antecedents(sentences: list[str], back: int = 2) -> list[str]:
     return out
 
 
-# -- atomic facts: short answers ---------------------------------------------------------------------------------
-_SPAN_CUT = re.compile(
-    r"[,;:()\"]|\b(?:and|but|who|whom|which|that|because|when|after|before|while|until|where|if|though|although|since"
-    r"|as|so)\b"
-)
-_LEAD = re.compile(r"^(?:and|but|who|whom|which|that)\s+", re.I)
-
-
-def answer_spans(sentence: str) -> list[str]:
-    """The atomic answers a sentence states: its pieces between punctuation, coordinating words and relative
-    pronouns, a subordinate clause keeping its connector ("because his sister lived there"). Pieces with a content
-    word, 1 to ``MAX_SPAN_WORDS`` words, shorter than the sentence, in order, without repeats."""
-    cuts = [0, *(m.start() for m in _SPAN_CUT.finditer(sentence)), len(sentence)]
-    out: list[str] = []
-    whole = normalise_question(sentence)
-    for a, b in zip(cuts, cuts[1:], strict=False):
-        piece = _LEAD.sub("", sentence[a:b].strip(" ,;:()\"'.!?")).strip(" ,;:()\"'.!?")
-        if (
-            piece
-            and len(piece.split()) <= MAX_SPAN_WORDS
-            and content_words(piece)
-            and normalise_question(piece) != whole
-            and piece not in out
-        ):
-            out.append(piece)
-    return out
-
-
-_WHY = ("because", "to", "so", "since", "as", "for", "in order", "out of", "due")
-_WHEN = ("when", "after", "before", "while", "until", "during", "once", "since", "as soon", "by the time", "on", "in")
-_TIME = re.compile(
-    r"\b(\d{2,4}|day|days|night|year|years|morning|evening|week|weeks|month|months|later|earlier|time|age|hour|hours"
-    r"|minutes?|century|january|february|march|april|may|june|july|august|september|october|november|december)\b",
-    re.I,
-)
-_WHERE = ("in", "at", "from", "to", "into", "on", "near", "inside", "outside", "behind", "under", "across", "through",
-          "toward", "towards", "onto", "off", "out of", "back to", "home")  # fmt: skip
-_NOT_NOUN = set(_WHY) | set(_WHEN) | set(_WHERE) | {"if", "though", "although", "where", "but", "and", "who", "which"}
-_NUMBER_WORDS = re.compile(
-    r"\b(\d+|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|twenty|thirty|forty|fifty|hundred|"
-    r"thousand|million|several|many|few|dozen)\b",
-    re.I,
-)
-
-
-_DETERMINERS = ("a", "an", "the", "his", "her", "their", "its", "one", "two", "three", "some", "several", "many")
-
-
-def _starts(span: str, words: tuple[str, ...] | set[str]) -> bool:
-    low = span.lower()
-    return any(low == w or low.startswith(w + " ") for w in words)
-
-
-_COPULA = re.compile(r"^(what|who|which)\s+(is|are|was|were)\b", re.I)
-
-
-def fits_answer(question: str, answer: str) -> bool:
-    """The question asks for the kind of thing the answer is (by its question word): why -> a reason, when -> a
-    time, where -> a place, who -> a name or a noun phrase, how many/much/long/old -> an amount, "what is X?" -> a
-    noun phrase. Any other question is refused: its answer's type cannot be checked by a rule, and the packaged
-    135M generator mostly pairs such questions with a span that does not answer them."""
-    q = question.lower().split()
-    if not q:
-        return False
-    first = q[0] if q[0] not in ("in", "on", "at", "for", "to", "from", "with", "by") else (q[1] if len(q) > 1 else "")
-    if first == "why":
-        return _starts(answer, _WHY)
-    if first == "when":
-        return _starts(answer, _WHEN) or bool(_TIME.search(answer))
-    if first == "where":
-        return _starts(answer, _WHERE) or answer[:1].isupper()
-    if first in ("who", "whom", "whose"):
-        return not _starts(answer, _NOT_NOUN) and (answer[:1].isupper() or _starts(answer, _DETERMINERS))
-    if first == "how" and len(q) > 1 and q[1] in ("many", "much", "long", "old", "far", "often"):
-        return bool(_NUMBER_WORDS.search(answer))
-    # "what is X?" asks for a noun phrase; other what/which/how questions have no type a rule can check
-    return bool(_COPULA.match(question)) and (
-        answer[:1].isupper() or _starts(answer, _DETERMINERS) or answer[:1].isdigit()
-    )
-
-
-def atomic_question(text: str, sentence: str, answer: str) -> str | None:
-    """The generator's reply as the question of ``answer`` in ``sentence``, if usable: a question without pronouns,
-    every content word of it taken from the sentence (no invented or few-shot names), about the sentence outside
-    the answer, of the answer's type (a "what is X?" answer is a noun phrase), not giving the answer away (at
-    most half of the answer's content words in it)."""
-    q = clean_question(text, sentence)
-    if q is None or not fits_answer(q, answer):
-        return None
-    qw, aw, sw = content_words(q), content_words(answer), content_words(sentence)
-    if not aw or len(qw & aw) > 0.5 * len(aw):
-        return None
-    if not all(_grounded(w, sw) or w in _GENERIC for w in qw) or not (qw - aw) & sw:
-        return None
-    return q
-
-
 async def direct_facts(
-    llm: LLM, chunk: str, *, variants: int = 3, attempts: int = 4, atomic: bool = True, atomic_attempts: int = 2
+    llm: LLM, chunk: str, *, variants: int = 3, attempts: int = 4, parsed: bool = True
 ) -> tuple[list[QAPair], int]:
     """QA pairs for the stated facts of ``chunk`` and the number of facts that yielded no usable question.
 
     ``variants`` phrasings per fact: the first greedy, the rest sampled (more phrasings, better recall). With
-    ``atomic``, each answer span of a fact gets a question too (greedy first, then sampled, ``atomic_attempts`` in
-    all).
+    ``parsed``, the dependency parse adds the facts of every clause and the action chains (:mod:`memo.reflect.syntax`),
+    and a fact the generator wrote no usable question for gets the parse's action-chain question.
     """
-    sentences = [s for s in split_sentences(chunk) if len(s.split()) >= MIN_FACT_WORDS]
+    all_sentences = split_sentences(chunk)
+    joined = " ".join(all_sentences)
+    offsets, at = [], 0
+    for s in all_sentences:
+        offsets.append(at)
+        at += len(s) + 1
+    kept = [i for i, s in enumerate(all_sentences) if len(s.split()) >= MIN_FACT_WORDS]
+    sentences = [all_sentences[i] for i in kept]
     facts = with_antecedents(sentences)
 
     async def one(fact: str, variant: int) -> QAPair | None:
@@ -241,35 +149,33 @@ async def direct_facts(
                 return QAPair(q, fact, KIND_DIRECT)
         return None
 
-    async def span(fact: str, answer: str) -> QAPair | None:
-        for attempt in range(atomic_attempts):
-            temperature = 0.0 if attempt == 0 else 0.7
-            reply = await llm.chat(atomic_messages(fact, answer), temperature=temperature, max_tokens=40)
-            q = atomic_question(reply, fact, answer)
-            if q and is_specific(q, fact, sentences):
-                return QAPair(q, answer, KIND_ATOMIC)
-        return None
+    async def parse() -> ParsedText | None:
+        return await asyncio.to_thread(parse_facts, joined) if parsed else None
 
-    spans = [(f, a) for f, s in zip(facts, sentences, strict=True) for a in answer_spans(s)] if atomic else []
-    results, atomic_pairs = await asyncio.gather(
-        asyncio.gather(*(one(f, v) for f in facts for v in range(variants))),
-        asyncio.gather(*(span(f, a) for f, a in spans)),
+    results, facts_of_parse = await asyncio.gather(
+        asyncio.gather(*(one(f, v) for f in facts for v in range(variants))), parse()
     )
     pairs: list[QAPair] = []
     seen: set[str] = set()
     failed = 0
+
+    def add(p: QAPair) -> None:
+        h = question_hash(p.question)
+        if h not in seen:
+            seen.add(h)
+            pairs.append(p)
+
     for i, fact in enumerate(facts):
         got = [p for p in results[i * variants : (i + 1) * variants] if p is not None]
+        fallback = facts_of_parse.sentence_question(offsets[kept[i]]) if facts_of_parse else None
+        if not got and fallback:
+            got = [QAPair(fallback, fact, KIND_PARSED)]
         if not got:
             failed += 1
             log.info("no usable question for fact %r", fact[:80])
         for p in got:
-            h = question_hash(p.question)
-            if h not in seen:
-                seen.add(h)
-                pairs.append(p)
-    for ap in atomic_pairs:
-        if ap is not None and question_hash(ap.question) not in seen:
-            seen.add(question_hash(ap.question))
-            pairs.append(ap)
+            add(p)
+    for pp in facts_of_parse.pairs if facts_of_parse else []:
+        if len(content_words(pp.question)) >= 2:
+            add(QAPair(pp.question, pp.answer, pp.kind))
     return pairs, failed

@@ -135,7 +135,7 @@ class DocumentReflector:
                 async def run(llm: LLM, stats: st.StageStats) -> list[st.Pair]:
                     if stage == "direct":
                         pairs, failed = await direct_facts(
-                            llm, c.text, variants=cfg.direct_variants, atomic=cfg.atomic_facts
+                            llm, c.text, variants=cfg.direct_variants, parsed=cfg.parsed_facts
                         )
                         stats.facts_without_question += failed
                         return [st.Pair(p.question, p.answer, p.kind, (src,)) for p in pairs]

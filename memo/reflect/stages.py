@@ -15,7 +15,8 @@ from typing import Any
 
 from memo.llm.base import LLM, JsonStats, Message, chat_json
 from memo.reflect import prompts
-from memo.reflect.direct import KIND_ATOMIC, PRONOUN_ANY, content_words, normalise_question
+from memo.reflect.direct import PRONOUN_ANY, content_words, normalise_question
+from memo.reflect.syntax import KIND_ATOMIC, KIND_SEQUENCE, VAGUE
 
 log = logging.getLogger(__name__)
 
@@ -97,11 +98,6 @@ async def _json(
 
 # -- checks ---------------------------------------------------------------------------------------------------------
 _PRONOUN_START = re.compile(r"^(he|she|it|they|him|her|his|hers|its|their|them|this|that|these|those)\b", re.I)
-_VAGUE = re.compile(
-    r"\b(the|this|that) (document|text|passage|article|author|above|excerpt|context|source|chunk)\b"
-    r"|\bmentioned above\b",
-    re.I,
-)
 
 
 def standalone_violations(question: str, answer: str, *, short_answer: bool = False) -> list[str]:
@@ -118,7 +114,7 @@ def standalone_violations(question: str, answer: str, *, short_answer: bool = Fa
         out.append("pronoun in the question")
     if _PRONOUN_START.match(a) and not short_answer:
         out.append("answer starts with a pronoun")
-    if _VAGUE.search(q) or _VAGUE.search(a):
+    if VAGUE.search(q) or VAGUE.search(a):
         out.append("vague reference to the source")
     if normalise_question(q) == normalise_question(a):
         out.append("the answer repeats the question")
@@ -305,7 +301,8 @@ async def check(
 ) -> tuple[bool, list[str]]:
     """The binary self-containment check: deterministic rules (and grounding in ``source``) first, then, with
     ``judge``, the LLM at temperature 0. An LLM verdict that never parses is counted and the rules decide."""
-    rules = standalone_violations(pair.question, pair.answer, short_answer=pair.kind == KIND_ATOMIC) + ungrounded(
+    short = pair.kind in (KIND_ATOMIC, KIND_SEQUENCE)
+    rules = standalone_violations(pair.question, pair.answer, short_answer=short) + ungrounded(
         pair.answer, source, pair.kind
     )
     if rules or not judge:

@@ -103,7 +103,7 @@ def test_structured_stages_store_kinds_and_provenance_and_count_unparseable(tmp_
 
 
 def test_cross_document_synthesis_between_documents_found_related(tmp_path, model_dir, vllm_server):
-    ctx, coll = _env(tmp_path, model_dir, vllm_server, stages=["direct", "cross"], atomic_facts=False)
+    ctx, coll = _env(tmp_path, model_dir, vllm_server, stages=["direct", "cross"], parsed_facts=False)
     _, doc_a = _ingest(ctx, coll, "a.txt", DOC_A)
     job_b, doc_b = _ingest(ctx, coll, "b.txt", DOC_B)
     stats = _stats(ctx, job_b)
@@ -118,7 +118,7 @@ def test_cross_document_synthesis_between_documents_found_related(tmp_path, mode
 
 
 def test_killed_reflect_job_resumes_without_duplicates(tmp_path, model_dir, vllm_server, monkeypatch):
-    ctx, coll = _env(tmp_path, model_dir, vllm_server, stages=["direct", "indirect"], atomic_facts=False)
+    ctx, coll = _env(tmp_path, model_dir, vllm_server, stages=["direct", "indirect"], parsed_facts=False)
     with ctx.db.session() as s:
         up = catalog.add_document(s, ctx.settings, coll, "a.txt", DOC_A)
         job, doc = up.job.id, up.document.id

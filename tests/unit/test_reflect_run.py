@@ -115,7 +115,7 @@ class FakeEngines:
 @pytest.fixture
 def env(tmp_path, monkeypatch):
     settings = make_settings(
-        tmp_path, reflect={"stages": ALL, "direct_variants": 1, "atomic_facts": False, "verify_judge": "generated"}
+        tmp_path, reflect={"stages": ALL, "direct_variants": 1, "parsed_facts": False, "verify_judge": "generated"}
     )
     db = Database(settings)
     db.migrate()

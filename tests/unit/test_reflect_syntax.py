@@ -1,0 +1,58 @@
+"""Facts from the dependency parse (the packaged spaCy English pipeline, real, no fakes)."""
+
+from memo.reflect.syntax import KIND_ATOMIC, KIND_SEQUENCE, Coref, parse, parse_facts
+
+
+def pairs_of(text: str) -> dict[str, str]:
+    return {p.question: p.answer for p in parse_facts(text).pairs}
+
+
+def test_every_part_of_a_clause_gets_its_question():
+    got = pairs_of("Mark Hunter, a high school student in Phoenix, starts a pirate radio station in 1986.")
+    assert got["Who is Mark Hunter?"] == "a high school student in Phoenix"
+    assert got["What does Mark Hunter start in 1986?"] == "a pirate radio station"
+    assert got["When does Mark Hunter start a pirate radio station?"] == "in 1986"
+    assert got["Who starts a pirate radio station in 1986?"].startswith("Mark Hunter")
+
+
+def test_question_words_follow_the_answer_type():
+    got = pairs_of("Lisbeth moved to Hoel farm because her mother died. Otto works as a stock clerk.")
+    assert got["Why did Lisbeth move to Hoel farm?"] == "because her mother died"
+    assert got["Where did Lisbeth move because Lisbeth's mother died?"] == "to Hoel farm"
+    assert got["What does Otto work as?"] == "a stock clerk"  # no place, no time: the preposition stays
+
+
+def test_pronouns_resolve_to_the_person_or_the_question_is_not_made():
+    text = "Anna Berg met her brother Tom in Oslo. She gave him a letter. It was long."
+    names = Coref().resolve(parse(text))
+    assert sorted(names.values()) == ["Anna Berg", "Anna Berg's", "Tom"]
+    got = pairs_of(text)
+    assert got["What did Anna Berg give Tom?"] == "a letter"
+    for q in got:  # "It was long": no antecedent in its own sentence, no question
+        assert not {"it", "she", "him", "her"} & set(q.lower().rstrip("?").split())
+
+
+def test_action_chains_link_main_clauses_in_order():
+    text = "The guard falls asleep. Gib steals a sheep while the guard sleeps. The shepherds search the house."
+    got = {(p.question, p.answer, p.kind) for p in parse_facts(text).pairs}
+    assert (
+        "What does Gib do after the guard falls asleep?",
+        "steals a sheep while the guard sleeps",
+        KIND_SEQUENCE,
+    ) in got
+    assert ("What do the shepherds do after Gib steals a sheep?", "search the house", KIND_SEQUENCE) in got
+    # a subordinate clause is not an event after its main clause
+    assert not any(q.endswith("after the guard sleeps?") for q, _, _ in got)
+    assert ("When does Gib steal a sheep?", "while the guard sleeps", KIND_ATOMIC) in got
+
+
+def test_each_sentence_has_a_question_about_what_happened_before():
+    text = "The guard falls asleep. Gib steals a sheep."
+    parsed = parse_facts(text)
+    assert parsed.sentence_question(0) is None  # nothing before the first sentence
+    assert parsed.sentence_question(text.index("Gib")) == "What happens after the guard falls asleep?"
+
+
+def test_questions_never_point_at_the_source():
+    got = pairs_of("The text describes a storm. The author visits Leeds in 1990.")
+    assert not any("text" in q.lower() or "author" in q.lower() for q in got)
