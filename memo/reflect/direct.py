@@ -176,6 +176,5 @@ async def direct_facts(
         for p in got:
             add(p)
     for pp in facts_of_parse.pairs if facts_of_parse else []:
-        if len(content_words(pp.question)) >= 2:
-            add(QAPair(pp.question, pp.answer, pp.kind))
+        add(QAPair(pp.question, pp.answer, pp.kind))
     return pairs, failed

@@ -170,8 +170,8 @@ class Coref:
     def __init__(self) -> None:
         self.gender: dict[str, str] = {}
         self.people: list[tuple[int, str, bool]] = []  # (token index, name, is a subject)
-        self.plural: list[tuple[int, str]] = []
-        self.things: list[tuple[int, str]] = []
+        self.plural: list[tuple[int, str, bool]] = []  # (token index, phrase, is a subject)
+        self.things: list[tuple[int, str, bool]] = []
 
     @staticmethod
     def _key(name: str) -> str:
@@ -215,13 +215,19 @@ class Coref:
                 name = ent.text.strip(" ,.'\"")
                 name = name[:-2] if name.endswith("'s") else name
                 self.people.append((t.i, name, subject))
-            if subject and t.pos_ in ("NOUN", "PROPN"):
+            elif ent is None and subject and t.pos_ == "PROPN" and t.ent_type_ == "":
+                self.people.append((t.i, render(np_core(t), {}), True))  # a name the tagger missed: "Mak tells"
+            if t.pos_ in ("NOUN", "PROPN") and t.dep_ in ("nsubj", "nsubjpass", "dobj", "pobj", "appos"):
                 coordinated = any(c.dep_ == "conj" for c in t.children)
-                if ent is None or coordinated:
+                plural = t.tag_ in ("NNS", "NNPS") or coordinated
+                if (
+                    (ent is None or coordinated) and plural_antecedent(t, subject)
+                    if plural
+                    else subject and ent is None
+                ):
                     phrase = group_np(t)
                     if phrase and not UNRESOLVED.search(phrase):
-                        plural = t.tag_ in ("NNS", "NNPS") or coordinated
-                        (self.plural if plural else self.things).append((t.i, phrase))
+                        (self.plural if plural else self.things).append((t.i, phrase, subject))
             word = t.lower_
             if t.tag_ not in ("PRP", "PRP$"):
                 continue
@@ -229,6 +235,7 @@ class Coref:
             if word in PLURAL or word in THING:
                 pool = self.plural if word in PLURAL else self.things
                 near = [p for p in pool if p[0] < t.i and t.i - p[0] <= PRONOUN_WINDOW]
+                near = [p for p in near if p[2]] or near  # a subject first, then the nearest plural phrase
                 if near and (word in PLURAL or near[-1][0] >= t.sent.start):
                     names[t.i] = possessive(near[-1][1]) if owner else near[-1][1]
             elif word in MALE or word in FEMALE:
@@ -239,6 +246,21 @@ class Coref:
                     names[t.i] = possessive(found) if owner else found
                     self.people.append((t.i, found, subject))
         return names
+
+
+_PEOPLE_SUFFIXES = ("ers", "ors", "ists", "ians", "ents", "ants")
+_TIME_NOUNS = {"years", "months", "weeks", "days", "hours", "minutes", "times", "nights", "decades", "centuries"}
+
+
+def plural_antecedent(tok: Any, subject: bool) -> bool:
+    """A plural noun phrase "they" may stand for: a subject, or people ("the climbers", "Carl and Ellie"); never a
+    stretch of time."""
+    if tok.lower_ in _TIME_NOUNS or any(c.dep_ == "neg" or c.lower_ == "no" for c in tok.children):
+        return False
+    if subject:
+        return True
+    people = tok.lower_ in PERSON_NOUNS or tok.lower_.endswith(_PEOPLE_SUFFIXES) or tok.ent_type_ in ("PERSON", "NORP")
+    return people or any(c.dep_ == "conj" and c.ent_type_ == "PERSON" for c in tok.children)
 
 
 # -- clause facts -------------------------------------------------------------------------------------------------
@@ -268,7 +290,8 @@ def do_form(verb: Any) -> str | None:
 
 
 def is_person(tok: Any, names: dict[int, str]) -> bool:
-    return tok.ent_type_ == "PERSON" or tok.i in names or tok.lower_ in PERSON_NOUNS
+    untagged_name = tok.pos_ == "PROPN" and tok.ent_type_ == ""
+    return tok.ent_type_ == "PERSON" or tok.i in names or tok.lower_ in PERSON_NOUNS or untagged_name
 
 
 def wh_np(tok: Any, names: dict[int, str]) -> str:
@@ -364,7 +387,8 @@ def clause_questions(sent: Any, names: dict[int, str]) -> list[tuple[str, str, s
         for c in comps:
             wh, answer, stranded = None, render(subtree(c), {}), ""
             if c.dep_ in ("dobj", "attr", "dative", "oprd"):
-                wh = wh_np(c, names)
+                # "Mrs. Frisby is the widowed head of a family": who is Mrs. Frisby?
+                wh = wh_np(subj if c.dep_ == "attr" else c, names)
             elif c.dep_ in ("xcomp", "ccomp"):
                 wh = "What"
             elif c.dep_ == "acomp":
@@ -400,6 +424,17 @@ def clause_questions(sent: Any, names: dict[int, str]) -> list[tuple[str, str, s
             answer = render(subtree(tok), {})
             if head and answer[:1].isalnum():
                 out.append((finish(f"{wh_np(tok.head, names)} is {head}?"), answer, "appos"))
+    # relations both ways: "her brother, Jacob," / "Mak's wife Gill" -> who is Lisbeth's brother? who is Jacob?
+    for tok in sent:
+        owner = [c for c in tok.children if c.dep_ == "poss"]
+        name = [c for c in tok.children if c.dep_ in ("appos", "compound") and c.ent_type_ == "PERSON"]
+        if tok.pos_ != "NOUN" or not owner or not name:
+            continue
+        relation = render(owner[0:1], names) + " " + tok.text
+        person = render(np_core(name[0]) if name[0].dep_ == "appos" else [name[0]], {})
+        if owner[0].i in names or owner[0].pos_ == "PROPN" or owner[0].ent_type_ == "PERSON":
+            out.append((finish(f"Who is {relation}?"), person, "relation"))
+            out.append((finish(f"Who is {person}?"), relation, "relation"))
     return out
 
 
@@ -407,7 +442,7 @@ def clause_questions(sent: Any, names: dict[int, str]) -> list[tuple[str, str, s
 def event(verb: Any, names: dict[int, str]) -> str | None:
     """A clause's event, short enough to sit in a question: subject, auxiliaries, verb, particle, object."""
     subj = named_subject(verb)
-    if subj is None:
+    if subj is None or verb.lemma_ == "be":  # a state, not an event
         return None
     auxes = [c for c in verb.children if c.dep_ in ("aux", "auxpass", "neg") and c.i < verb.i and c.lower_ != "to"]
     parts = [render(np_core(subj), names), render(auxes, names), verb.text]
@@ -426,12 +461,42 @@ def event(verb: Any, names: dict[int, str]) -> str | None:
     return text if len(text.split()) <= MAX_EVENT_WORDS and not UNRESOLVED.search(text) else None
 
 
-def predicate(verb: Any) -> str | None:
-    """The verb with its complements, without its subject and the clauses coordinated with it."""
-    rights = [c for c in verb.rights if c.dep_ not in ("punct", "cc", "conj", "mark")]
+def predicate(verb: Any, without: Any = None) -> str | None:
+    """The verb with its complements, without its subject, the clauses coordinated with it and ``without``'s
+    words."""
+    rights = [c for c in verb.rights if c.dep_ not in ("punct", "cc", "conj", "mark") and c is not without]
     if not rights:
         return None
-    return render(verb.doc[verb.i : rights[-1].right_edge.i + 1], {})
+    skip = range(without.left_edge.i, without.right_edge.i + 1) if without is not None else range(0)
+    return render((t for t in verb.doc[verb.i : rights[-1].right_edge.i + 1] if t.i not in skip), {}) or None
+
+
+def circumstance_questions(sent: Any, names: dict[int, str]) -> list[tuple[str, str, str]]:
+    """What a subject does in a stated circumstance (a time or place modifier, a when / after / before clause):
+    "What does Archie do during a stay in New York?" -> "bitterly criticises the service at the Cosmopolis Hotel"."""
+    out: list[tuple[str, str, str]] = []
+    for verb in sent:
+        subj = named_subject(verb) if verb.pos_ in ("VERB", "AUX") and verb.lemma_ != "be" else None
+        auxes = [c for c in verb.children if c.dep_ in ("aux", "auxpass") and c.i < verb.i]
+        passive = any(c.dep_ == "auxpass" for c in verb.children)
+        if subj is None or verb.dep_ in ("aux", "auxpass", "amod") or (auxes and not passive):
+            continue
+        s = render(np_core(subj), names)
+        for m in verb.children:
+            marks = {c.lower_ for c in m.children if c.dep_ == "mark"}
+            if not (m.dep_ == "advcl" and marks & WHEN_MARKS) and not (m.dep_ == "prep" and wh_prep(m)):
+                continue
+            answer = predicate(verb, without=m)
+            if passive:
+                answer = " ".join(x for x in [render(auxes, {}), answer or verb.text] if x)
+                q = f"What happens to {s} {render(subtree(m), names)}?"
+            elif do_form(verb):
+                q = f"What {do_form(verb)} {s} do {render(subtree(m), names)}?"
+            else:
+                continue
+            if answer and len(answer.split()) >= 2:
+                out.append((finish(q), answer, "circumstance"))
+    return out
 
 
 def main_clauses(sent: Any) -> list[Any]:
@@ -476,12 +541,50 @@ def chain_questions(
 
 
 # -- the document ---------------------------------------------------------------------------------------------------
+_FUNCTION_WORDS = {
+    "who",
+    "what",
+    "where",
+    "when",
+    "why",
+    "how",
+    "is",
+    "are",
+    "was",
+    "were",
+    "do",
+    "does",
+    "did",
+    "has",
+    "have",
+    "had",
+    "be",
+    "been",
+    "the",
+    "a",
+    "an",
+    "of",
+    "to",
+    "in",
+    "on",
+    "at",
+    "by",
+    "for",
+}
+
+
 def usable_question(q: str) -> bool:
+    """Short enough, no unresolved pronoun, no reference to the source, and specific: it names something (a name
+    after its first word) or carries at least two content words ("Who is lazy?" fits any lazy person)."""
+    words = q.rstrip("?").split()
+    named = any(w[:1].isupper() for w in words[1:])
+    content = [w for w in words if w.lower() not in _FUNCTION_WORDS]
     return (
-        3 <= len(q.split()) <= MAX_QUESTION_WORDS
+        3 <= len(words) <= MAX_QUESTION_WORDS
         and q.endswith("?")
         and not UNRESOLVED.search(q)
         and not VAGUE.search(q)
+        and (named or len(content) >= 2)
     )
 
 
@@ -519,8 +622,9 @@ def parse_facts(text: str) -> ParsedText:
             if usable_question(q):
                 sentence_qs.append((sent.start_char, sent.end_char, q))
         chains, before = chain_questions(sent, names, before)
-        for q, a, rule in clause_questions(sent, names) + chains:
+        for q, a, rule in clause_questions(sent, names) + circumstance_questions(sent, names) + chains:
             if usable_question(q) and usable_answer(a) and q.lower() not in seen:
                 seen.add(q.lower())
-                pairs.append(ParsedPair(q, a, KIND_SEQUENCE if rule in ("sequence", "outcome") else KIND_ATOMIC))
+                kind = KIND_SEQUENCE if rule in ("sequence", "outcome", "circumstance") else KIND_ATOMIC
+                pairs.append(ParsedPair(q, a, kind))
     return ParsedText(pairs, sentence_qs)
