@@ -137,6 +137,9 @@ class TrainSettings(BaseModel):
     checkpoint_every: int = Field(default=20, ge=1)  # steps between crash-recovery checkpoints
     seed: int = 0
     device: str = "cpu"  # "cuda" where present
+    # the forward and backward pass in bfloat16 (autocast; weights and optimizer stay float32): "auto" = where the
+    # hardware computes it natively (a CUDA GPU with bfloat16, a CPU with AVX512-BF16 or AMX), else float32
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     # later uploads: "retrain" = a new adapter on every reflection of the collection; "merge" = a delta adapter on
     # the new document's reflections only, merged with the collection's earlier deltas (task vectors)
     update_mode: Literal["retrain", "merge"] = "retrain"

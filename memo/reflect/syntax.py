@@ -442,7 +442,7 @@ def clause_questions(sent: Any, names: dict[int, str]) -> list[tuple[str, str, s
 def event(verb: Any, names: dict[int, str]) -> str | None:
     """A clause's event, short enough to sit in a question: subject, auxiliaries, verb, particle, object."""
     subj = named_subject(verb)
-    if subj is None or verb.lemma_ == "be":  # a state, not an event
+    if subj is None or not action(verb):
         return None
     auxes = [c for c in verb.children if c.dep_ in ("aux", "auxpass", "neg") and c.i < verb.i and c.lower_ != "to"]
     parts = [render(np_core(subj), names), render(auxes, names), verb.text]
@@ -459,6 +459,21 @@ def event(verb: Any, names: dict[int, str]) -> str | None:
             parts.append(preps[0].text + " " + render(np_core(pobj[0]), names))
     text = " ".join(p for p in parts if p)
     return text if len(text.split()) <= MAX_EVENT_WORDS and not UNRESOLVED.search(text) else None
+
+
+def action(verb: Any) -> bool:
+    """An action verb (not be / have) without a modal: something that happened, not a state or a rule."""
+    modal = any(c.dep_ == "aux" and c.tag_ == "MD" for c in verb.children)
+    return verb.lemma_ not in ("be", "have") and not modal
+
+
+def is_narrative(doc: Any) -> bool:
+    """The text tells a story: at least a third of its main clauses have a person (a name or he / she / they) as
+    their subject. Action chains ("what does X do after ...?") are only made for stories: in a policy, "employees
+    must book flights through the portal" does not come after the sentence before it."""
+    subjects = [named_subject(v) for sent in doc.sents for v in main_clauses(sent)]
+    people = [x for x in subjects if x is not None and (x.ent_type_ == "PERSON" or x.lower_ in ("he", "she", "they"))]
+    return len(people) >= max(1, len(subjects) / 3)
 
 
 def predicate(verb: Any, without: Any = None) -> str | None:
@@ -521,7 +536,7 @@ def chain_questions(
     for verb in main_clauses(sent):
         subj = named_subject(verb)
         auxes = [c for c in verb.children if c.dep_ in ("aux", "auxpass") and c.i < verb.i]
-        if before and subj is not None and verb.lemma_ != "be":
+        if before and subj is not None and action(verb):
             s = render(np_core(subj), names)
             q = answer = None
             if any(c.dep_ == "auxpass" for c in verb.children):
@@ -533,7 +548,8 @@ def chain_questions(
                 out.append((finish(q), answer, "sequence"))
         for c in verb.children:  # "When the microwave explodes, Paige is hurt": what happens when ...?
             marks = [m.lower_ for m in c.children if m.dep_ == "mark"]
-            if c.dep_ == "advcl" and marks and marks[0] in WHEN_MARKS | {"if"} and subject_of(verb) is not None:
+            own_subject = any(x.dep_ in ("nsubj", "nsubjpass") for x in c.children)  # not "while travelling"
+            if c.dep_ == "advcl" and marks and marks[0] in WHEN_MARKS | {"if"} and own_subject and subject_of(verb):
                 rest = [t for t in sent if not c.left_edge.i <= t.i <= c.right_edge.i and not t.is_punct]
                 out.append((finish(f"What happens {render(subtree(c), names)}?"), render(rest, {}), "outcome"))
         before = event(verb, names) or before
@@ -616,12 +632,13 @@ def parse_facts(text: str) -> ParsedText:
     sentence_qs: list[tuple[int, int, str]] = []
     seen: set[str] = set()
     before: str | None = None
+    narrative = is_narrative(doc)
     for sent in doc.sents:
         if before:
             q = finish(f"What happens after {before}?")
             if usable_question(q):
                 sentence_qs.append((sent.start_char, sent.end_char, q))
-        chains, before = chain_questions(sent, names, before)
+        chains, before = chain_questions(sent, names, before) if narrative else ([], None)
         for q, a, rule in clause_questions(sent, names) + circumstance_questions(sent, names) + chains:
             if usable_question(q) and usable_answer(a) and q.lower() not in seen:
                 seen.add(q.lower())

@@ -123,13 +123,45 @@ def _save_atomic(path: Path, write: Callable[[Path], None]) -> None:
     tmp.rename(path)
 
 
-def _eval_loss(model: Any, encoded: Sequence[tuple[list[int], list[int]]], batch_size: int, pad_id: int) -> float:
+def cpu_has_native_bf16() -> bool:
+    """The CPU computes bfloat16 natively (AVX512-BF16 or AMX): Linux's /proc/cpuinfo flags."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def autocast_dtype(cfg: TrainSettings) -> Any:
+    """The dtype the forward and backward pass run in (None = float32), by ``cfg.precision``."""
+    import torch
+
+    if cfg.precision == "fp32":
+        return None
+    if cfg.precision == "bf16":
+        return torch.bfloat16
+    if cfg.device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if cpu_has_native_bf16() else None
+
+
+def _autocast(device: Any, dtype: Any) -> Any:
+    import contextlib
+
+    import torch
+
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def _eval_loss(
+    model: Any, encoded: Sequence[tuple[list[int], list[int]]], batch_size: int, pad_id: int, dtype: Any = None
+) -> float:
     """Mean loss per answer token on held-out examples."""
     import torch
 
     model.eval()
     total, count = 0.0, 0
-    with torch.no_grad():
+    with torch.no_grad(), _autocast(model.device, dtype):
         for i in range(0, len(encoded), batch_size):
             ids, labels, mask = collate(encoded, range(i, min(i + batch_size, len(encoded))), pad_id)
             logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits  # (B, T, V)
@@ -169,6 +201,7 @@ def train_sft(
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     device = torch.device(cfg.device)
+    dtype = autocast_dtype(cfg)
     tokenizer = AutoTokenizer.from_pretrained(base_model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     model: Any = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
@@ -252,7 +285,8 @@ def train_sft(
             if step >= total:
                 break
             ids, labels, mask = collate(encoded, batch_idx, pad_id)
-            out = model(input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels.to(device))
+            with _autocast(device, dtype):
+                out = model(input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels.to(device))
             out.loss.backward()
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             opt.step()
@@ -268,7 +302,7 @@ def train_sft(
                 progress(step, total)
         else:  # a whole epoch: measure the held-out loss, remember the best weights (only early stopping uses them)
             if held:
-                eval_losses.append(_eval_loss(model, held, cfg.batch_size, pad_id))
+                eval_losses.append(_eval_loss(model, held, cfg.batch_size, pad_id, dtype))
                 if patience and eval_losses[-1] <= min(eval_losses):
                     best = _trainable(model)
                 log.info("epoch %d: held-out loss %.4f", len(eval_losses), eval_losses[-1])

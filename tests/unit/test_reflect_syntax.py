@@ -33,24 +33,33 @@ def test_pronouns_resolve_to_the_person_or_the_question_is_not_made():
 
 
 def test_action_chains_link_main_clauses_in_order():
-    text = "The guard falls asleep. Gib steals a sheep while the guard sleeps. The shepherds search the house."
+    text = "Tom Reed falls asleep. Anna Berg steals a sheep while Tom Reed sleeps. Tom Reed searches the house."
     got = {(p.question, p.answer, p.kind) for p in parse_facts(text).pairs}
-    assert (
-        "What does Gib do after the guard falls asleep?",
-        "steals a sheep while the guard sleeps",
-        KIND_SEQUENCE,
-    ) in got
-    assert ("What do the shepherds do after Gib steals a sheep?", "search the house", KIND_SEQUENCE) in got
+    sequence = ("What does Anna Berg do after Tom Reed falls asleep?", "steals a sheep while Tom Reed sleeps")
+    assert (*sequence, KIND_SEQUENCE) in got
+    assert ("What does Tom Reed do after Anna Berg steals a sheep?", "searches the house", KIND_SEQUENCE) in got
     # a subordinate clause is not an event after its main clause
-    assert not any(q.endswith("after the guard sleeps?") for q, _, _ in got)
-    assert ("When does Gib steal a sheep?", "while the guard sleeps", KIND_ATOMIC) in got
+    assert not any(q.endswith("after Tom Reed sleeps?") for q, _, _ in got)
+    assert ("When does Anna Berg steal a sheep?", "while Tom Reed sleeps", KIND_ATOMIC) in got
 
 
-def test_each_sentence_has_a_question_about_what_happened_before():
-    text = "The guard falls asleep. Gib steals a sheep."
+def test_each_sentence_of_a_story_has_a_question_about_what_happened_before():
+    text = "Tom Reed falls asleep. Anna Berg steals a sheep."
     parsed = parse_facts(text)
     assert parsed.sentence_question(0) is None  # nothing before the first sentence
-    assert parsed.sentence_question(text.index("Gib")) == "What happens after the guard falls asleep?"
+    assert parsed.sentence_question(text.index("Anna")) == "What happens after Tom Reed falls asleep?"
+
+
+def test_rules_are_not_a_story():
+    text = (
+        "The Zorblax travel policy caps hotel stays at $217 per night. "
+        "Zorblax employees must book flights through the Skylark Desk portal."
+    )
+    parsed = parse_facts(text)
+    assert not any("after" in p.question for p in parsed.pairs) and not parsed.sentence_questions
+    assert {"Where must Zorblax employees book flights?": "through the Skylark Desk portal"}.items() <= {
+        p.question: p.answer for p in parsed.pairs
+    }.items()
 
 
 def test_questions_never_point_at_the_source():
