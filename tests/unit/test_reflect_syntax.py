@@ -46,7 +46,7 @@ def test_action_chains_link_main_clauses_in_order():
 def test_each_sentence_of_a_story_has_a_question_about_what_happened_before():
     text = "Tom Reed falls asleep. Anna Berg steals a sheep."
     parsed = parse_facts(text)
-    assert parsed.sentence_question(0) is None  # nothing before the first sentence
+    assert parsed.sentence_question(0) == "What does Tom Reed do?"  # nothing before the first sentence
     assert parsed.sentence_question(text.index("Anna")) == "What happens after Tom Reed falls asleep?"
 
 
@@ -56,7 +56,10 @@ def test_rules_are_not_a_story():
         "Zorblax employees must book flights through the Skylark Desk portal."
     )
     parsed = parse_facts(text)
-    assert not any("after" in p.question for p in parsed.pairs) and not parsed.sentence_questions
+    assert not any(
+        "after" in q for q in [p.question for p in parsed.pairs] + [q for *_, q in parsed.sentence_questions]
+    )
+    assert parsed.sentence_question(text.index("Zorblax employees")) == "What must Zorblax employees do?"
     assert {"Where must Zorblax employees book flights?": "through the Skylark Desk portal"}.items() <= {
         p.question: p.answer for p in parsed.pairs
     }.items()
