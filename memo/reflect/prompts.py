@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-PROMPT_VERSION = "3"
+PROMPT_VERSION = "4"
 
 # -- reflections: direct facts (MeMo stage 1) -------------------------------------------------------------------
 DIRECT_SYSTEM = (
