@@ -231,10 +231,7 @@ def cross_messages(anchor: tuple[str, str], others: list[tuple[str, str]]) -> li
 
 
 # -- the Memory model ---------------------------------------------------------------------------------------------
-MEMORY_SYSTEM = (
-    "You are a memory. Answer the question from what you have learned, in one or two sentences. "
-    'If you do not know, answer "I don\'t know".'
-)
+MEMORY_SYSTEM = 'Answer from what you have learned, briefly. If you do not know, answer "I don\'t know".'
 IDK = "I don't know"
 
 # -- the Executive ------------------------------------------------------------------------------------------------
