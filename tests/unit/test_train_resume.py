@@ -163,3 +163,24 @@ def test_full_fine_tuning_saves_a_whole_model_that_loads(tiny_base, tmp_path):
     ]
     assert len(changed) > 10  # every kind of weight moved, not only adapter-like ones
     assert any("embed_tokens" in n for n in changed) and any("mlp" in n for n in changed)
+
+
+def test_precision_follows_the_setting_and_the_hardware(monkeypatch):
+    from memo.train.sft import autocast_dtype
+
+    assert autocast_dtype(TrainSettings(precision="fp32")) is None
+    assert autocast_dtype(TrainSettings(precision="bf16")) is torch.bfloat16
+    monkeypatch.setattr("memo.train.sft.cpu_has_native_bf16", lambda: False)
+    assert autocast_dtype(TrainSettings()) is None  # auto on a CPU without native bfloat16: float32
+    monkeypatch.setattr("memo.train.sft.cpu_has_native_bf16", lambda: True)
+    assert autocast_dtype(TrainSettings()) is torch.bfloat16
+
+
+def test_bfloat16_training_matches_float32(tiny_base, tmp_path):
+    fp32 = train_sft(tiny_base, PAIRS, tmp_path / "fp32", CFG.model_copy(update={"precision": "fp32"}))
+    bf16 = train_sft(tiny_base, PAIRS, tmp_path / "bf16", CFG.model_copy(update={"precision": "bf16"}))
+    assert bf16.steps == fp32.steps == 9
+    assert abs(bf16.final_loss - fp32.final_loss) < 0.05 * fp32.final_loss, (bf16.final_loss, fp32.final_loss)
+    a, b = _weights(fp32.adapter_path), _weights(bf16.adapter_path)
+    assert all(v.dtype == torch.float32 for v in b.values())  # the adapter is saved in float32 either way
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # and bfloat16 did run
