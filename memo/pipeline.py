@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -211,6 +213,18 @@ def plan_update(
     return UpdatePlan("merge", keep, train_docs, "")
 
 
+def rehearsal(
+    rows: list[tuple[str, str, str, str]], plan: UpdatePlan, k: int, seed: int
+) -> tuple[list[tuple[str, str]], set[str]]:
+    """``k`` reflections (id, question, answer, document) of the documents a merge keeps, drawn at random (seeded),
+    to rehearse in the new delta against forgetting, and the documents they come from (the delta then carries some
+    of their knowledge: its ledger entry must name them, so deleting one of them drops the delta too)."""
+    kept = {doc for e in plan.keep for doc in e["documents"]} - plan.train_docs
+    pool = sorted(r for r in rows if r[3] in kept)
+    picked = random.Random(seed).sample(pool, min(k, len(pool))) if k > 0 else []
+    return [(q, a) for _, q, a, _ in picked], {d for *_, d in picked}
+
+
 def stage_train(ctx: Context, job_id: str) -> None:
     """Build the collection's next version: a full adapter on every live document's reflections, or (``update_mode
     merge``) a delta on the new documents' reflections merged with the kept deltas of the active version's ledger.
@@ -249,8 +263,14 @@ def stage_train(ctx: Context, job_id: str) -> None:
         _, heldout = split_holdout(new, ctx.settings.gate)
         held_ids = {i for i, _, _ in heldout}
         pairs = [(q, a) for i, q, a, d, _ in rows if d in plan.train_docs and i not in held_ids]
-        # a delta carries the knowledge of every document its pairs came from (cross-document pairs have several):
-        # its ledger entry lists them all, so removing any of them drops the delta
+        replayed: set[str] = set()
+        if plan.mode == "merge" and pairs:
+            earlier_held = set(previous.metrics.get("heldout_ids", [])) if previous is not None else set()
+            pool = [(i, q, a, d) for i, q, a, d, _ in rows if i not in earlier_held]
+            extra, replayed = rehearsal(pool, plan, round(cfg.update_replay * len(pairs)), cfg.seed)
+            pairs += extra
+        # a delta carries the knowledge of every document its pairs came from (cross-document pairs have several,
+        # rehearsed pairs are earlier documents'): its ledger entry lists them all, so removing any of them drops it
         delta_docs: list[str] = []
         if plan.mode == "merge":
             sources = s.scalars(
@@ -259,7 +279,7 @@ def stage_train(ctx: Context, job_id: str) -> None:
                 .where(Reflection.collection_id == job.collection_id, Reflection.document_id.in_(plan.train_docs))
                 .distinct()
             )
-            delta_docs = sorted((set(sources) | plan.train_docs) & live)
+            delta_docs = sorted((set(sources) | plan.train_docs | replayed) & live)
         if plan.mode == "full" and not pairs:
             raise InvalidInput("no reflections to train on")
         version = MemoryVersion(
@@ -288,23 +308,41 @@ def stage_train(ctx: Context, job_id: str) -> None:
     else:
         entries = list(plan.keep)
         delta = None
+
+        def merge(adapters: list[dict[str, Any]], target: Path) -> Path:
+            rank = min(cfg.rank * len(adapters), cfg.merge_rank) if cfg.merge_rank else cfg.rank
+            return merge_adapters(
+                base,
+                [str(e["path"]) for e in adapters],
+                target,
+                combination=cfg.merge_combination,
+                density=cfg.merge_density,
+                rank=rank,
+                seed=cfg.seed,
+            )
+
         if pairs:
+            start = None
+            if cfg.update_from == "served":  # the memory this delta will be added to
+                kept_all = previous is not None and len(entries) == len(previous.ledger or [])
+                start = (
+                    previous.adapter_path if kept_all and previous is not None else str(merge(entries, out / "start"))
+                )
             result = train_sft(
-                base, pairs, out / "delta", cfg, eval_pairs=held_pairs, progress=progress, checkpoint_dir=ckpt
+                base,
+                pairs,
+                out / "delta",
+                cfg,
+                eval_pairs=held_pairs,
+                progress=progress,
+                checkpoint_dir=ckpt,
+                start_adapter=start,
             )
             delta = result.adapter_path
             entries.append({"path": str(delta), "documents": delta_docs, "examples": len(pairs)})
             metrics.update(result.metrics)
         started = time.perf_counter()
-        served = merge_adapters(
-            base,
-            [str(e["path"]) for e in entries],
-            out / "merged",
-            combination=cfg.merge_combination,
-            density=cfg.merge_density,
-            rank=cfg.merge_rank or cfg.rank,
-            seed=cfg.seed,
-        )
+        served = merge(entries, out / "merged")
         metrics.update(
             merged_deltas=len(entries),
             dropped_deltas=len(previous.ledger) - len(plan.keep) if previous is not None else 0,

@@ -145,7 +145,16 @@ class TrainSettings(BaseModel):
     update_mode: Literal["retrain", "merge"] = "retrain"
     merge_combination: Literal["cat", "svd", "ties_svd", "dare_ties_svd", "dare_linear_svd"] = "svd"
     merge_density: float = Field(default=0.3, gt=0, le=1)
-    merge_rank: int = Field(default=0, ge=0)  # rank of the merged adapter (0 = the training rank)
+    # rank of the merged adapter: the sum of its deltas' ranks (their exact sum) up to this cap, beyond it the best
+    # approximation of that rank (a vLLM server must be started with --max-lora-rank at least this; 0 = the training
+    # rank)
+    merge_rank: int = Field(default=64, ge=0)
+    # merge mode: a delta is trained on top of the memory it will be added to (base + the kept deltas), so it builds
+    # on what is served ("served"), or from the bare base model, every task vector independent, as MeMo does ("base")
+    update_from: Literal["served", "base"] = "served"
+    # merge mode: reflections of the earlier documents rehearsed in a delta's training, as a share of its new pairs
+    # (against forgetting what the served memory knows; 0 = none)
+    update_replay: float = Field(default=0.25, ge=0, le=4)
     # periodic consolidation: once a collection's ledger holds this many deltas, the next update retrains on the
     # union instead of merging another one (0 = never automatically; POST .../consolidate does it on demand)
     consolidate_after: int = Field(default=8, ge=0)

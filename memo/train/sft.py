@@ -94,9 +94,11 @@ def collate(encoded: Sequence[tuple[list[int], list[int]]], idx: Sequence[int], 
     return ids, labels, mask
 
 
-def fingerprint(base_model: str, pairs: Sequence[Pair], eval_pairs: Sequence[Pair], cfg: TrainSettings) -> str:
-    """What a checkpoint is valid for: the same base, data and recipe."""
-    blob = json.dumps([base_model, list(pairs), list(eval_pairs), cfg.model_dump()], sort_keys=True)
+def fingerprint(
+    base_model: str, pairs: Sequence[Pair], eval_pairs: Sequence[Pair], cfg: TrainSettings, start: str | None = None
+) -> str:
+    """What a checkpoint is valid for: the same base, starting adapter, data and recipe."""
+    blob = json.dumps([base_model, start, list(pairs), list(eval_pairs), cfg.model_dump()], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -184,8 +186,13 @@ def train_sft(
     eval_pairs: Sequence[Pair] = (),
     progress: Progress | None = None,
     checkpoint_dir: Path | None = None,
+    start_adapter: str | None = None,
 ) -> TrainResult:
     """Train on (question, answer) pairs and save the result to ``out_dir``, atomically.
+
+    With ``start_adapter`` (a LoRA adapter of ``base_model``), it is merged into the base weights first and a new
+    adapter is trained on top: the saved adapter is a task vector relative to base + start (a delta that builds on
+    the served memory instead of interfering with it).
 
     After every epoch the loss on ``eval_pairs`` (held-out reflections) is measured; with at least
     ``cfg.early_stop_min_heldout`` of them, after ``cfg.patience`` epochs without improvement training stops and the
@@ -205,6 +212,10 @@ def train_sft(
     tokenizer = AutoTokenizer.from_pretrained(base_model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     model: Any = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
+    if start_adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, start_adapter).merge_and_unload()
     model = model.to(device)
     if cfg.method == "lora":
         from peft import LoraConfig, get_peft_model
@@ -233,7 +244,7 @@ def train_sft(
     eval_losses: list[float] = []
     best: dict[str, Any] | None = None  # the best epoch's trainable weights
     epoch_rng: Any = None
-    key = fingerprint(base_model, pairs, eval_pairs, cfg)
+    key = fingerprint(base_model, pairs, eval_pairs, cfg, start_adapter)
     if checkpoint_dir is not None and (checkpoint_dir / "state.pt").is_file():
         state = torch.load(checkpoint_dir / "state.pt", weights_only=False)
         if state["fingerprint"] == key:

@@ -4,6 +4,7 @@ deleting a document drops its delta; consolidation retrains on the union; the ga
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import pytest
@@ -32,7 +33,9 @@ pytestmark = pytest.mark.slow
 
 
 def test_second_upload_trains_a_delta_and_merges_it(tmp_path, model_dir):
-    train = {"max_steps": 3, "batch_size": 2, "update_mode": "merge", "merge_combination": "svd"}
+    # every delta trained on top of the served memory (the default); no rehearsal, so each delta holds exactly its
+    # own document and the ledger is predictable
+    train = {"max_steps": 3, "batch_size": 2, "update_mode": "merge", "merge_combination": "svd", "update_replay": 0}
     settings = make_settings(tmp_path, model_dir, train=train)
     db = Database(settings)
     db.migrate()
@@ -72,6 +75,8 @@ def test_second_upload_trains_a_delta_and_merges_it(tmp_path, model_dir):
         assert v2.metrics["merged_deltas"] == 2
         for path in (v2.adapter_path, v2.delta_path):
             assert (Path(path) / "adapter_config.json").is_file()
+        # the merge is the exact sum of the two rank-16 task vectors: rank 32
+        assert json.loads((Path(v2.adapter_path) / "adapter_config.json").read_text())["r"] == 32
 
     # deleting the second document drops its delta: the new version merges the others, nothing is trained
     with db.session() as s:

@@ -69,3 +69,17 @@ def test_consolidation_is_off_when_consolidate_after_is_zero():
     live = {"a", "new", *[f"x{i}" for i in range(20)]}
     assert plan_update(settings(consolidate_after=0), job(), long, live, {"new"}).mode == "merge"
     assert plan_update(settings(), job(), long, live, {"new"}).mode == "full"
+
+
+def test_rehearsal_draws_from_the_kept_documents_only_and_names_them():
+    from memo.pipeline import UpdatePlan, rehearsal
+
+    plan = UpdatePlan("merge", V.ledger[:2], {"f"}, "")  # keeps full (a, b) and d1 (c); d2 (d, e) is dropped
+    rows = [(f"r{i}", f"q{i}", f"a{i}", doc) for i, doc in enumerate("aabbcdef")]
+    pairs, docs = rehearsal(rows, plan, 3, seed=0)
+    assert len(pairs) == 3 and docs <= {"a", "b", "c"}
+    assert {q for q, _ in pairs} <= {"q0", "q1", "q2", "q3", "q4"}
+    assert rehearsal(rows, plan, 3, seed=0) == (pairs, docs)  # seeded
+    assert rehearsal(rows, plan, 0, seed=0) == ([], set())
+    everything, all_docs = rehearsal(rows, plan, 99, seed=0)
+    assert len(everything) == 5 and all_docs == {"a", "b", "c"}  # at most the pool
