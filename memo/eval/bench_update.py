@@ -2,11 +2,12 @@
 
 The documents of a benchmark folder (``documents.jsonl`` + ``questions.jsonl``, as ../shared/data) are split in two
 halves A and B, ingested one after the other through the real pipeline with ``update_mode=merge``: version 1 is a
-full adapter on A, version 2 a delta trained on B alone and merged with it (the update). Then, on the same
-reflections, a full retrain on A and B (what ``update_mode=retrain`` would do), and every merge combination of the
-same two task vectors. Each model answers, closed-book, the reflections held out of training (A's and B's) and the
-benchmark's own questions about the documents (held-out recall as the gate measures it,
-:func:`memo.train.gate.recall`); compute is the wall time of training (+ merging).
+full adapter on A, version 2 the service's update: a delta trained on B (with its rehearsal of A, on top of version 1
+by default: ``MEMO_TRAIN__UPDATE_FROM``) merged with it. Then, on the same reflections, a full retrain on A and B
+(what ``update_mode=retrain`` would do), and MeMo's own update: B's task vector trained from the bare base and merged
+with A's by every combination. Each model answers, closed-book, the reflections held out of training (A's and B's,
+held-out recall as the gate measures it, :func:`memo.train.gate.recall`), a sample of the trained reflections, and
+the benchmark's own questions about the documents; compute is the wall time of training (+ merging).
 
 Run: ``python -m memo.eval.bench_update --dataset ../shared/data/narrativeqa_dev --docs 4 --out results/lifecycle``
 (generator from the usual settings, e.g. ``MEMO_GENERATOR__BACKEND=openai`` on a vLLM server).
@@ -20,6 +21,8 @@ import json
 import logging
 import os
 import platform
+import random
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +30,7 @@ from typing import Any
 from sqlalchemy import select
 
 from memo import catalog
-from memo.db import Database, MemoryVersion, Reflection
+from memo.db import Database, Document, MemoryVersion, Reflection
 from memo.eval.metrics import token_f1
 from memo.llm import Engines
 from memo.merge.adapters import merge_adapters
@@ -75,6 +78,7 @@ def main() -> None:
     parser.add_argument("--dataset", type=Path, required=True)
     parser.add_argument("--docs", type=int, default=4, help="documents in all (half A, half B)")
     parser.add_argument("--questions", type=int, default=40, help="benchmark questions asked of each model")
+    parser.add_argument("--trained", type=int, default=100, help="trained reflections asked of each model, per half")
     parser.add_argument("--out", type=Path, default=Path("bench-out/update"))
     parser.add_argument("--data-dir", type=Path, help="reuse this data directory (ingestion is skipped when done)")
     args = parser.parse_args()
@@ -111,11 +115,16 @@ def main() -> None:
             select(MemoryVersion).where(MemoryVersion.collection_id == coll.id).order_by(MemoryVersion.created_at)
         ).all()[:2]
         rows = s.execute(
-            select(Reflection.id, Reflection.question, Reflection.answer).where(Reflection.collection_id == coll.id)
+            select(Reflection.id, Reflection.question, Reflection.answer, Document.filename)
+            .join(Document, Document.id == Reflection.document_id)
+            .where(Reflection.collection_id == coll.id)
+            .order_by(Reflection.id)
         ).all()
     held_a, held_b = set(v1.metrics["heldout_ids"]), set(v2.metrics["heldout_ids"])
-    by_id = {i: (q, a) for i, q, a in rows}
-    train_pairs = [(q, a) for i, q, a in rows if i not in held_a | held_b]
+    in_b = {f"{d['doc_id']}.txt" for d in docs[half:]}
+    by_id = {i: (q, a) for i, q, a, _ in rows}
+    train_pairs = [(q, a) for i, q, a, _ in rows if i not in held_a | held_b]
+    b_pairs = [(q, a) for i, q, a, f in rows if f in in_b and i not in held_a | held_b]
     update_seconds = v2.metrics["seconds"] + v2.metrics["merge_seconds"]
 
     base = settings.memory_base_model
@@ -124,82 +133,101 @@ def main() -> None:
     started = time.perf_counter()
     retrain = train_sft(base, train_pairs, out / "retrain", cfg)
     retrain_seconds = time.perf_counter() - started
+    # MeMo's own update for comparison: B's task vector trained from the bare base, merged with A's
+    started = time.perf_counter()
+    independent = train_sft(base, b_pairs, out / "delta-from-base", cfg)
+    independent_seconds = time.perf_counter() - started
     models: dict[str, str | None] = {"base (no memory)": None, "v1: A only": v1.adapter_path}
-    models[f"update: {cfg.merge_combination} (served)"] = v2.adapter_path
+    models["update (served): delta on top of v1, rehearsal, exact sum"] = v2.adapter_path
     models["retrain A+B"] = str(retrain.adapter_path)
     merge_seconds: dict[str, float] = {}
     for combo in COMBINATIONS:
-        if combo == cfg.merge_combination:
-            continue
         t0 = time.perf_counter()
         path = merge_adapters(
-            base, [str(v1.adapter_path), str(v2.delta_path)], out / combo, combination=combo,  # type: ignore[arg-type]
-            density=cfg.merge_density, rank=cfg.merge_rank or cfg.rank, seed=cfg.seed,
+            base, [str(v1.adapter_path), str(independent.adapter_path)], out / combo,
+            combination=combo,  # type: ignore[arg-type]
+            density=cfg.merge_density, rank=min(2 * cfg.rank, cfg.merge_rank or cfg.rank), seed=cfg.seed,
         )  # fmt: skip
         merge_seconds[combo] = time.perf_counter() - t0
-        models[f"update: {combo}"] = str(path)
+        models[f"MeMo-style: delta from base, {combo}"] = str(path)
 
     asked = questions[: args.questions]
-    sets = {
-        label: [(i, *by_id[i]) for i in sorted(ids)] for label, ids in (("held-out A", held_a), ("held-out B", held_b))
+    rng = random.Random(0)
+    trained_a = [i for i, *_, f in rows if f not in in_b and i not in held_a | held_b]
+    trained_b = [i for i, *_, f in rows if f in in_b and i not in held_a | held_b]
+    ids = {
+        "held-out A": sorted(held_a),
+        "held-out B": sorted(held_b),
+        "trained A": sorted(rng.sample(trained_a, min(args.trained, len(trained_a)))),
+        "trained B": sorted(rng.sample(trained_b, min(args.trained, len(trained_b)))),
     }
+    sets = {label: [(i, *by_id[i]) for i in chosen] for label, chosen in ids.items()}
     table: dict[str, dict[str, float]] = {}
     records = []
     for name, adapter in models.items():
         row, got = asyncio.run(ask_model(settings, name, adapter, sets, [q["question"] for q in asked]))
         f1s = [max(token_f1(g, r) for r in q["answers"]) for g, q in zip(got, asked, strict=True)]
         row["benchmark F1"] = sum(f1s) / max(len(f1s), 1)
-        row["held-out A+B"] = (row["held-out A"] * len(held_a) + row["held-out B"] * len(held_b)) / max(
-            len(held_a) + len(held_b), 1
-        )
+        for kind in ("held-out", "trained"):
+            na, nb = len(sets[f"{kind} A"]), len(sets[f"{kind} B"])
+            row[f"{kind} A+B"] = (row[f"{kind} A"] * na + row[f"{kind} B"] * nb) / max(na + nb, 1)
         table[name] = row
         records += [
             {"model": name, "qid": q["qid"], "answer": g, "f1": f} for g, q, f in zip(got, asked, f1s, strict=True)
         ]
         log.info("%s: %s", name, row)
 
-    ref = table["retrain A+B"]["held-out A+B"] or float("nan")
-    kept = {k: round(v["held-out A+B"] / ref, 3) for k, v in table.items()}
+    kept = {
+        kind: {
+            k: round(v[f"{kind} A+B"] / (table["retrain A+B"][f"{kind} A+B"] or float("nan")), 3)
+            for k, v in table.items()
+        }
+        for kind in ("held-out", "trained")
+    }
     report = {
         "dataset": str(args.dataset),
         "documents": {"A": half, "B": len(docs) - half},
         "reflections": len(rows),
-        "held_out": {"A": len(held_a), "B": len(held_b)},
+        "recall_sets": {k: len(v) for k, v in sets.items()},
         "benchmark_questions": len(asked),
         "settings": {k: v for k, v in cfg.model_dump().items() if k != "target_modules"},
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "compute_seconds": {
-            "update (delta on B + merge)": round(update_seconds, 1),
+            "update (delta on B + rehearsal + merge)": round(update_seconds, 1),
             "retrain on A+B": round(retrain_seconds, 1),
             "ratio retrain/update": round(retrain_seconds / update_seconds, 2),
+            "MeMo-style delta from base on B": round(independent_seconds, 1),
             "merge only, per combination": {k: round(v, 1) for k, v in merge_seconds.items()},
         },
         # wall time depends on what else the machine runs; trained tokens and steps do not
         "trained": {
-            "update (delta on B)": {"steps": v2.metrics["steps"], "tokens": v2.metrics["tokens"]},
+            "update (delta on B + rehearsal)": {"steps": v2.metrics["steps"], "tokens": v2.metrics["tokens"]},
             "retrain on A+B": {"steps": retrain.steps, "tokens": retrain.tokens},
             "ratio retrain/update (tokens)": round(retrain.tokens / max(v2.metrics["tokens"], 1), 2),
         },
         "pipeline_stage_seconds": seconds,
         "recall": table,
         "kept_share_of_retrain": kept,
+        "command": "python -m memo.eval.bench_update " + " ".join(sys.argv[1:]),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "update.json").write_text(json.dumps(report, indent=2))
     (args.out / "update_records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     lines = [
-        "| model | held-out A | held-out B | held-out A+B | kept vs retrain | benchmark F1 |",
-        "|---|---|---|---|---|---|",
+        "| model | held-out A | held-out B | held-out A+B | kept | trained A | trained B | trained A+B | kept | "
+        "benchmark F1 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in table.items():
         lines.append(
             f"| {name} | {row['held-out A']:.3f} | {row['held-out B']:.3f} | {row['held-out A+B']:.3f} | "
-            f"{kept[name]:.2f} | {row['benchmark F1']:.3f} |"
+            f"{kept['held-out'][name]:.2f} | {row['trained A']:.3f} | {row['trained B']:.3f} | "
+            f"{row['trained A+B']:.3f} | {kept['trained'][name]:.2f} | {row['benchmark F1']:.3f} |"
         )
     lines.append(
-        f"\nCompute: update {update_seconds:.1f} s, retrain {retrain_seconds:.1f} s "
-        f"(retrain/update = {retrain_seconds / update_seconds:.2f}x); tokens trained: update {v2.metrics['tokens']}, "
-        f"retrain {retrain.tokens} ({retrain.tokens / max(v2.metrics['tokens'], 1):.2f}x)."
+        f"\nKept: recall as a share of the retrain's. Compute: update {update_seconds:.1f} s, retrain "
+        f"{retrain_seconds:.1f} s (retrain/update = {retrain_seconds / update_seconds:.2f}x); tokens trained: update "
+        f"{v2.metrics['tokens']}, retrain {retrain.tokens} ({retrain.tokens / max(v2.metrics['tokens'], 1):.2f}x)."
     )
     (args.out / "update.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
