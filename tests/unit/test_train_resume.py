@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -184,3 +185,13 @@ def test_bfloat16_training_matches_float32(tiny_base, tmp_path):
     a, b = _weights(fp32.adapter_path), _weights(bf16.adapter_path)
     assert all(v.dtype == torch.float32 for v in b.values())  # the adapter is saved in float32 either way
     assert any(not torch.equal(a[k], b[k]) for k in a)  # and bfloat16 did run
+
+
+def test_a_delta_trains_on_top_of_its_start_adapter(tiny_base, tmp_path):
+    start = train_sft(tiny_base, PAIRS, tmp_path / "start", CFG)
+    first_step = CFG.model_copy(update={"max_steps": 1, "lr": 1e-9})  # the loss of the model it starts from
+    on_top = train_sft(tiny_base, PAIRS, tmp_path / "on-top", first_step, start_adapter=str(start.adapter_path))
+    from_base = train_sft(tiny_base, PAIRS, tmp_path / "from-base", first_step)
+    assert on_top.final_loss < from_base.final_loss - 0.1, (on_top.final_loss, from_base.final_loss)  # 10.56, 10.80
+    config = json.loads((on_top.adapter_path / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == tiny_base  # a task vector of the same base, mergeable with start
