@@ -8,11 +8,14 @@ syntactic question generation does (Heilman & Smith 2010):
 - clause facts (kind ``direct_atomic``): for every finite clause with a named subject, the subject ("Who starts a
   pirate radio station?"), each object or complement ("What does Mark Hunter start?"), each prepositional or
   adverbial modifier by its type (where / when / why / how, else the preposition stranded: "What does Otto work
-  as?"), and appositions ("Who is Mark Hunter?" -> "a high school student in ...");
-- action chains (kind ``direct_sequence``, MeMo's indirect facts "by sequence" and "by outcome"): "What does Sonny
-  do after the lights shut off?" -> the predicate of the next clause, "What happens when <clause>?" -> the main clause;
-- a sentence the generator wrote no usable question for gets "What happens after <the event before it>?" with the
-  sentence as its answer (kind ``direct_parsed``), so every stated sentence is learned.
+  as?"); appositions ("Who is Mark Hunter?" -> "a high school student in ...") and relations both ways ("Who is Mak's
+  wife?" -> "Gill", "Who is Gill?" -> "Mak's wife");
+- events (kind ``direct_sequence``, MeMo's indirect facts "by sequence" and "by outcome"): what a subject does in a
+  stated circumstance ("What does Archie do during a stay in New York?"), and in a story (:func:`is_narrative`)
+  action chains between main clauses ("What does Sonny do after the lights shut off?") and outcomes ("What happens
+  when the microwave explodes?");
+- a question for each whole sentence (:func:`sentence_question`): a sentence the generator wrote no usable question
+  for gets it with the sentence as its answer (kind ``direct_parsed``), so every stated sentence is learned.
 
 Questions never carry an unresolved pronoun: third-person pronouns are resolved to a named person (or, for
 "they" / "it", to the nearest earlier subject noun phrase) by a salience heuristic (:class:`Coref`); a question
