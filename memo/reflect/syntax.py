@@ -489,9 +489,21 @@ def is_narrative(doc: Any) -> bool:
 def predicate(verb: Any, without: Any = None) -> str | None:
     """The verb with its complements, without its subject, the clauses coordinated with it and ``without``'s
     words."""
-    rights = [c for c in verb.rights if c.dep_ not in ("punct", "cc", "conj", "mark") and c is not without]
+
+    def shares_subject(c: Any) -> bool:  # "is drowned and fed to crayfish": one subject, two verbs
+        return (
+            c.dep_ == "conj"
+            and c.pos_ in ("VERB", "AUX")
+            and not any(x.dep_ in ("nsubj", "nsubjpass") for x in c.children)
+        )
+
+    rights = [
+        c
+        for c in verb.rights
+        if (c.dep_ not in ("punct", "cc", "conj", "mark") or shares_subject(c)) and c is not without
+    ]
     if not rights:
-        return None
+        return verb.text
     skip = range(without.left_edge.i, without.right_edge.i + 1) if without is not None else range(0)
     return render((t for t in verb.doc[verb.i : rights[-1].right_edge.i + 1] if t.i not in skip), {}) or None
 
