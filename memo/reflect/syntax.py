@@ -508,6 +508,13 @@ def predicate(verb: Any, without: Any = None) -> str | None:
     return render((t for t in verb.doc[verb.i : rights[-1].right_edge.i + 1] if t.i not in skip), {}) or None
 
 
+def clause(subj: Any, pred: str) -> str:
+    """A clause's answer as the source states it: its subject's words (a pronoun stays: the question names who it
+    is) and the predicate, capitalised."""
+    text = f"{render(np_core(subj), {})} {pred}"
+    return text[:1].upper() + text[1:]
+
+
 def circumstance_questions(sent: Any, names: dict[int, str]) -> list[tuple[str, str, str]]:
     """What a subject does in a stated circumstance (a time or place modifier, a when / after / before clause):
     "What does Archie do during a stay in New York?" -> "bitterly criticises the service at the Cosmopolis Hotel"."""
@@ -532,7 +539,7 @@ def circumstance_questions(sent: Any, names: dict[int, str]) -> list[tuple[str, 
             else:
                 continue
             if answer and len(answer.split()) >= 2:
-                out.append((finish(q), answer, "circumstance"))
+                out.append((finish(q), clause(subj, answer), "circumstance"))
     return out
 
 
@@ -567,7 +574,7 @@ def chain_questions(
             elif do_form(verb) and not auxes:
                 answer, q = predicate(verb), f"What {do_form(verb)} {s} do after {before}?"
             if s and q and answer and not UNRESOLVED.search(s):
-                out.append((finish(q), answer, "sequence"))
+                out.append((finish(q), clause(subj, answer), "sequence"))
         for c in verb.children:  # "When the microwave explodes, Paige is hurt": what happens when ...?
             marks = [m.lower_ for m in c.children if m.dep_ == "mark"]
             own_subject = any(x.dep_ in ("nsubj", "nsubjpass") for x in c.children)  # not "while travelling"
