@@ -427,13 +427,17 @@ def clause_questions(sent: Any, names: dict[int, str]) -> list[tuple[str, str, s
             else:
                 continue
             out.append((finish(q), answer, c.dep_))
-    # appositions: "Mark Hunter, a high school student in ...," -> "Who is Mark Hunter?"
+    # appositions both ways: "Mark Hunter, a high school student in ...," -> "Who is Mark Hunter?" and
+    # "Who is a high school student in ...?" (the name as its answer)
     for tok in sent:
         if tok.dep_ == "appos" and tok.head.pos_ == "PROPN" and tok.pos_ in ("NOUN", "PROPN") and tok.i > tok.head.i:
             head = render(np_core(tok.head), names)
             answer = render(subtree(tok), {})
             if head and answer[:1].isalnum():
-                out.append((finish(f"{wh_np(tok.head, names)} is {head}?"), answer, "appos"))
+                wh = wh_np(tok.head, names)
+                out.append((finish(f"{wh} is {head}?"), answer, "appos"))
+                if tok.pos_ == "NOUN":  # a description, not a second name
+                    out.append((finish(f"{wh} is {render(subtree(tok), names)}?"), head, "appos"))
     # relations both ways: "her brother, Jacob," / "Mak's wife Gill" -> who is Lisbeth's brother? who is Jacob?
     for tok in sent:
         owner = [c for c in tok.children if c.dep_ == "poss"]

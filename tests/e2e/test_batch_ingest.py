@@ -18,7 +18,7 @@ def test_a_document_with_nothing_to_learn_is_left_out_of_the_batch(tmp_path, mod
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     (corpus / "a.txt").write_text("Zorblax is headquartered in Varnmouth.")
-    (corpus / "b.txt").write_text("Acme sells boxes.")  # no stated fact of 4+ words: no reflection
+    (corpus / "b.txt").write_text("Thank you!")  # no clause and no sentence of 4+ words: nothing to learn
     (corpus / "c.txt").write_text("Zorblax was founded by Mira Okafor in 1987.")
     for role in ("GENERATOR", "MEMORY", "EXECUTIVE"):
         monkeypatch.setenv(f"MEMO_{role}__MODEL", str(model_dir))

@@ -16,6 +16,8 @@ from memo.db import Database, Job, Reflection, ReflectionSource, ReflectUnit
 from memo.llm.openai_compat import OpenAIChat
 from memo.pipeline import Context, stage_parse, stage_reflect
 from memo.reflect import prompts
+from memo.reflect.direct import KIND_DIRECT
+from memo.reflect.syntax import KIND_ATOMIC, KIND_PARSED, KIND_SEQUENCE
 from memo.settings import LLMRole
 from tests.conftest import make_settings
 
@@ -92,9 +94,9 @@ def test_structured_stages_store_kinds_and_provenance_and_count_unparseable(tmp_
     stats = _stats(ctx, job)
     rows = _rows(ctx)
     assert stats["document_pairs"] == len(rows) > 0
-    assert {k for k, *_ in rows} <= {"direct", "direct_atomic"} | {f"indirect_{t}" for t in prompts.INDIRECT_TYPES} | {
-        f"entity_{t}" for t in prompts.ENTITY_TYPES
-    }
+    direct_kinds = {KIND_DIRECT, KIND_ATOMIC, KIND_SEQUENCE, KIND_PARSED}
+    indirect_kinds = {f"indirect_{t}" for t in prompts.INDIRECT_TYPES}
+    assert {k for k, *_ in rows} <= direct_kinds | indirect_kinds | {f"entity_{t}" for t in prompts.ENTITY_TYPES}
     assert all(primary == doc and sources == {doc} for _, _, primary, sources in rows)
     structured = [stats["stages"][s] for s in ("indirect", "entities")]
     assert all(s["calls"] >= 1 for s in structured)

@@ -10,6 +10,7 @@ def pairs_of(text: str) -> dict[str, str]:
 def test_every_part_of_a_clause_gets_its_question():
     got = pairs_of("Mark Hunter, a high school student in Phoenix, starts a pirate radio station in 1986.")
     assert got["Who is Mark Hunter?"] == "a high school student in Phoenix"
+    assert got["Who is a high school student in Phoenix?"] == "Mark Hunter"  # the reverse lookup
     assert got["What does Mark Hunter start in 1986?"] == "a pirate radio station"
     assert got["When does Mark Hunter start a pirate radio station?"] == "in 1986"
     assert got["Who starts a pirate radio station in 1986?"].startswith("Mark Hunter")
