@@ -151,7 +151,9 @@ def group_np(tok: Any) -> str:
         if c.i > tok.i and c.dep_ in ("relcl", "appos", "acl", "punct", "prep") and c.lower_ != "of":
             drop.update(x.i for x in subtree(c))
     keep = [t for t in subtree(tok) if t.i not in drop and not t.is_punct]
-    return render(keep, {}) if 0 < len(keep) <= 8 else ""
+    # "Seaton and his friends": the possessive of a coordinated noun is the first name's
+    owner = {t.i: possessive(render(np_core(tok), {})) for t in keep if t.tag_ == "PRP$" and t.i > tok.i}
+    return render(keep, owner) if 0 < len(keep) <= 8 and (not owner or tok.pos_ == "PROPN") else ""
 
 
 def possessive(name: str) -> str:

@@ -33,6 +33,11 @@ def test_pronouns_resolve_to_the_person_or_the_question_is_not_made():
         assert not {"it", "she", "him", "her"} & set(q.lower().rstrip("?").split())
 
 
+def test_they_resolves_to_a_name_and_the_people_coordinated_with_it():
+    got = pairs_of("Seaton and his friends leave Earth. On Osnome, they befriend the rulers of Mardonale.")
+    assert got["What do Seaton and Seaton's friends befriend?"] == "the rulers of Mardonale"
+
+
 def test_action_chains_link_main_clauses_in_order():
     text = "Tom Reed falls asleep. Anna Berg steals a sheep while Tom Reed sleeps. Tom Reed searches the house."
     got = {(p.question, p.answer, p.kind) for p in parse_facts(text).pairs}
