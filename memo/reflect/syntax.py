@@ -273,6 +273,10 @@ def plural_antecedent(tok: Any, subject: bool) -> bool:
 
 
 # -- clause facts -------------------------------------------------------------------------------------------------
+def has_own_subject(verb: Any) -> bool:
+    return any(c.dep_ in ("nsubj", "nsubjpass") for c in verb.children)
+
+
 def subject_of(verb: Any) -> Any:
     for c in verb.children:
         if c.dep_ in ("nsubj", "nsubjpass"):
@@ -497,11 +501,7 @@ def predicate(verb: Any, without: Any = None) -> str | None:
     words."""
 
     def shares_subject(c: Any) -> bool:  # "is drowned and fed to crayfish": one subject, two verbs
-        return (
-            c.dep_ == "conj"
-            and c.pos_ in ("VERB", "AUX")
-            and not any(x.dep_ in ("nsubj", "nsubjpass") for x in c.children)
-        )
+        return c.dep_ == "conj" and c.pos_ in ("VERB", "AUX") and not has_own_subject(c)
 
     rights = [
         c
@@ -583,7 +583,7 @@ def chain_questions(
                 out.append((finish(q), clause(subj, answer), "sequence"))
         for c in verb.children:  # "When the microwave explodes, Paige is hurt": what happens when ...?
             marks = [m.lower_ for m in c.children if m.dep_ == "mark"]
-            own_subject = any(x.dep_ in ("nsubj", "nsubjpass") for x in c.children)  # not "while travelling"
+            own_subject = has_own_subject(c)  # not "while travelling"
             if c.dep_ == "advcl" and marks and marks[0] in WHEN_MARKS | {"if"} and own_subject and subject_of(verb):
                 rest = [t for t in sent if not c.left_edge.i <= t.i <= c.right_edge.i and not t.is_punct]
                 out.append((finish(f"What happens {render(subtree(c), names)}?"), render(rest, {}), "outcome"))
