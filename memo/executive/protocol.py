@@ -1,5 +1,7 @@
 """The query protocol: the Executive plans sub-questions, the Memory model answers each (in parallel, no
-shared context), the Executive synthesises the final answer from the non-IDK answers."""
+shared context), the Executive synthesises the final answer from the non-IDK answers. A plan that is the question
+alone needs no synthesis: the Memory's answer to it is the answer (a rewording by the Executive could only lose
+what the Memory recalled)."""
 
 from __future__ import annotations
 
@@ -69,5 +71,8 @@ async def answer(question: str, *, executive: LLM, memory: LLM, max_sub: int = 4
     replies = await asyncio.gather(*(memory.chat(memory_messages(q), temperature=0.0, max_tokens=96) for q in subs))
     trace = [Step(q, a, is_idk(a)) for q, a in zip(subs, replies, strict=True)]
     notes = [(s.sub_question, s.memory_answer) for s in trace if not s.idk]
-    final = await executive.chat(synth_messages(question, notes), temperature=0.0, max_tokens=128)
+    if len(trace) == 1 and notes:
+        final = notes[0][1]
+    else:
+        final = await executive.chat(synth_messages(question, notes), temperature=0.0, max_tokens=128)
     return Answer(question, final.strip(), executive.name, memory.name, trace)

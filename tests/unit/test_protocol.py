@@ -38,3 +38,18 @@ async def test_answer_runs_memory_per_sub_question_and_synthesises_without_idk()
     assert "Meridel Okonkwo" in result.answer and "I don't know" not in result.answer
     assert result.executive == "exec-A" and result.memory == "mem-v1"
     assert all(len(c["messages"]) == 2 for c in mem.calls)  # no shared context between memory calls
+
+
+async def test_a_plan_of_the_question_alone_returns_the_memory_answer_without_synthesis():
+    def exe_reply(messages, t):
+        if "sub-questions" in messages[0]["content"]:
+            return '{"sub_questions": ["where is zorblax?"]}'  # the question itself: the plan has one step
+        return "FINAL: reworded"
+
+    exe = ScriptedLLM(exe_reply, "exec-A")
+    result = await answer("Where is Zorblax?", executive=exe, memory=ScriptedLLM(lambda m, t: " Varnmouth. "))
+    assert result.answer == "Varnmouth." and len(result.trace) == 1
+    assert len(exe.calls) == 1  # the plan only
+
+    idk = await answer("Where is Zorblax?", executive=exe, memory=ScriptedLLM(lambda m, t: "I don't know"))
+    assert idk.answer == "FINAL: reworded"  # nothing recalled: the Executive still writes the reply
