@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from memo.blobs import write_dir_atomic
 from memo.reflect.prompts import memory_messages
 from memo.settings import TrainSettings
 
@@ -113,16 +114,6 @@ def _load_trainable(model: Any, weights: dict[str, Any]) -> None:
     with torch.no_grad():
         for n, w in weights.items():
             params[n].copy_(w)
-
-
-def _save_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Write a directory under a temporary name and rename it into place: a crash leaves the old one or none."""
-    tmp = path.with_name(path.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    write(tmp)
-    shutil.rmtree(path, ignore_errors=True)
-    tmp.rename(path)
 
 
 def cpu_has_native_bf16() -> bool:
@@ -275,7 +266,7 @@ def train_sft(
             "scheduler": sched.state_dict(),
             "torch_rng": torch.get_rng_state(),
         }
-        _save_atomic(checkpoint_dir, lambda tmp: torch.save(state, tmp / "state.pt"))
+        write_dir_atomic(checkpoint_dir, lambda tmp: torch.save(state, tmp / "state.pt"))
 
     def stalled() -> bool:
         if not patience or len(eval_losses) <= patience:
@@ -330,7 +321,7 @@ def train_sft(
         if cfg.method == "full":
             tokenizer.save_pretrained(str(tmp))
 
-    _save_atomic(out_dir, save)
+    write_dir_atomic(out_dir, save)
     if checkpoint_dir is not None:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
     log.info("trained %d steps on %d pairs in %.1fs, loss %.3f", step, len(encoded), seconds, loss_ema)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from memo.merge.adapters import merge_adapters
@@ -67,6 +69,29 @@ def test_exact_merges_add_task_vectors(tiny, tmp_path, combination):
     torch.testing.assert_close(_logits(base, out), _logits(base, d0, merged_extra=d1), atol=1e-4, rtol=1e-4)
 
 
+def _task_vectors(adapter: Path) -> dict[str, torch.Tensor]:
+    """Each module's dense task vector ``alpha / r * B @ A``, read off the adapter's files."""
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    t = load_file(str(adapter / "adapter_model.safetensors"))
+    scale = cfg["lora_alpha"] / cfg["r"]
+    mods = [k.removesuffix(".lora_A.weight") for k in t if k.endswith(".lora_A.weight")]
+    return {m: scale * t[m + ".lora_B.weight"].double() @ t[m + ".lora_A.weight"].double() for m in mods}
+
+
+def test_weighted_sum_is_exact_and_truncation_is_the_best_low_rank_approximation(tiny, tmp_path):
+    base, (d0, d1) = tiny
+    v0, v1 = _task_vectors(d0), _task_vectors(d1)
+    exact = _task_vectors(merge_adapters(str(base), [d0, d1], tmp_path / "c", weights=[0.5, -2.0], combination="cat"))
+    low = _task_vectors(merge_adapters(str(base), [d0, d1], tmp_path / "s", weights=[0.5, -2.0], rank=3))
+    assert json.loads((tmp_path / "c" / "adapter_config.json").read_text())["r"] == 8
+    assert json.loads((tmp_path / "s" / "adapter_config.json").read_text())["r"] == 3
+    for m, dense in ((m, 0.5 * v0[m] - 2.0 * v1[m]) for m in v0):
+        torch.testing.assert_close(exact[m], dense, atol=1e-5, rtol=1e-4)
+        u, sv, vh = torch.linalg.svd(dense)
+        torch.testing.assert_close(low[m], (u[:, :3] * sv[:3]) @ vh[:3], atol=1e-5, rtol=1e-4)
+        assert torch.linalg.matrix_rank(low[m]) == 3
+
+
 def test_ties_trims_so_it_differs_from_the_exact_sum(tiny, tmp_path):
     base, (d0, d1) = tiny
     ties = merge_adapters(str(base), [d0, d1], tmp_path / "t", combination="ties_svd", density=0.3, rank=8)
@@ -81,3 +106,9 @@ def test_bad_arguments_are_refused(tiny, tmp_path):
         merge_adapters(str(base), [d0, d1], tmp_path / "m", weights=[1.0])
     with pytest.raises(ValueError, match="density"):
         merge_adapters(str(base), [d0], tmp_path / "m", density=0.0)
+    other = tmp_path / "other"  # an adapter of other target modules cannot be stacked with d0
+    lcfg = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"], init_lora_weights=False)
+    get_peft_model(AutoModelForCausalLM.from_pretrained(base), lcfg).save_pretrained(other)
+    with pytest.raises(ValueError, match="modules differ"):
+        merge_adapters(str(base), [d0, other], tmp_path / "m", combination="cat")
+    assert not (tmp_path / "m").exists() and not (tmp_path / "m.partial").exists()
