@@ -39,7 +39,7 @@ from memo.ingest.parse import parse
 from memo.llm import Engines
 from memo.reflect.run import DocumentReflector
 from memo.serving.publish import active_version, load_into_server, publish, retire_adapters
-from memo.settings import Settings
+from memo.settings import Settings, TrainSettings
 from memo.train.gate import judge, recall, split_holdout
 
 log = logging.getLogger(__name__)
@@ -225,6 +225,11 @@ def rehearsal(
     return [(q, a) for _, q, a, _ in picked], {d for *_, d in picked}
 
 
+def delta_recipe(cfg: TrainSettings) -> TrainSettings:
+    """How a merge-mode delta is trained: ``update_epochs`` passes over its pairs (``min_steps`` still applies)."""
+    return cfg.model_copy(update={"epochs": cfg.update_epochs or cfg.epochs})
+
+
 def stage_train(ctx: Context, job_id: str) -> None:
     """Build the collection's next version: a full adapter on every live document's reflections, or (``update_mode
     merge``) a delta on the new documents' reflections merged with the kept deltas of the active version's ledger.
@@ -332,7 +337,7 @@ def stage_train(ctx: Context, job_id: str) -> None:
                 base,
                 pairs,
                 out / "delta",
-                cfg,
+                delta_recipe(cfg),
                 eval_pairs=held_pairs,
                 progress=progress,
                 checkpoint_dir=ckpt,

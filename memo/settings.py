@@ -155,6 +155,9 @@ class TrainSettings(BaseModel):
     # merge mode: reflections of the earlier documents rehearsed in a delta's training, as a share of its new pairs
     # (against forgetting what the served memory knows; 0 = none)
     update_replay: float = Field(default=0.25, ge=0, le=4)
+    # merge mode: epochs of a delta's training (0 = ``epochs``); a delta learns the new documents on top of what is
+    # served, so it needs fewer passes than a retrain on everything (results/lifecycle); ``min_steps`` still applies
+    update_epochs: int = Field(default=2, ge=0)
     # periodic consolidation: once a collection's ledger holds this many deltas, the next update retrains on the
     # union instead of merging another one (0 = never automatically; POST .../consolidate does it on demand)
     consolidate_after: int = Field(default=8, ge=0)

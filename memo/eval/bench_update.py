@@ -7,7 +7,8 @@ by default: ``MEMO_TRAIN__UPDATE_FROM``) merged with it. Then, on the same refle
 (what ``update_mode=retrain`` would do), and MeMo's own update: B's task vector trained from the bare base and merged
 with A's by every combination. Each model answers, closed-book, the reflections held out of training (A's and B's,
 held-out recall as the gate measures it, :func:`memo.train.gate.recall`), a sample of the trained reflections, and
-the benchmark's own questions about the documents; compute is the wall time of training (+ merging).
+the benchmark's own questions about the documents; compute is the wall time of the training loop (+ merging). The
+retrain stops early on B's held-out reflections, as ``update_mode=retrain`` would after B's upload.
 
 Run: ``python -m memo.eval.bench_update --dataset ../shared/data/narrativeqa_dev --docs 4 --out results/lifecycle``
 (generator from the usual settings, e.g. ``MEMO_GENERATOR__BACKEND=openai`` on a vLLM server).
@@ -81,7 +82,15 @@ def main() -> None:
     parser.add_argument("--trained", type=int, default=100, help="trained reflections asked of each model, per half")
     parser.add_argument("--out", type=Path, default=Path("bench-out/update"))
     parser.add_argument("--data-dir", type=Path, help="reuse this data directory (ingestion is skipped when done)")
+    parser.add_argument(
+        "--combinations",
+        type=lambda v: [c for c in v.split(",") if c],
+        default=list(COMBINATIONS),
+        help=f"MeMo-style merges to compare, comma-separated (empty: none); default {','.join(COMBINATIONS)}",
+    )
     args = parser.parse_args()
+    if unknown := set(args.combinations) - set(COMBINATIONS):
+        parser.error(f"unknown combinations {sorted(unknown)}; choose from {', '.join(COMBINATIONS)}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "transformers", "peft", "alembic.runtime.migration"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -107,8 +116,9 @@ def main() -> None:
             select(MemoryVersion).where(MemoryVersion.collection_id == coll.id).order_by(MemoryVersion.created_at)
         ).all()
     seconds: dict[str, dict[str, float]] = {}
-    if len(versions) < 2:
+    if not versions:
         seconds["A"] = ingest(settings, db, coll.id, docs[:half])
+    if len(versions) < 2:
         seconds["B"] = ingest(settings, db, coll.id, docs[half:])
     with db.session() as s:
         v1, v2 = s.scalars(
@@ -125,23 +135,25 @@ def main() -> None:
     by_id = {i: (q, a) for i, q, a, _ in rows}
     train_pairs = [(q, a) for i, q, a, _ in rows if i not in held_a | held_b]
     b_pairs = [(q, a) for i, q, a, f in rows if f in in_b and i not in held_a | held_b]
+    # compute: the training loop's wall time (TrainResult.seconds) of each, + the update's merge
     update_seconds = v2.metrics["seconds"] + v2.metrics["merge_seconds"]
+    held_b_pairs = [by_id[i] for i in sorted(held_b)]
 
     base = settings.memory_base_model
     cfg = settings.train
     out = args.out / "adapters"
-    started = time.perf_counter()
-    retrain = train_sft(base, train_pairs, out / "retrain", cfg)
-    retrain_seconds = time.perf_counter() - started
-    # MeMo's own update for comparison: B's task vector trained from the bare base, merged with A's
-    started = time.perf_counter()
-    independent = train_sft(base, b_pairs, out / "delta-from-base", cfg)
-    independent_seconds = time.perf_counter() - started
+    # the retrain update_mode=retrain would run after B's upload: early stopping on B's held-out reflections
+    retrain = train_sft(base, train_pairs, out / "retrain", cfg, eval_pairs=held_b_pairs)
+    retrain_seconds = retrain.seconds
     models: dict[str, str | None] = {"base (no memory)": None, "v1: A only": v1.adapter_path}
     models["update (served): delta on top of v1, rehearsal, exact sum"] = v2.adapter_path
     models["retrain A+B"] = str(retrain.adapter_path)
     merge_seconds: dict[str, float] = {}
-    for combo in COMBINATIONS:
+    independent_seconds = None
+    if args.combinations:  # MeMo's own update for comparison: B's task vector trained from the bare base
+        independent = train_sft(base, b_pairs, out / "delta-from-base", cfg, eval_pairs=held_b_pairs)
+        independent_seconds = independent.seconds
+    for combo in args.combinations:
         t0 = time.perf_counter()
         path = merge_adapters(
             base, [str(v1.adapter_path), str(independent.adapter_path)], out / combo,
@@ -196,7 +208,7 @@ def main() -> None:
             "update (delta on B + rehearsal + merge)": round(update_seconds, 1),
             "retrain on A+B": round(retrain_seconds, 1),
             "ratio retrain/update": round(retrain_seconds / update_seconds, 2),
-            "MeMo-style delta from base on B": round(independent_seconds, 1),
+            "MeMo-style delta from base on B": independent_seconds and round(independent_seconds, 1),
             "merge only, per combination": {k: round(v, 1) for k, v in merge_seconds.items()},
         },
         # wall time depends on what else the machine runs; trained tokens and steps do not

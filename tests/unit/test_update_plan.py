@@ -6,7 +6,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from memo.db import JobKind
-from memo.pipeline import plan_update
+from memo.pipeline import delta_recipe, plan_update
 from memo.settings import get_settings
 
 BASE = "/models/base"
@@ -83,3 +83,10 @@ def test_rehearsal_draws_from_the_kept_documents_only_and_names_them():
     assert rehearsal(rows, plan, 0, seed=0) == ([], set())
     everything, all_docs = rehearsal(rows, plan, 99, seed=0)
     assert len(everything) == 5 and all_docs == {"a", "b", "c"}  # at most the pool
+
+
+def test_a_delta_trains_for_update_epochs_and_keeps_the_rest_of_the_recipe():
+    cfg = settings(epochs=8, update_epochs=2, min_steps=32, lr=5e-4).train
+    recipe = delta_recipe(cfg)
+    assert (recipe.epochs, recipe.min_steps, recipe.lr) == (2, 32, 5e-4)
+    assert delta_recipe(settings(epochs=8, update_epochs=0).train).epochs == 8  # 0: the full recipe's epochs
