@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import shutil
 from pathlib import Path
 
+from memo.blobs import write_dir_atomic
 from memo.errors import ModelMissing
 
 log = logging.getLogger(__name__)
@@ -46,8 +46,6 @@ def prepare_default_model(out_dir: Path, *, force: bool = False) -> Path:
 
     gguf = packaged_gguf()
     log.info("preparing %s from %s", out_dir, gguf)
-    tmp = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(
         gguf.parent,
@@ -55,10 +53,12 @@ def prepare_default_model(out_dir: Path, *, force: bool = False) -> Path:
         dtype=torch.bfloat16,
         quantization_config=GgufConfig(dequantize=True),
     )
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)  # atomic: a crash leaves only the .partial directory behind
+
+    def save(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+    write_dir_atomic(out_dir, save)
     return out_dir
 
 

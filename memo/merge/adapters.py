@@ -22,7 +22,6 @@ from memo.blobs import write_dir_atomic
 log = logging.getLogger(__name__)
 
 Combination = Literal["cat", "svd", "ties_svd", "dare_ties_svd", "dare_linear_svd"]
-NEEDS_DENSITY = {"ties_svd", "dare_ties_svd", "dare_linear_svd"}
 CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 
 
