@@ -8,9 +8,11 @@ by default: ``MEMO_TRAIN__UPDATE_FROM``) merged with it. Then, on the same refle
 with A's by every combination. Each model answers, closed-book, the reflections held out of training (A's and B's,
 held-out recall as the gate measures it, :func:`memo.train.gate.recall`), a sample of the trained reflections, and
 the benchmark's own questions about the documents; compute is the wall time of the training loop (+ merging). The
-retrain stops early on B's held-out reflections, as ``update_mode=retrain`` would after B's upload.
+retrain stops early on B's held-out reflections, as ``update_mode=retrain`` would after B's upload; it is trained
+once per ``--out`` (``adapters/retrain.json`` keeps its figures), so a rerun compares other update recipes
+(``--recipe``, each trained over version 1 and merged as the service does) against the same retrain.
 
-Run: ``python -m memo.eval.bench_update --dataset ../shared/data/narrativeqa_dev --docs 4 --out results/lifecycle``
+Run: ``python -m memo.eval.bench_update --dataset ../shared/data/narrativeqa_dev --docs 2 --out /tmp/upd``
 (generator from the usual settings, e.g. ``MEMO_GENERATOR__BACKEND=openai`` on a vLLM server).
 """
 
@@ -23,6 +25,7 @@ import logging
 import os
 import platform
 import random
+import re
 import sys
 import time
 from pathlib import Path
@@ -35,9 +38,9 @@ from memo.db import Database, Document, MemoryVersion, Reflection
 from memo.eval.metrics import token_f1
 from memo.llm import Engines
 from memo.merge.adapters import merge_adapters
-from memo.pipeline import Context, run_batch
+from memo.pipeline import Context, delta_recipe, run_batch
 from memo.reflect.prompts import memory_messages
-from memo.settings import Settings, get_settings
+from memo.settings import Settings, TrainSettings, get_settings
 from memo.train.gate import Pair, recall
 from memo.train.sft import train_sft
 
@@ -66,7 +69,8 @@ async def ask_model(
     """One model, loaded once: its gate recall on each held-out set, and its answers to the benchmark questions."""
     engines = Engines(settings)
     try:
-        llm = engines.memory(name, adapter) if adapter else engines.memory(None, None)
+        # peft adapter names cannot hold dots (a recipe's name can)
+        llm = engines.memory(re.sub(r"\W+", "_", name), adapter) if adapter else engines.memory(None, None)
         row = {label: (await recall(llm, pairs)) or 0.0 for label, pairs in held.items()}
         got = await asyncio.gather(*(llm.chat(memory_messages(q), max_tokens=64) for q in questions))
         return row, list(got)
@@ -87,6 +91,14 @@ def main() -> None:
         type=lambda v: [c for c in v.split(",") if c],
         default=list(COMBINATIONS),
         help=f"MeMo-style merges to compare, comma-separated (empty: none); default {','.join(COMBINATIONS)}",
+    )
+    parser.add_argument(
+        "--recipe",
+        type=json.loads,
+        action="append",
+        default=[],
+        help='another update recipe to compare, as JSON: TrainSettings fields (e.g. {"update_epochs": 3, "seed": 1}) '
+        'and "scale", the delta\'s merge weight; repeatable',
     )
     args = parser.parse_args()
     if unknown := set(args.combinations) - set(COMBINATIONS):
@@ -142,12 +154,36 @@ def main() -> None:
     base = settings.memory_base_model
     cfg = settings.train
     out = args.out / "adapters"
-    # the retrain update_mode=retrain would run after B's upload: early stopping on B's held-out reflections
-    retrain = train_sft(base, train_pairs, out / "retrain", cfg, eval_pairs=held_b_pairs)
-    retrain_seconds = retrain.seconds
+    # the retrain update_mode=retrain would run after B's upload: early stopping on B's held-out reflections; kept
+    # with its figures, so a rerun on the same --out (e.g. with other --recipe) compares against the same retrain
+    retrain_json = out / "retrain.json"
+    if not retrain_json.is_file():
+        result = train_sft(base, train_pairs, out / "retrain", cfg, eval_pairs=held_b_pairs)
+        retrain_json.write_text(json.dumps(result.metrics))
+    retrain = json.loads(retrain_json.read_text())
+    retrain_seconds = retrain["seconds"]
     models: dict[str, str | None] = {"base (no memory)": None, "v1: A only": v1.adapter_path}
     models["update (served): delta on top of v1, rehearsal, exact sum"] = v2.adapter_path
-    models["retrain A+B"] = str(retrain.adapter_path)
+    models["retrain A+B"] = str(out / "retrain")
+    # other update recipes, trained and merged as the service does (rehearsal drawn from A's trained reflections)
+    recipes: dict[str, dict[str, Any]] = {}
+    a_pool = [(q, a) for i, q, a, f in rows if f not in in_b and i not in held_a | held_b]
+    for n, over in enumerate(args.recipe):
+        scale = float(over.pop("scale", 1.0))
+        rcfg = delta_recipe(TrainSettings.model_validate({**cfg.model_dump(), **over}))
+        pairs = b_pairs + random.Random(rcfg.seed).sample(
+            a_pool, min(round(rcfg.update_replay * len(b_pairs)), len(a_pool))
+        )
+        delta = train_sft(
+            base, pairs, out / f"recipe{n}" / "delta", rcfg, eval_pairs=held_b_pairs, start_adapter=v1.adapter_path
+        )
+        path = merge_adapters(
+            base, [str(v1.adapter_path), str(delta.adapter_path)], out / f"recipe{n}" / "merged", weights=[1.0, scale],
+            rank=min(2 * cfg.rank, cfg.merge_rank or cfg.rank),
+        )  # fmt: skip
+        name = f"update recipe: {json.dumps({**over, 'scale': scale} if scale != 1.0 else over)}"
+        models[name] = str(path)
+        recipes[name] = {"steps": delta.steps, "tokens": delta.tokens, "seconds": round(delta.seconds, 1)}
     merge_seconds: dict[str, float] = {}
     independent_seconds = None
     if args.combinations:  # MeMo's own update for comparison: B's task vector trained from the bare base
@@ -214,8 +250,12 @@ def main() -> None:
         # wall time depends on what else the machine runs; trained tokens and steps do not
         "trained": {
             "update (delta on B + rehearsal)": {"steps": v2.metrics["steps"], "tokens": v2.metrics["tokens"]},
-            "retrain on A+B": {"steps": retrain.steps, "tokens": retrain.tokens},
-            "ratio retrain/update (tokens)": round(retrain.tokens / max(v2.metrics["tokens"], 1), 2),
+            "retrain on A+B": {"steps": retrain["steps"], "tokens": retrain["tokens"]},
+            "ratio retrain/update (tokens)": round(retrain["tokens"] / max(v2.metrics["tokens"], 1), 2),
+        },
+        "recipes": {
+            k: {**v, "ratio retrain/update (tokens)": round(retrain["tokens"] / max(v["tokens"], 1), 2)}
+            for k, v in recipes.items()
         },
         "pipeline_stage_seconds": seconds,
         "recall": table,
@@ -236,11 +276,15 @@ def main() -> None:
             f"{kept['held-out'][name]:.2f} | {row['trained A']:.3f} | {row['trained B']:.3f} | "
             f"{row['trained A+B']:.3f} | {kept['trained'][name]:.2f} | {row['benchmark F1']:.3f} |"
         )
+    ratio = retrain["tokens"] / max(v2.metrics["tokens"], 1)
     lines.append(
         f"\nKept: recall as a share of the retrain's. Compute: update {update_seconds:.1f} s, retrain "
-        f"{retrain_seconds:.1f} s (retrain/update = {retrain_seconds / update_seconds:.2f}x); tokens trained: update "
-        f"{v2.metrics['tokens']}, retrain {retrain.tokens} ({retrain.tokens / max(v2.metrics['tokens'], 1):.2f}x)."
+        f"{retrain_seconds:.1f} s (retrain/update = {retrain_seconds / update_seconds:.2f}x); tokens trained: "
+        f"update {v2.metrics['tokens']}, retrain {retrain['tokens']} ({ratio:.2f}x)."
     )
+    for name, r in recipes.items():
+        ratio = retrain["tokens"] / max(r["tokens"], 1)
+        lines.append(f"- {name}: {r['seconds']} s, {r['steps']} steps, {r['tokens']} tokens ({ratio:.2f}x).")
     (args.out / "update.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
