@@ -10,7 +10,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -214,7 +214,7 @@ def plan_update(
 
 
 def rehearsal(
-    rows: list[tuple[str, str, str, str]], plan: UpdatePlan, k: int, seed: int
+    rows: Sequence[tuple[str, str, str, str]], plan: UpdatePlan, k: int, seed: int
 ) -> tuple[list[tuple[str, str]], set[str]]:
     """``k`` reflections (id, question, answer, document) of the documents a merge keeps, drawn at random (seeded),
     to rehearse in the new delta against forgetting, and the documents they come from (the delta then carries some
@@ -230,13 +230,32 @@ def delta_recipe(cfg: TrainSettings) -> TrainSettings:
     return cfg.model_copy(update={"epochs": cfg.update_epochs or cfg.epochs})
 
 
+def merge_deltas(
+    base: str, cfg: TrainSettings, adapters: list[str], target: Path, weights: list[float] | None = None
+) -> Path:
+    """The served adapter of a ledger: its task vectors merged by ``cfg.merge_combination``, at the sum of their
+    ranks up to ``cfg.merge_rank``."""
+    from memo.merge.adapters import merge_adapters
+
+    rank = min(cfg.rank * len(adapters), cfg.merge_rank) if cfg.merge_rank else cfg.rank
+    return merge_adapters(
+        base,
+        adapters,
+        target,
+        weights=weights,
+        combination=cfg.merge_combination,
+        density=cfg.merge_density,
+        rank=rank,
+        seed=cfg.seed,
+    )
+
+
 def stage_train(ctx: Context, job_id: str) -> None:
     """Build the collection's next version: a full adapter on every live document's reflections, or (``update_mode
     merge``) a delta on the new documents' reflections merged with the kept deltas of the active version's ledger.
     A removed document's delta is dropped from the ledger (its other documents are trained again into the new delta);
     a removed document of the base adapter, a consolidation job, or a ledger of ``consolidate_after`` deltas retrains
     on the union."""
-    from memo.merge.adapters import merge_adapters
     from memo.train.sft import train_sft
 
     job = _job(ctx, job_id)
@@ -315,16 +334,7 @@ def stage_train(ctx: Context, job_id: str) -> None:
         delta = None
 
         def merge(adapters: list[dict[str, Any]], target: Path) -> Path:
-            rank = min(cfg.rank * len(adapters), cfg.merge_rank) if cfg.merge_rank else cfg.rank
-            return merge_adapters(
-                base,
-                [str(e["path"]) for e in adapters],
-                target,
-                combination=cfg.merge_combination,
-                density=cfg.merge_density,
-                rank=rank,
-                seed=cfg.seed,
-            )
+            return merge_deltas(base, cfg, [str(e["path"]) for e in adapters], target)
 
         if pairs:
             start = None

@@ -38,7 +38,7 @@ from memo.db import Database, Document, MemoryVersion, Reflection
 from memo.eval.metrics import token_f1
 from memo.llm import Engines
 from memo.merge.adapters import merge_adapters
-from memo.pipeline import Context, delta_recipe, run_batch
+from memo.pipeline import Context, UpdatePlan, delta_recipe, merge_deltas, rehearsal, run_batch
 from memo.reflect.prompts import memory_messages
 from memo.settings import Settings, TrainSettings, get_settings
 from memo.train.gate import Pair, recall
@@ -165,22 +165,21 @@ def main() -> None:
     models: dict[str, str | None] = {"base (no memory)": None, "v1: A only": v1.adapter_path}
     models["update (served): delta on top of v1, rehearsal, exact sum"] = v2.adapter_path
     models["retrain A+B"] = str(out / "retrain")
-    # other update recipes, trained and merged as the service does (rehearsal drawn from A's trained reflections)
+    # other update recipes, trained and merged as the service does, with its rehearsal draw of A's reflections
     recipes: dict[str, dict[str, Any]] = {}
-    a_pool = [(q, a) for i, q, a, f in rows if f not in in_b and i not in held_a | held_b]
+    plan = UpdatePlan("merge", [{"documents": sorted({f for *_, f in rows} - in_b)}], in_b, "")
+    pool = [r for r in rows if r[0] not in held_a]
     for n, over in enumerate(args.recipe):
         scale = float(over.pop("scale", 1.0))
         rcfg = delta_recipe(TrainSettings.model_validate({**cfg.model_dump(), **over}))
-        pairs = b_pairs + random.Random(rcfg.seed).sample(
-            a_pool, min(round(rcfg.update_replay * len(b_pairs)), len(a_pool))
-        )
+        replay, _ = rehearsal(pool, plan, round(rcfg.update_replay * len(b_pairs)), rcfg.seed)
         delta = train_sft(
-            base, pairs, out / f"recipe{n}" / "delta", rcfg, eval_pairs=held_b_pairs, start_adapter=v1.adapter_path
-        )
-        path = merge_adapters(
-            base, [str(v1.adapter_path), str(delta.adapter_path)], out / f"recipe{n}" / "merged", weights=[1.0, scale],
-            rank=min(2 * cfg.rank, cfg.merge_rank or cfg.rank),
+            base, b_pairs + replay, out / f"recipe{n}" / "delta", rcfg, eval_pairs=held_b_pairs,
+            start_adapter=v1.adapter_path,
         )  # fmt: skip
+        path = merge_deltas(
+            base, rcfg, [str(v1.adapter_path), str(delta.adapter_path)], out / f"recipe{n}" / "merged", [1.0, scale]
+        )
         name = f"update recipe: {json.dumps({**over, 'scale': scale} if scale != 1.0 else over)}"
         models[name] = str(path)
         recipes[name] = {"steps": delta.steps, "tokens": delta.tokens, "seconds": round(delta.seconds, 1)}
