@@ -226,8 +226,9 @@ def rehearsal(
 
 
 def delta_recipe(cfg: TrainSettings) -> TrainSettings:
-    """How a merge-mode delta is trained: ``update_epochs`` passes over its pairs (``min_steps`` still applies)."""
-    return cfg.model_copy(update={"epochs": cfg.update_epochs or cfg.epochs})
+    """How a merge-mode delta is trained: ``update_epochs`` passes over its pairs (``min_steps`` still applies), of
+    its top ``update_top_layers`` layers."""
+    return cfg.model_copy(update={"epochs": cfg.update_epochs or cfg.epochs, "top_layers": cfg.update_top_layers})
 
 
 def merge_deltas(

@@ -135,6 +135,9 @@ class TrainSettings(BaseModel):
     # two): it is still measured and reported, but every epoch is trained
     early_stop_min_heldout: int = Field(default=4, ge=1)
     checkpoint_every: int = Field(default=20, ge=1)  # steps between crash-recovery checkpoints
+    # LoRA on the top N decoder layers only (0 = every layer): the layers below stay frozen, so what they compute for
+    # an example is computed once and cached, and every epoch after the first runs the top N layers and the head only
+    top_layers: int = Field(default=0, ge=0)
     seed: int = 0
     device: str = "cpu"  # "cuda" where present
     # the forward and backward pass in bfloat16 (autocast; weights and optimizer stay float32): "auto" = where the
@@ -154,10 +157,13 @@ class TrainSettings(BaseModel):
     update_from: Literal["served", "base"] = "served"
     # merge mode: reflections of the earlier documents rehearsed in a delta's training, as a share of its new pairs
     # (against forgetting what the served memory knows; 0 = none)
-    update_replay: float = Field(default=0.25, ge=0, le=4)
+    update_replay: float = Field(default=1.0, ge=0, le=4)
     # merge mode: epochs of a delta's training (0 = ``epochs``); a delta learns the new documents on top of what is
     # served, so it needs fewer passes than a retrain on everything (results/lifecycle); ``min_steps`` still applies
-    update_epochs: int = Field(default=2, ge=0)
+    update_epochs: int = Field(default=4, ge=0)
+    # merge mode: a delta trains the top N decoder layers only (``top_layers``; 0 = every layer): after one pass
+    # through the frozen layers below, its epochs cost the top layers and the head (results/lifecycle)
+    update_top_layers: int = Field(default=8, ge=0)
     # periodic consolidation: once a collection's ledger holds this many deltas, the next update retrains on the
     # union instead of merging another one (0 = never automatically; POST .../consolidate does it on demand)
     consolidate_after: int = Field(default=8, ge=0)

@@ -100,6 +100,13 @@ def main() -> None:
         help='another update recipe to compare, as JSON: TrainSettings fields (e.g. {"update_epochs": 3, "seed": 1}) '
         'and "scale", the delta\'s merge weight; repeatable',
     )
+    parser.add_argument(
+        "--timing",
+        choices=("retrain", "recipes"),
+        help="train the retrain, or the --recipe's, again in this process and print their wall time, evaluating "
+        "nothing: run after the bench, in a fresh process (the bench's own has ingested, gated and trained before, "
+        "and trains slower after that: results/lifecycle)",
+    )
     args = parser.parse_args()
     if unknown := set(args.combinations) - set(COMBINATIONS):
         parser.error(f"unknown combinations {sorted(unknown)}; choose from {', '.join(COMBINATIONS)}")
@@ -157,6 +164,27 @@ def main() -> None:
     # the retrain update_mode=retrain would run after B's upload: early stopping on B's held-out reflections; kept
     # with its figures, so a rerun on the same --out (e.g. with other --recipe) compares against the same retrain
     retrain_json = out / "retrain.json"
+    plan = UpdatePlan("merge", [{"documents": sorted({f for *_, f in rows} - in_b)}], in_b, "")
+    pool = [r for r in rows if r[0] not in held_a]
+
+    def train_recipe(over: dict[str, Any], where: Path) -> tuple[TrainSettings, Any]:
+        """An update recipe's delta over version 1, with the service's rehearsal draw of A's reflections."""
+        rcfg = delta_recipe(TrainSettings.model_validate({**cfg.model_dump(), **over}))
+        replay, _ = rehearsal(pool, plan, round(rcfg.update_replay * len(b_pairs)), rcfg.seed)
+        delta = train_sft(base, b_pairs + replay, where, rcfg, eval_pairs=held_b_pairs, start_adapter=v1.adapter_path)
+        return rcfg, delta
+
+    if args.timing:  # train again in this fresh process, time it, evaluate nothing
+        timed = {}
+        if args.timing == "retrain":
+            again = train_sft(base, train_pairs, out / "timing" / "retrain", cfg, eval_pairs=held_b_pairs)
+            timed["retrain A+B"] = again.metrics
+        for n, over in enumerate(args.recipe if args.timing == "recipes" else []):
+            over = {k: v for k, v in over.items() if k != "scale"}
+            timed[f"update recipe: {json.dumps(over)}"] = train_recipe(over, out / "timing" / f"recipe{n}")[1].metrics
+        for name, metrics in timed.items():
+            print(f"- {name}: {metrics['seconds']} s, {metrics['steps']} steps, {metrics['tokens']} tokens")
+        return
     if not retrain_json.is_file():
         result = train_sft(base, train_pairs, out / "retrain", cfg, eval_pairs=held_b_pairs)
         retrain_json.write_text(json.dumps(result.metrics))
@@ -167,16 +195,9 @@ def main() -> None:
     models["retrain A+B"] = str(out / "retrain")
     # other update recipes, trained and merged as the service does, with its rehearsal draw of A's reflections
     recipes: dict[str, dict[str, Any]] = {}
-    plan = UpdatePlan("merge", [{"documents": sorted({f for *_, f in rows} - in_b)}], in_b, "")
-    pool = [r for r in rows if r[0] not in held_a]
     for n, over in enumerate(args.recipe):
         scale = float(over.pop("scale", 1.0))
-        rcfg = delta_recipe(TrainSettings.model_validate({**cfg.model_dump(), **over}))
-        replay, _ = rehearsal(pool, plan, round(rcfg.update_replay * len(b_pairs)), rcfg.seed)
-        delta = train_sft(
-            base, b_pairs + replay, out / f"recipe{n}" / "delta", rcfg, eval_pairs=held_b_pairs,
-            start_adapter=v1.adapter_path,
-        )  # fmt: skip
+        rcfg, delta = train_recipe(over, out / f"recipe{n}" / "delta")
         path = merge_deltas(
             base, rcfg, [str(v1.adapter_path), str(delta.adapter_path)], out / f"recipe{n}" / "merged", [1.0, scale]
         )
@@ -253,7 +274,11 @@ def main() -> None:
             "ratio retrain/update (tokens)": round(retrain["tokens"] / max(v2.metrics["tokens"], 1), 2),
         },
         "recipes": {
-            k: {**v, "ratio retrain/update (tokens)": round(retrain["tokens"] / max(v["tokens"], 1), 2)}
+            k: {
+                **v,
+                "ratio retrain/update (seconds)": round(retrain_seconds / v["seconds"], 2),
+                "ratio retrain/update (tokens)": round(retrain["tokens"] / max(v["tokens"], 1), 2),
+            }
             for k, v in recipes.items()
         },
         "pipeline_stage_seconds": seconds,
@@ -283,7 +308,10 @@ def main() -> None:
     )
     for name, r in recipes.items():
         ratio = retrain["tokens"] / max(r["tokens"], 1)
-        lines.append(f"- {name}: {r['seconds']} s, {r['steps']} steps, {r['tokens']} tokens ({ratio:.2f}x).")
+        lines.append(
+            f"- {name}: {r['seconds']} s ({retrain_seconds / r['seconds']:.2f}x), {r['steps']} steps, "
+            f"{r['tokens']} tokens ({ratio:.2f}x)."
+        )
     (args.out / "update.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -2,16 +2,19 @@
 
 ``method="lora"`` trains a peft adapter (the default: hot-loadable into vLLM, mergeable as a task vector);
 ``method="full"`` trains every weight and saves a whole model directory. Length-bucketed batches, seeded, crash
-checkpoints with exact resume, and early stopping on the loss of held-out reflections.
+checkpoints with exact resume, and early stopping on the loss of held-out reflections. The output head runs on answer
+positions only; with ``top_layers`` only the top decoder layers train, over cached states of the frozen ones below.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import math
 import random
+import re
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -146,26 +149,145 @@ def _autocast(device: Any, dtype: Any) -> Any:
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
+def _decoder(model: Any) -> Any:
+    return (model.get_base_model() if hasattr(model, "get_base_model") else model).get_decoder()
+
+
+class TopLayers:
+    """Training of the top decoder layers only, over states cached below them.
+
+    The layers under ``cut`` are frozen (their LoRA factors stay zero), so the hidden states they hand to layer
+    ``cut`` depend on the example alone: :meth:`cache` runs them once per example, and every later forward and
+    backward pass runs layers ``cut..n`` on those states (``inputs_embeds`` of a model whose layer list is cut for
+    the call). An epoch after the first then costs the top layers and the head, not the whole model.
+    """
+
+    def __init__(self, model: Any, top: int) -> None:
+        self.decoder = _decoder(model)
+        self.n = len(self.decoder.layers)
+        if not 0 < top < self.n:
+            raise ValueError(f"top_layers must be between 1 and {self.n - 1} for this model (it has {self.n} layers)")
+        self.cut = self.n - top
+
+    def freeze_below(self, model: Any) -> None:
+        """Only the LoRA factors of layers ``cut..n`` train."""
+        for name, p in model.named_parameters():
+            hit = re.search(r"\.layers\.(\d+)\.", name)
+            if p.requires_grad and (hit is None or int(hit.group(1)) < self.cut):
+                p.requires_grad_(False)
+
+    @contextlib.contextmanager
+    def layers(self, start: int, stop: int, *, norm: bool = True) -> Any:
+        """For the call: the decoder runs only layers ``start..stop`` (without its final norm unless ``norm``)."""
+        import torch
+
+        layers, final = self.decoder.layers, self.decoder.norm
+        self.decoder.layers = torch.nn.ModuleList(list(layers)[start:stop])
+        if not norm:
+            self.decoder.norm = torch.nn.Identity()
+        try:
+            yield
+        finally:
+            self.decoder.layers, self.decoder.norm = layers, final
+
+    def cache(
+        self, model: Any, encoded: Sequence[tuple[list[int], list[int]]], batch_size: int, pad_id: int, dtype: Any
+    ) -> list[Any]:
+        """The hidden states entering layer ``cut``, one (T_i, H) tensor per example."""
+        import torch
+
+        order = sorted(range(len(encoded)), key=lambda j: len(encoded[j][0]))
+        states: list[Any] = [None] * len(encoded)
+        was_training = model.training
+        model.eval()
+        with torch.no_grad(), _autocast(model.device, dtype), self.layers(0, self.cut, norm=False):
+            for i in range(0, len(order), batch_size):
+                idx = order[i : i + batch_size]
+                ids, _, mask = collate(encoded, idx, pad_id)
+                h = self.decoder(input_ids=ids.to(model.device), attention_mask=mask.to(model.device))
+                for row, j in enumerate(idx):
+                    states[j] = h.last_hidden_state[row, : len(encoded[j][0])].float().clone()
+        model.train(was_training)
+        return states
+
+    def hidden(self, model: Any, states: Sequence[Any], idx: Sequence[int], mask: Any) -> Any:
+        """The decoder's output (after its final norm) on the examples ``idx`` from their cached states, right-padded
+        like ``collate``."""
+        import torch
+
+        width = mask.shape[1]
+        h = torch.zeros((len(idx), width, states[idx[0]].shape[-1]), device=model.device)  # (B, T, H)
+        for row, j in enumerate(idx):
+            h[row, : len(states[j])] = states[j]
+        with self.layers(self.cut, self.n):
+            return self.decoder(inputs_embeds=h, attention_mask=mask.to(model.device)).last_hidden_state
+
+
+def answer_logits(
+    model: Any,
+    ids: Any,
+    labels: Any,
+    mask: Any,
+    top: TopLayers | None = None,
+    states: Sequence[Any] | None = None,
+    idx: Sequence[int] = (),
+) -> tuple[Any, Any]:
+    """The logits that predict answer tokens, (N, V), and those tokens, (N,): the output head runs on the answer
+    positions only (a row is mostly prompt, whose logits the loss never reads). With ``top``, the decoder runs its
+    top layers on the cached ``states`` of the examples ``idx``."""
+    device = model.device
+    if top is not None:
+        h = top.hidden(model, states or [], idx, mask)  # (B, T, H)
+    else:
+        h = _decoder(model)(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+    target = labels[:, 1:].to(device)  # (B, T-1): position t predicts token t+1
+    keep = target != -100
+    return model.get_output_embeddings()(h[:, :-1][keep]), target[keep]
+
+
 def _eval_loss(
-    model: Any, encoded: Sequence[tuple[list[int], list[int]]], batch_size: int, pad_id: int, dtype: Any = None
+    model: Any,
+    encoded: Sequence[tuple[list[int], list[int]]],
+    batch_size: int,
+    pad_id: int,
+    dtype: Any = None,
+    top: TopLayers | None = None,
+    states: Sequence[Any] | None = None,
 ) -> float:
-    """Mean loss per answer token on held-out examples."""
+    """Mean loss per answer token on held-out examples (from their cached states with ``top``)."""
     import torch
 
     model.eval()
     total, count = 0.0, 0
     with torch.no_grad(), _autocast(model.device, dtype):
         for i in range(0, len(encoded), batch_size):
-            ids, labels, mask = collate(encoded, range(i, min(i + batch_size, len(encoded))), pad_id)
-            logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits  # (B, T, V)
-            shifted = labels[:, 1:].to(logits.device)  # (B, T-1)
-            losses = torch.nn.functional.cross_entropy(
-                logits[:, :-1].float().transpose(1, 2), shifted, ignore_index=-100, reduction="sum"
-            )
-            total += float(losses)
-            count += int((shifted != -100).sum())
+            idx = range(i, min(i + batch_size, len(encoded)))
+            ids, labels, mask = collate(encoded, idx, pad_id)
+            logits, target = answer_logits(model, ids, labels, mask, top, states, idx)
+            total += float(torch.nn.functional.cross_entropy(logits.float(), target, reduction="sum"))
+            count += len(target)
     model.train()
     return total / max(count, 1)
+
+
+def _check_forward(model: Any, top: TopLayers | None, example: tuple[list[int], list[int]], pad_id: int) -> None:
+    """The training's forward pass (the head on answer positions, with ``top`` the top layers over cached states)
+    gives the model's own logits, in float32: an architecture that post-processes its logits (soft-capping) or
+    transforms ``inputs_embeds`` itself (scaling) would not, and cannot train this way."""
+    import torch
+
+    ids, labels, mask = collate([example], [0], pad_id)
+    states = top.cache(model, [example], 1, pad_id, None) if top is not None else None
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        whole = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits
+        whole = whole[:, :-1][labels[:, 1:].to(model.device) != -100]  # (N, V)
+        ours, _ = answer_logits(model, ids, labels, mask, top, states, [0])
+    model.train(was_training)
+    err = float((whole - ours).abs().max()) / max(float(whole.abs().max()), 1e-6)
+    if err > 1e-4:
+        raise ValueError(f"this model architecture cannot train with this recipe: its logits differ by {err:.2e}")
 
 
 def train_sft(
@@ -219,6 +341,11 @@ def train_sft(
             task_type="CAUSAL_LM",
         )
         model = get_peft_model(model, lora)
+    top = TopLayers(model, cfg.top_layers) if cfg.top_layers else None
+    if top is not None:
+        if cfg.method != "lora":
+            raise ValueError("top_layers needs method=lora")
+        top.freeze_below(model)
     encoded = [encode_pair(tokenizer, q, a) for q, a in pairs]
     held = [encode_pair(tokenizer, q, a) for q, a in eval_pairs]
     patience = cfg.patience if len(held) >= cfg.early_stop_min_heldout else 0
@@ -275,6 +402,11 @@ def train_sft(
 
     model.train()
     start, start_tokens = time.perf_counter(), tokens
+    _check_forward(model, top, encoded[0], pad_id)
+    states = held_states = None
+    if top is not None:  # timed: the cache is part of the training's compute (no backward pass: wider batches)
+        states = top.cache(model, encoded, max(cfg.batch_size, 16), pad_id, dtype)
+        held_states = top.cache(model, held, max(cfg.batch_size, 16), pad_id, dtype)
     lengths = [len(ids) for ids, _ in encoded]
     while step < total and not stalled():
         if epoch_rng is not None:  # resuming: replay this epoch's order
@@ -288,15 +420,16 @@ def train_sft(
                 break
             ids, labels, mask = collate(encoded, batch_idx, pad_id)
             with _autocast(device, dtype):
-                out = model(input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels.to(device))
-            out.loss.backward()
+                logits, target = answer_logits(model, ids, labels, mask, top, states, batch_idx)
+                loss_t = torch.nn.functional.cross_entropy(logits.float(), target)
+            loss_t.backward()
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
             step += 1
             tokens += int(mask.sum())
-            loss = float(out.loss.detach())
+            loss = float(loss_t.detach())
             loss_ema = loss if math.isnan(loss_ema) else 0.9 * loss_ema + 0.1 * loss
             if checkpoint_dir is not None and step % cfg.checkpoint_every == 0 and step < total:
                 checkpoint(b + 1)
@@ -304,7 +437,7 @@ def train_sft(
                 progress(step, total)
         else:  # a whole epoch: measure the held-out loss, remember the best weights (only early stopping uses them)
             if held:
-                eval_losses.append(_eval_loss(model, held, cfg.batch_size, pad_id, dtype))
+                eval_losses.append(_eval_loss(model, held, cfg.batch_size, pad_id, dtype, top, held_states))
                 if patience and eval_losses[-1] <= min(eval_losses):
                     best = _trainable(model)
                 log.info("epoch %d: held-out loss %.4f", len(eval_losses), eval_losses[-1])

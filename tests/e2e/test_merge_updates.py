@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from safetensors.torch import load_file
 from sqlalchemy import func, select
 
 from memo import catalog
@@ -75,6 +76,13 @@ def test_second_upload_trains_a_delta_and_merges_it(tmp_path, model_dir):
         assert v2.metrics["merged_deltas"] == 2
         for path in (v2.adapter_path, v2.delta_path):
             assert (Path(path) / "adapter_config.json").is_file()
+        # the delta trained the top update_top_layers layers only: the layers below carry no change
+        delta = load_file(str(Path(v2.delta_path) / "adapter_model.safetensors"))
+        cut = 30 - settings.train.update_top_layers  # SmolLM2-135M has 30 layers
+        lora_b = {k: v for k, v in delta.items() if "lora_B" in k}
+        below = [v for k, v in lora_b.items() if int(k.split(".layers.")[1].split(".")[0]) < cut]
+        above = [v for k, v in lora_b.items() if int(k.split(".layers.")[1].split(".")[0]) >= cut]
+        assert below and above and not any(v.any() for v in below) and all(v.any() for v in above)
         # the merge is the exact sum of the two rank-16 task vectors: rank 32
         assert json.loads((Path(v2.adapter_path) / "adapter_config.json").read_text())["r"] == 32
 

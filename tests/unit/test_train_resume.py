@@ -195,3 +195,63 @@ def test_a_delta_trains_on_top_of_its_start_adapter(tiny_base, tmp_path):
     assert on_top.final_loss < from_base.final_loss - 0.1, (on_top.final_loss, from_base.final_loss)  # 10.56, 10.80
     config = json.loads((on_top.adapter_path / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == tiny_base  # a task vector of the same base, mergeable with start
+
+
+def _whole_model_loss(base: str, adapter: Path, pairs) -> float:
+    """Mean loss per answer token of base + adapter on ``pairs``, the whole model run in float32."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from memo.train.sft import encode_pair
+
+    tok = AutoTokenizer.from_pretrained(base)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), str(adapter)).eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for q, a in pairs:
+            ids, labels = encode_pair(tok, q, a)
+            logits = model(input_ids=torch.tensor([ids])).logits[0, :-1]
+            target = torch.tensor(labels[1:])
+            total += float(torch.nn.functional.cross_entropy(logits, target, ignore_index=-100, reduction="sum"))
+            count += int((target != -100).sum())
+    return total / count
+
+
+def test_top_layers_trains_only_the_top_layers_over_cached_states(tiny_base, tmp_path):
+    cfg = CFG.model_copy(update={"top_layers": 1, "precision": "fp32", "dropout": 0.0})
+    result = train_sft(tiny_base, PAIRS, tmp_path / "top", cfg, eval_pairs=HELD)
+    weights = _weights(result.adapter_path)
+    full = _weights(train_sft(tiny_base, PAIRS, tmp_path / "all", CFG).adapter_path)
+    assert weights.keys() == full.keys()  # an ordinary adapter of every layer: it merges and serves like any other
+    lower = [k for k in weights if ".layers.0." in k and "lora_B" in k]
+    upper = [k for k in weights if ".layers.1." in k and "lora_B" in k]
+    assert lower and upper
+    assert all(not weights[k].any() for k in lower)  # the frozen layer's delta stays exactly zero
+    assert all(weights[k].abs().sum() > 0 for k in upper)
+    # the held-out loss measured from cached states is the whole model's loss with the saved adapter
+    assert result.eval_losses[-1] == pytest.approx(_whole_model_loss(tiny_base, result.adapter_path, HELD), rel=1e-4)
+    assert result.eval_losses[-1] < result.eval_losses[0]
+
+
+def test_top_layers_resumes_after_a_crash_like_an_uninterrupted_run(tiny_base, tmp_path):
+    cfg = CFG.model_copy(update={"top_layers": 1})
+    clean = train_sft(tiny_base, PAIRS, tmp_path / "clean", cfg)
+
+    def crash_at_5(done: int, total: int) -> None:
+        if done == 5:
+            raise Crash("killed")
+
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(Crash):
+        train_sft(tiny_base, PAIRS, tmp_path / "run", cfg, checkpoint_dir=ckpt, progress=crash_at_5)
+    resumed = train_sft(tiny_base, PAIRS, tmp_path / "run", cfg, checkpoint_dir=ckpt)
+    assert resumed.resumed_from == 4 and resumed.steps == clean.steps == 9
+    a, b = _weights(clean.adapter_path), _weights(resumed.adapter_path)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
+
+
+def test_top_layers_must_leave_a_layer_below(tiny_base, tmp_path):
+    with pytest.raises(ValueError, match="top_layers must be between 1 and 1"):
+        train_sft(tiny_base, PAIRS, tmp_path / "x", CFG.model_copy(update={"top_layers": 2}))
+    assert not (tmp_path / "x").exists()

@@ -85,8 +85,9 @@ def test_rehearsal_draws_from_the_kept_documents_only_and_names_them():
     assert len(everything) == 5 and all_docs == {"a", "b", "c"}  # at most the pool
 
 
-def test_a_delta_trains_for_update_epochs_and_keeps_the_rest_of_the_recipe():
-    cfg = settings(epochs=8, update_epochs=2, min_steps=32, lr=5e-4).train
+def test_a_delta_trains_update_epochs_of_its_top_layers_and_keeps_the_rest_of_the_recipe():
+    cfg = settings(epochs=8, update_epochs=2, update_top_layers=6, min_steps=32, lr=5e-4).train
+    assert cfg.top_layers == 0  # a full training trains every layer
     recipe = delta_recipe(cfg)
-    assert (recipe.epochs, recipe.min_steps, recipe.lr) == (2, 32, 5e-4)
+    assert (recipe.epochs, recipe.top_layers, recipe.min_steps, recipe.lr) == (2, 6, 32, 5e-4)
     assert delta_recipe(settings(epochs=8, update_epochs=0).train).epochs == 8  # 0: the full recipe's epochs
