@@ -52,21 +52,29 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path / "adapter_model.safetensors"))
 
 
-def test_crash_then_resume_equals_an_uninterrupted_run(tiny_base, tmp_path):
-    clean = train_sft(tiny_base, PAIRS, tmp_path / "clean", CFG)
-    assert clean.steps == 9 and clean.resumed_from == 0
+def crash_at(step: int):
+    """A progress callback that kills the training once ``step`` steps are done."""
 
-    def crash_at_5(done: int, total: int) -> None:
-        if done == 5:
+    def progress(done: int, total: int) -> None:
+        if done == step:
             raise Crash("killed")
+
+    return progress
+
+
+@pytest.mark.parametrize("top_layers", [0, 1], ids=["every-layer", "top-layers"])
+def test_crash_then_resume_equals_an_uninterrupted_run(tiny_base, tmp_path, top_layers):
+    cfg = CFG.model_copy(update={"top_layers": top_layers})
+    clean = train_sft(tiny_base, PAIRS, tmp_path / "clean", cfg)
+    assert clean.steps == 9 and clean.resumed_from == 0
 
     ckpt = tmp_path / "ckpt"
     with pytest.raises(Crash):
-        train_sft(tiny_base, PAIRS, tmp_path / "run", CFG, checkpoint_dir=ckpt, progress=crash_at_5)
+        train_sft(tiny_base, PAIRS, tmp_path / "run", cfg, checkpoint_dir=ckpt, progress=crash_at(5))
     assert torch.load(ckpt / "state.pt", weights_only=False)["step"] == 4
     assert not (tmp_path / "run").exists()
 
-    resumed = train_sft(tiny_base, PAIRS, tmp_path / "run", CFG, checkpoint_dir=ckpt)
+    resumed = train_sft(tiny_base, PAIRS, tmp_path / "run", cfg, checkpoint_dir=ckpt)
     assert resumed.resumed_from == 4 and resumed.steps == 9
     assert not ckpt.exists()  # removed on success
     a, b = _weights(clean.adapter_path), _weights(resumed.adapter_path)
@@ -78,12 +86,8 @@ def test_crash_then_resume_equals_an_uninterrupted_run(tiny_base, tmp_path):
 def test_a_checkpoint_for_other_data_is_ignored(tiny_base, tmp_path):
     ckpt = tmp_path / "ckpt"
 
-    def crash_at_3(done: int, total: int) -> None:
-        if done == 3:
-            raise Crash("killed")
-
     with pytest.raises(Crash):
-        train_sft(tiny_base, PAIRS, tmp_path / "x", CFG, checkpoint_dir=ckpt, progress=crash_at_3)
+        train_sft(tiny_base, PAIRS, tmp_path / "x", CFG, checkpoint_dir=ckpt, progress=crash_at(3))
     other = train_sft(tiny_base, PAIRS[:4], tmp_path / "y", CFG, checkpoint_dir=ckpt)
     assert other.resumed_from == 0 and other.steps == 6
 
@@ -96,13 +100,9 @@ def test_resume_with_early_stopping_state_equals_an_uninterrupted_run(tiny_base,
     clean = train_sft(tiny_base, PAIRS, tmp_path / "clean", cfg, eval_pairs=HELD)
     assert len(clean.eval_losses) >= 1
 
-    def crash_at_7(done: int, total: int) -> None:
-        if done == 7:  # after two epochs (two held-out losses and a best state) and a checkpoint at step 6
-            raise Crash("killed")
-
     ckpt = tmp_path / "ckpt"
-    with pytest.raises(Crash):
-        train_sft(tiny_base, PAIRS, tmp_path / "run", cfg, eval_pairs=HELD, checkpoint_dir=ckpt, progress=crash_at_7)
+    with pytest.raises(Crash):  # at step 7: after two epochs (two held-out losses, a best state), a checkpoint at 6
+        train_sft(tiny_base, PAIRS, tmp_path / "run", cfg, eval_pairs=HELD, checkpoint_dir=ckpt, progress=crash_at(7))
     resumed = train_sft(tiny_base, PAIRS, tmp_path / "run", cfg, eval_pairs=HELD, checkpoint_dir=ckpt)
     assert resumed.resumed_from == 6
     assert resumed.eval_losses == pytest.approx(clean.eval_losses, rel=1e-5)
@@ -231,24 +231,6 @@ def test_top_layers_trains_only_the_top_layers_over_cached_states(tiny_base, tmp
     # the held-out loss measured from cached states is the whole model's loss with the saved adapter
     assert result.eval_losses[-1] == pytest.approx(_whole_model_loss(tiny_base, result.adapter_path, HELD), rel=1e-4)
     assert result.eval_losses[-1] < result.eval_losses[0]
-
-
-def test_top_layers_resumes_after_a_crash_like_an_uninterrupted_run(tiny_base, tmp_path):
-    cfg = CFG.model_copy(update={"top_layers": 1})
-    clean = train_sft(tiny_base, PAIRS, tmp_path / "clean", cfg)
-
-    def crash_at_5(done: int, total: int) -> None:
-        if done == 5:
-            raise Crash("killed")
-
-    ckpt = tmp_path / "ckpt"
-    with pytest.raises(Crash):
-        train_sft(tiny_base, PAIRS, tmp_path / "run", cfg, checkpoint_dir=ckpt, progress=crash_at_5)
-    resumed = train_sft(tiny_base, PAIRS, tmp_path / "run", cfg, checkpoint_dir=ckpt)
-    assert resumed.resumed_from == 4 and resumed.steps == clean.steps == 9
-    a, b = _weights(clean.adapter_path), _weights(resumed.adapter_path)
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
 
 
 def test_top_layers_must_leave_a_layer_below(tiny_base, tmp_path):
