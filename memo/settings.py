@@ -161,6 +161,10 @@ class TrainSettings(BaseModel):
     # merge mode: epochs of a delta's training (0 = ``epochs``); a delta learns the new documents on top of what is
     # served, so it needs fewer passes than a retrain on everything (results/lifecycle); ``min_steps`` still applies
     update_epochs: int = Field(default=4, ge=0)
+    # merge mode: batch size and learning rate of a delta's training (0 = ``batch_size``, ``lr``): a delta's top-layer
+    # steps are small, and twice the batch at twice the rate learns as much in less time (results/lifecycle)
+    update_batch_size: int = Field(default=8, ge=0)
+    update_lr: float = Field(default=2e-3, ge=0)
     # merge mode: a delta trains the top N decoder layers only (``top_layers``; 0 = every layer): after one pass
     # through the frozen layers below, its epochs cost the top layers and the head (results/lifecycle)
     update_top_layers: int = Field(default=8, ge=0)

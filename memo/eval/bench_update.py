@@ -11,6 +11,7 @@ the benchmark's own questions about the documents; compute is the wall time of t
 retrain stops early on B's held-out reflections, as ``update_mode=retrain`` would after B's upload; it is trained
 once per ``--out`` (``adapters/retrain.json`` keeps its figures), so a rerun compares other update recipes
 (``--recipe``, each trained over version 1 and merged as the service does) against the same retrain.
+Every model's answers but the recipes' are kept in ``--out/answers``, so a rerun asks only the new recipes.
 
 Run: ``python -m memo.eval.bench_update --dataset ../shared/data/narrativeqa_dev --docs 2 --out /tmp/upd``
 (generator from the usual settings, e.g. ``MEMO_GENERATOR__BACKEND=openai`` on a vLLM server).
@@ -26,6 +27,7 @@ import os
 import platform
 import random
 import re
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -82,7 +84,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", type=Path, required=True)
     parser.add_argument("--docs", type=int, default=4, help="documents in all (half A, half B)")
-    parser.add_argument("--questions", type=int, default=40, help="benchmark questions asked of each model")
+    parser.add_argument(
+        "--questions", type=int, default=0, help="benchmark questions asked of each model (0: all about the documents)"
+    )
     parser.add_argument("--trained", type=int, default=100, help="trained reflections asked of each model, per half")
     parser.add_argument("--out", type=Path, default=Path("bench-out/update"))
     parser.add_argument("--data-dir", type=Path, help="reuse this data directory (ingestion is skipped when done)")
@@ -102,10 +106,17 @@ def main() -> None:
     )
     parser.add_argument(
         "--timing",
-        choices=("retrain", "recipes"),
-        help="train the retrain, or the --recipe's, again in this process and print their wall time, evaluating "
-        "nothing: run after the bench, in a fresh process (the bench's own has ingested, gated and trained before, "
-        "and trains slower after that: results/lifecycle)",
+        choices=("retrain", "recipes", "both"),
+        help="train the retrain, the --recipe's or both again in this process and print their wall time, evaluating "
+        "nothing: run after the bench, on an idle machine (a training right after a long one, in any process, ran "
+        "up to 1.3x slower here: results/lifecycle)",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="with --timing: train each this many times, in rounds (each recipe, then the retrain), and print every "
+        "time, the fastest and the median (wall time on a shared machine varies from run to run)",
     )
     args = parser.parse_args()
     if unknown := set(args.combinations) - set(COMBINATIONS):
@@ -175,15 +186,21 @@ def main() -> None:
         return rcfg, delta
 
     if args.timing:  # train again in this fresh process, time it, evaluate nothing
-        timed = {}
-        if args.timing == "retrain":
-            again = train_sft(base, train_pairs, out / "timing" / "retrain", cfg, eval_pairs=held_b_pairs)
-            timed["retrain A+B"] = again.metrics
-        for n, over in enumerate(args.recipe if args.timing == "recipes" else []):
-            over = {k: v for k, v in over.items() if k != "scale"}
-            timed[f"update recipe: {json.dumps(over)}"] = train_recipe(over, out / "timing" / f"recipe{n}")[1].metrics
-        for name, metrics in timed.items():
-            print(f"- {name}: {metrics['seconds']} s, {metrics['steps']} steps, {metrics['tokens']} tokens")
+        timed: dict[str, list[dict[str, Any]]] = {}
+        for _ in range(args.repeat):
+            for n, over in enumerate(args.recipe if args.timing in ("recipes", "both") else []):
+                over = {k: v for k, v in over.items() if k != "scale"}
+                delta = train_recipe(over, out / "timing" / f"recipe{n}")[1]
+                timed.setdefault(f"update recipe: {json.dumps(over)}", []).append(delta.metrics)
+            if args.timing in ("retrain", "both"):
+                again = train_sft(base, train_pairs, out / "timing" / "retrain", cfg, eval_pairs=held_b_pairs)
+                timed.setdefault("retrain A+B", []).append(again.metrics)
+        for name, runs in timed.items():
+            times = sorted(m["seconds"] for m in runs)
+            print(
+                f"- {name}: {' / '.join(str(m['seconds']) for m in runs)} s (fastest {times[0]}, median "
+                f"{statistics.median(times):.1f}), {runs[0]['steps']} steps, {runs[0]['tokens']} tokens"
+            )
         return
     if not retrain_json.is_file():
         result = train_sft(base, train_pairs, out / "retrain", cfg, eval_pairs=held_b_pairs)
@@ -219,7 +236,7 @@ def main() -> None:
         merge_seconds[combo] = time.perf_counter() - t0
         models[f"MeMo-style: delta from base, {combo}"] = str(path)
 
-    asked = questions[: args.questions]
+    asked = questions[: args.questions or None]
     rng = random.Random(0)
     trained_a = [i for i, *_, f in rows if f not in in_b and i not in held_a | held_b]
     trained_b = [i for i, *_, f in rows if f in in_b and i not in held_a | held_b]
@@ -232,8 +249,19 @@ def main() -> None:
     sets = {label: [(i, *by_id[i]) for i in chosen] for label, chosen in ids.items()}
     table: dict[str, dict[str, float]] = {}
     records = []
+    # every model but the recipes (trained again by each run) is fixed for an --out: its answers to the same
+    # questions are kept, so a rerun asks only what is new
+    asking = {"sets": ids, "questions": [q["qid"] for q in asked]}
     for name, adapter in models.items():
-        row, got = asyncio.run(ask_model(settings, name, adapter, sets, [q["question"] for q in asked]))
+        answers_file = args.out / "answers" / (re.sub(r"\W+", "_", name) + ".json")
+        cached = json.loads(answers_file.read_text()) if answers_file.is_file() and name not in recipes else {}
+        if cached.get("asking") == asking:
+            row, got = cached["row"], cached["answers"]
+        else:
+            row, got = asyncio.run(ask_model(settings, name, adapter, sets, [q["question"] for q in asked]))
+            if name not in recipes:
+                answers_file.parent.mkdir(parents=True, exist_ok=True)
+                answers_file.write_text(json.dumps({"asking": asking, "row": row, "answers": got}))
         f1s = [max(token_f1(g, r) for r in q["answers"]) for g, q in zip(got, asked, strict=True)]
         row["benchmark F1"] = sum(f1s) / max(len(f1s), 1)
         for kind in ("held-out", "trained"):
@@ -246,11 +274,8 @@ def main() -> None:
         log.info("%s: %s", name, row)
 
     kept = {
-        kind: {
-            k: round(v[f"{kind} A+B"] / (table["retrain A+B"][f"{kind} A+B"] or float("nan")), 3)
-            for k, v in table.items()
-        }
-        for kind in ("held-out", "trained")
+        kind: {k: round(v[column] / (table["retrain A+B"][column] or float("nan")), 3) for k, v in table.items()}
+        for kind, column in (("held-out", "held-out A+B"), ("trained", "trained A+B"), ("benchmark", "benchmark F1"))
     }
     report = {
         "dataset": str(args.dataset),
@@ -291,20 +316,22 @@ def main() -> None:
     (args.out / "update_records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     lines = [
         "| model | held-out A | held-out B | held-out A+B | kept | trained A | trained B | trained A+B | kept | "
-        "benchmark F1 |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "benchmark F1 | kept |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in table.items():
         lines.append(
             f"| {name} | {row['held-out A']:.3f} | {row['held-out B']:.3f} | {row['held-out A+B']:.3f} | "
             f"{kept['held-out'][name]:.2f} | {row['trained A']:.3f} | {row['trained B']:.3f} | "
-            f"{row['trained A+B']:.3f} | {kept['trained'][name]:.2f} | {row['benchmark F1']:.3f} |"
+            f"{row['trained A+B']:.3f} | {kept['trained'][name]:.2f} | {row['benchmark F1']:.3f} | "
+            f"{kept['benchmark'][name]:.2f} |"
         )
     ratio = retrain["tokens"] / max(v2.metrics["tokens"], 1)
     lines.append(
-        f"\nKept: recall as a share of the retrain's. Compute: update {update_seconds:.1f} s, retrain "
-        f"{retrain_seconds:.1f} s (retrain/update = {retrain_seconds / update_seconds:.2f}x); tokens trained: "
-        f"update {v2.metrics['tokens']}, retrain {retrain['tokens']} ({ratio:.2f}x)."
+        f"\nKept: recall as a share of the retrain's. Compute: update "
+        f"{update_seconds:.1f} s, retrain {retrain_seconds:.1f} s (retrain/update = "
+        f"{retrain_seconds / update_seconds:.2f}x); tokens trained: update {v2.metrics['tokens']}, retrain "
+        f"{retrain['tokens']} ({ratio:.2f}x)."
     )
     for name, r in recipes.items():
         ratio = retrain["tokens"] / max(r["tokens"], 1)
