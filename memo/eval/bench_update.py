@@ -65,6 +65,11 @@ def ingest(settings: Settings, db: Database, coll_id: str, docs: list[dict[str, 
     return run_batch(Context(db, settings), jobs)
 
 
+def slug(name: str) -> str:
+    """A model's name as a peft adapter name (no dots) and a file name."""
+    return re.sub(r"\W+", "_", name)
+
+
 async def ask_model(
     settings: Settings, name: str, adapter: str | None, held: dict[str, list[Pair]], questions: list[str]
 ) -> tuple[dict[str, float], list[str]]:
@@ -72,7 +77,7 @@ async def ask_model(
     engines = Engines(settings)
     try:
         # peft adapter names cannot hold dots (a recipe's name can)
-        llm = engines.memory(re.sub(r"\W+", "_", name), adapter) if adapter else engines.memory(None, None)
+        llm = engines.memory(slug(name), adapter) if adapter else engines.memory(None, None)
         row = {label: (await recall(llm, pairs)) or 0.0 for label, pairs in held.items()}
         got = await asyncio.gather(*(llm.chat(memory_messages(q), max_tokens=64) for q in questions))
         return row, list(got)
@@ -102,7 +107,8 @@ def main() -> None:
         action="append",
         default=[],
         help='another update recipe to compare, as JSON: TrainSettings fields (e.g. {"update_epochs": 3, "seed": 1}) '
-        'and "scale", the delta\'s merge weight; repeatable',
+        'and "scale", the delta\'s merge weight; repeatable. A delta trains by the update_* fields: its batch size '
+        "and rate are update_batch_size and update_lr (batch_size and lr only where those are 0)",
     )
     parser.add_argument(
         "--timing",
@@ -253,7 +259,7 @@ def main() -> None:
     # questions are kept, so a rerun asks only what is new
     asking = {"sets": ids, "questions": [q["qid"] for q in asked]}
     for name, adapter in models.items():
-        answers_file = args.out / "answers" / (re.sub(r"\W+", "_", name) + ".json")
+        answers_file = args.out / "answers" / f"{slug(name)}.json"
         cached = json.loads(answers_file.read_text()) if answers_file.is_file() and name not in recipes else {}
         if cached.get("asking") == asking:
             row, got = cached["row"], cached["answers"]
@@ -328,10 +334,9 @@ def main() -> None:
         )
     ratio = retrain["tokens"] / max(v2.metrics["tokens"], 1)
     lines.append(
-        f"\nKept: recall as a share of the retrain's. Compute: update "
-        f"{update_seconds:.1f} s, retrain {retrain_seconds:.1f} s (retrain/update = "
-        f"{retrain_seconds / update_seconds:.2f}x); tokens trained: update {v2.metrics['tokens']}, retrain "
-        f"{retrain['tokens']} ({ratio:.2f}x)."
+        f"\nKept: recall as a share of the retrain's. Compute: update {update_seconds:.1f} s, retrain "
+        f"{retrain_seconds:.1f} s (retrain/update = {retrain_seconds / update_seconds:.2f}x); tokens trained: "
+        f"update {v2.metrics['tokens']}, retrain {retrain['tokens']} ({ratio:.2f}x)."
     )
     for name, r in recipes.items():
         ratio = retrain["tokens"] / max(r["tokens"], 1)
