@@ -49,6 +49,12 @@ class GateFailed(MemoError):
     status_code = 409
 
 
+class TrainingDiverged(MemoError):
+    """A training's loss became NaN or infinite: its weights are discarded, nothing is saved."""
+
+    status_code = 500
+
+
 class BackendError(MemoError):
     """An LLM backend failed or answered with something unusable."""
 

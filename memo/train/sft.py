@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from memo.blobs import write_dir_atomic
+from memo.errors import TrainingDiverged
 from memo.reflect.prompts import memory_messages
 from memo.settings import TrainSettings
 
@@ -423,13 +424,18 @@ def train_sft(
                 logits, target = answer_logits(model, ids, labels, mask, top, states, batch_idx)
                 loss_t = torch.nn.functional.cross_entropy(logits.float(), target)
             loss_t.backward()
-            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+            loss = float(loss_t.detach())
+            if not (math.isfinite(loss) and math.isfinite(grad_norm)):  # before the step spreads it to the weights
+                raise TrainingDiverged(
+                    f"training diverged at step {step + 1}: loss {loss:.4g}, gradient norm {grad_norm:.4g}; "
+                    "nothing was saved (lower the learning rate or use precision fp32)"
+                )
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
             step += 1
             tokens += int(mask.sum())
-            loss = float(loss_t.detach())
             loss_ema = loss if math.isnan(loss_ema) else 0.9 * loss_ema + 0.1 * loss
             if checkpoint_dir is not None and step % cfg.checkpoint_every == 0 and step < total:
                 checkpoint(b + 1)

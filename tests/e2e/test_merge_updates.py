@@ -8,8 +8,11 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
+from peft import PeftModel
 from safetensors.torch import load_file
 from sqlalchemy import func, select
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from memo import catalog
 from memo.db import (
@@ -111,15 +114,29 @@ def test_second_upload_trains_a_delta_and_merges_it(tmp_path, model_dir):
         live_pairs = s.scalar(select(func.count(Reflection.id)).where(Reflection.document_id.in_(v5.documents)))
         assert v5.metrics["examples"] == live_pairs
 
+    question = memory_messages("Where is Zorblax headquartered?")
+
     async def ask() -> str:
         engines = Engines(settings)
         try:
-            llm = engines.memory(v4.id, v4.adapter_path)
-            return await llm.chat(memory_messages("Where is Zorblax headquartered?"), max_tokens=24)
+            return await engines.memory(v4.id, v4.adapter_path).chat(question, max_tokens=24)
         finally:
             await engines.aclose()
 
-    assert asyncio.run(ask()).strip()  # the merged adapter loads and generates
+    # the served merged adapter answers what peft's own model of it answers greedily, and it changes the base model
+    # (the reflections are sampled, so the answer itself varies from run to run and may be empty)
+    answer = asyncio.run(ask())
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    ids = tok.apply_chat_template(question, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    ids = ids["input_ids"]
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    with torch.inference_mode():
+        base_logits = base(ids).logits[0, -1]
+        merged = PeftModel.from_pretrained(base, v4.adapter_path).eval()
+        logits = merged(ids).logits[0, -1]
+        out = merged.generate(ids, max_new_tokens=24, do_sample=False, eos_token_id=tok.eos_token_id)
+    assert torch.isfinite(logits).all() and not torch.allclose(logits, base_logits)
+    assert answer == tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
 
     # a version that fails the gate is kept, not activated, and the job says why
     strict = settings.model_copy(

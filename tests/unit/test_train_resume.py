@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from memo.errors import TrainingDiverged
 from memo.settings import TrainSettings
 from memo.train.sft import train_sft
 
@@ -237,3 +238,10 @@ def test_top_layers_must_leave_a_layer_below(tiny_base, tmp_path):
     with pytest.raises(ValueError, match="top_layers must be between 1 and 1"):
         train_sft(tiny_base, PAIRS, tmp_path / "x", CFG.model_copy(update={"top_layers": 2}))
     assert not (tmp_path / "x").exists()
+
+
+def test_a_diverging_training_raises_and_saves_nothing(tiny_base, tmp_path):
+    cfg = CFG.model_copy(update={"lr": 1e30})  # the first step throws the weights to ~1e30: the next loss is not finite
+    with pytest.raises(TrainingDiverged, match="diverged at step 2"):
+        train_sft(tiny_base, PAIRS, tmp_path / "out", cfg, checkpoint_dir=tmp_path / "ckpt")
+    assert not (tmp_path / "out").exists()
