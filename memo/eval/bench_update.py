@@ -9,8 +9,9 @@ with A's by every combination. Each model answers, closed-book, the reflections 
 held-out recall as the gate measures it, :func:`memo.train.gate.recall`), a sample of the trained reflections, and
 the benchmark's own questions about the documents; compute is the wall time of the training loop (+ merging). The
 retrain stops early on B's held-out reflections, as ``update_mode=retrain`` would after B's upload; it is trained
-once per ``--out`` (``adapters/retrain.json`` keeps its figures), so a rerun compares other update recipes
-(``--recipe``, each trained over version 1 and merged as the service does) against the same retrain.
+once per ``--out`` and seed (``--retrain-seeds``; ``adapters/retrain*.json`` keep their figures), so a rerun compares
+other update recipes (``--recipe``, each trained over version 1 and merged as the service does) against the same
+retrains. A kept share is a model's recall over the mean of the retrains'; the retrain's compute is their median.
 Every model's answers but the recipes' are kept in ``--out/answers``, so a rerun asks only the new recipes.
 
 Run: ``python -m memo.eval.bench_update --dataset ../shared/data/narrativeqa_dev --docs 2 --out /tmp/upd``
@@ -111,6 +112,12 @@ def main() -> None:
         "and rate are update_batch_size and update_lr (batch_size and lr only where those are 0)",
     )
     parser.add_argument(
+        "--retrain-seeds",
+        type=lambda v: [int(x) for x in v.split(",") if x],
+        help="seeds of the retrain, comma-separated (default: the settings' seed); shares are kept of their mean, "
+        "as a retrain's recall varies from seed to seed",
+    )
+    parser.add_argument(
         "--timing",
         choices=("retrain", "recipes", "both"),
         help="train the retrain, the --recipe's or both again in this process and print their wall time, evaluating "
@@ -178,9 +185,6 @@ def main() -> None:
     base = settings.memory_base_model
     cfg = settings.train
     out = args.out / "adapters"
-    # the retrain update_mode=retrain would run after B's upload: early stopping on B's held-out reflections; kept
-    # with its figures, so a rerun on the same --out (e.g. with other --recipe) compares against the same retrain
-    retrain_json = out / "retrain.json"
     plan = UpdatePlan("merge", [{"documents": sorted({f for *_, f in rows} - in_b)}], in_b, "")
     pool = [r for r in rows if r[0] not in held_a]
 
@@ -208,14 +212,23 @@ def main() -> None:
                 f"{statistics.median(times):.1f}), {runs[0]['steps']} steps, {runs[0]['tokens']} tokens"
             )
         return
-    if not retrain_json.is_file():
-        result = train_sft(base, train_pairs, out / "retrain", cfg, eval_pairs=held_b_pairs)
-        retrain_json.write_text(json.dumps(result.metrics))
-    retrain = json.loads(retrain_json.read_text())
-    retrain_seconds = retrain["seconds"]
     models: dict[str, str | None] = {"base (no memory)": None, "v1: A only": v1.adapter_path}
     models["update (served): delta on top of v1, rehearsal, exact sum"] = v2.adapter_path
-    models["retrain A+B"] = str(out / "retrain")
+    # the retrain update_mode=retrain would run after B's upload (early stopping on B's held-out reflections), once
+    # per seed; each is kept with its figures, so a rerun on the same --out compares other recipes against the same
+    retrains: dict[str, dict[str, Any]] = {}  # name: the retrain's TrainResult.metrics
+    for seed in args.retrain_seeds or [cfg.seed]:
+        name, where = ("retrain A+B", out / "retrain")
+        if seed != cfg.seed:
+            name, where = f"retrain A+B, seed {seed}", out / f"retrain-seed{seed}"
+        if not where.with_suffix(".json").is_file():
+            rcfg = cfg.model_copy(update={"seed": seed})
+            result = train_sft(base, train_pairs, where, rcfg, eval_pairs=held_b_pairs)
+            where.with_suffix(".json").write_text(json.dumps(result.metrics))
+        retrains[name] = json.loads(where.with_suffix(".json").read_text())
+        models[name] = str(where)
+    retrain = {k: statistics.median(r[k] for r in retrains.values()) for k in ("seconds", "steps", "tokens")}
+    retrain_seconds = retrain["seconds"]
     # other update recipes, trained and merged as the service does, with its rehearsal draw of A's reflections
     recipes: dict[str, dict[str, Any]] = {}
     for n, over in enumerate(args.recipe):
@@ -279,9 +292,11 @@ def main() -> None:
         ]
         log.info("%s: %s", name, row)
 
+    columns = {"held-out": "held-out A+B", "trained": "trained A+B", "benchmark": "benchmark F1"}
+    reference = {column: statistics.mean(table[n][column] for n in retrains) for column in columns.values()}
     kept = {
-        kind: {k: round(v[column] / (table["retrain A+B"][column] or float("nan")), 3) for k, v in table.items()}
-        for kind, column in (("held-out", "held-out A+B"), ("trained", "trained A+B"), ("benchmark", "benchmark F1"))
+        kind: {k: round(v[column] / (reference[column] or float("nan")), 3) for k, v in table.items()}
+        for kind, column in columns.items()
     }
     report = {
         "dataset": str(args.dataset),
@@ -293,7 +308,8 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "compute_seconds": {
             "update (delta on B + rehearsal + merge)": round(update_seconds, 1),
-            "retrain on A+B": round(retrain_seconds, 1),
+            "retrain on A+B (median)": round(retrain_seconds, 1),
+            "retrains": {k: round(v["seconds"], 1) for k, v in retrains.items()},
             "ratio retrain/update": round(retrain_seconds / update_seconds, 2),
             "MeMo-style delta from base on B": independent_seconds and round(independent_seconds, 1),
             "merge only, per combination": {k: round(v, 1) for k, v in merge_seconds.items()},
@@ -301,7 +317,8 @@ def main() -> None:
         # wall time depends on what else the machine runs; trained tokens and steps do not
         "trained": {
             "update (delta on B + rehearsal)": {"steps": v2.metrics["steps"], "tokens": v2.metrics["tokens"]},
-            "retrain on A+B": {"steps": retrain["steps"], "tokens": retrain["tokens"]},
+            "retrain on A+B (median)": {"steps": retrain["steps"], "tokens": retrain["tokens"]},
+            "retrains": {k: {m: v[m] for m in ("steps", "tokens", "best_epoch")} for k, v in retrains.items()},
             "ratio retrain/update (tokens)": round(retrain["tokens"] / max(v2.metrics["tokens"], 1), 2),
         },
         "recipes": {
@@ -314,6 +331,7 @@ def main() -> None:
         },
         "pipeline_stage_seconds": seconds,
         "recall": table,
+        "retrain_reference": {"models": list(retrains), "mean": reference},
         "kept_share_of_retrain": kept,
         "command": "python -m memo.eval.bench_update " + " ".join(sys.argv[1:]),
     }
@@ -334,7 +352,8 @@ def main() -> None:
         )
     ratio = retrain["tokens"] / max(v2.metrics["tokens"], 1)
     lines.append(
-        f"\nKept: recall as a share of the retrain's. Compute: update {update_seconds:.1f} s, retrain "
+        f"\nKept: recall as a share of the retrain's (the mean of {len(retrains)}). Compute: update "
+        f"{update_seconds:.1f} s, retrain (median) "
         f"{retrain_seconds:.1f} s (retrain/update = {retrain_seconds / update_seconds:.2f}x); tokens trained: "
         f"update {v2.metrics['tokens']}, retrain {retrain['tokens']} ({ratio:.2f}x)."
     )
