@@ -221,11 +221,11 @@ def main() -> None:
         name, where = ("retrain A+B", out / "retrain")
         if seed != cfg.seed:
             name, where = f"retrain A+B, seed {seed}", out / f"retrain-seed{seed}"
-        if not where.with_suffix(".json").is_file():
+        figures = where.with_suffix(".json")
+        if not figures.is_file():
             rcfg = cfg.model_copy(update={"seed": seed})
-            result = train_sft(base, train_pairs, where, rcfg, eval_pairs=held_b_pairs)
-            where.with_suffix(".json").write_text(json.dumps(result.metrics))
-        retrains[name] = json.loads(where.with_suffix(".json").read_text())
+            figures.write_text(json.dumps(train_sft(base, train_pairs, where, rcfg, eval_pairs=held_b_pairs).metrics))
+        retrains[name] = json.loads(figures.read_text())
         models[name] = str(where)
     retrain = {k: statistics.median(r[k] for r in retrains.values()) for k in ("seconds", "steps", "tokens")}
     retrain_seconds = retrain["seconds"]
