@@ -171,7 +171,7 @@ def main() -> None:
             select(Reflection.id, Reflection.question, Reflection.answer, Document.filename)
             .join(Document, Document.id == Reflection.document_id)
             .where(Reflection.collection_id == coll.id)
-            .order_by(Reflection.id)
+            .order_by(Reflection.created_at, Reflection.id)  # the pipeline's order: a recipe trains what it would
         ).all()
     held_a, held_b = set(v1.metrics["heldout_ids"]), set(v2.metrics["heldout_ids"])
     in_b = {f"{d['doc_id']}.txt" for d in docs[half:]}

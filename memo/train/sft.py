@@ -2,8 +2,10 @@
 
 ``method="lora"`` trains a peft adapter (the default: hot-loadable into vLLM, mergeable as a task vector);
 ``method="full"`` trains every weight and saves a whole model directory. Length-bucketed batches, seeded, crash
-checkpoints with exact resume, and early stopping on the loss of held-out reflections. The output head runs on answer
-positions only; with ``top_layers`` only the top decoder layers train, over cached states of the frozen ones below.
+checkpoints with exact resume, and early stopping on the loss of held-out reflections. The tokens every example starts
+with (the chat template's system turn) run once per batch, their keys and values shared by its rows; the output head
+runs on answer positions only; with ``top_layers`` only the top decoder layers train, over cached states of the frozen
+ones below.
 """
 
 from __future__ import annotations
@@ -99,6 +101,35 @@ def collate(encoded: Sequence[tuple[list[int], list[int]]], idx: Sequence[int], 
     return ids, labels, mask
 
 
+def shared_prefix(encoded: Sequence[tuple[list[int], list[int]]]) -> int:
+    """How many tokens every example starts with (the system turn and the user header of the chat template), short of
+    the last prompt token: no position whose output the loss reads."""
+    first = min(next(i for i, t in enumerate(labels) if t != -100) for _, labels in encoded)
+    head = encoded[0][0]
+    p = 0
+    while p < first - 1 and all(ids[p] == head[p] for ids, _ in encoded):
+        p += 1
+    return p
+
+
+def run_decoder(decoder: Any, x: Any, mask: Any, prefix: Any = None) -> Any:
+    """The decoder's last hidden states on a right-padded batch ``x`` (ids (B, T) or states (B, T, H)) whose rows all
+    continue ``prefix`` (ids (1, P) or states (1, P, H); None = no prefix): the prefix runs once and its keys and
+    values serve every row, which gives the rows' states as if each ran whole (causal attention: the prefix never
+    sees what follows it), gradients included."""
+    import torch
+    from transformers import DynamicCache
+
+    key = "input_ids" if x.dtype == torch.long else "inputs_embeds"
+    if prefix is None:
+        return decoder(**{key: x}, attention_mask=mask).last_hidden_state
+    cache = DynamicCache(config=decoder.config)
+    decoder(**{key: prefix}, cache=cache, use_cache=True)
+    cache.batch_repeat_interleave(x.shape[0])
+    mask = torch.cat([mask.new_ones((x.shape[0], prefix.shape[1])), mask], dim=1)  # (B, P + T)
+    return decoder(**{key: x}, attention_mask=mask, cache=cache, use_cache=True).last_hidden_state
+
+
 def fingerprint(
     base_model: str, pairs: Sequence[Pair], eval_pairs: Sequence[Pair], cfg: TrainSettings, start: str | None = None
 ) -> str:
@@ -154,13 +185,23 @@ def _decoder(model: Any) -> Any:
     return (model.get_base_model() if hasattr(model, "get_base_model") else model).get_decoder()
 
 
+@dataclass
+class Cached:
+    """The hidden states entering layer ``TopLayers.cut``: of the shared prefix (1, P, H; None without one) and of
+    each example after it, (T_i - P, H)."""
+
+    prefix: Any
+    states: list[Any]
+
+
 class TopLayers:
     """Training of the top decoder layers only, over states cached below them.
 
     The layers under ``cut`` are frozen (their LoRA factors stay zero), so the hidden states they hand to layer
     ``cut`` depend on the example alone: :meth:`cache` runs them once per example, and every later forward and
     backward pass runs layers ``cut..n`` on those states (``inputs_embeds`` of a model whose layer list is cut for
-    the call). An epoch after the first then costs the top layers and the head, not the whole model.
+    the call, each layer's cache index renumbered to its place in the cut list). An epoch after the first then costs
+    the top layers and the head, not the whole model.
     """
 
     def __init__(self, model: Any, top: int) -> None:
@@ -179,49 +220,71 @@ class TopLayers:
 
     @contextlib.contextmanager
     def layers(self, start: int, stop: int, *, norm: bool = True) -> Any:
-        """For the call: the decoder runs only layers ``start..stop`` (without its final norm unless ``norm``)."""
+        """For the call: the decoder runs only layers ``start..stop`` (without its final norm unless ``norm``), as if
+        they were its only layers (a key-value cache indexes them from 0)."""
         import torch
 
         layers, final = self.decoder.layers, self.decoder.norm
         self.decoder.layers = torch.nn.ModuleList(list(layers)[start:stop])
+        indexed = [
+            (m, m.layer_idx, i)
+            for i, layer in enumerate(self.decoder.layers)
+            for m in layer.modules()
+            if isinstance(getattr(m, "layer_idx", None), int)
+        ]
+        for m, _, i in indexed:
+            m.layer_idx = i
         if not norm:
             self.decoder.norm = torch.nn.Identity()
         try:
             yield
         finally:
             self.decoder.layers, self.decoder.norm = layers, final
+            for m, old, _ in indexed:
+                m.layer_idx = old
 
     def cache(
-        self, model: Any, encoded: Sequence[tuple[list[int], list[int]]], batch_size: int, pad_id: int, dtype: Any
-    ) -> list[Any]:
-        """The hidden states entering layer ``cut``, one (T_i, H) tensor per example."""
+        self,
+        model: Any,
+        encoded: Sequence[tuple[list[int], list[int]]],
+        batch_size: int,
+        pad_id: int,
+        dtype: Any,
+        prefix: int,
+    ) -> Cached:
+        """The hidden states entering layer ``cut`` of the ``prefix`` tokens every example starts with and of each
+        example's tokens after them."""
         import torch
 
+        if not encoded:
+            return Cached(None, [])
+        device = model.device
         order = sorted(range(len(encoded)), key=lambda j: len(encoded[j][0]))
         states: list[Any] = [None] * len(encoded)
+        head = torch.tensor([encoded[0][0][:prefix]], device=device) if prefix else None  # (1, P)
         was_training = model.training
         model.eval()
-        with torch.no_grad(), _autocast(model.device, dtype), self.layers(0, self.cut, norm=False):
+        with torch.no_grad(), _autocast(device, dtype), self.layers(0, self.cut, norm=False):
+            shared = self.decoder(input_ids=head).last_hidden_state.float() if prefix else None  # (1, P, H)
             for i in range(0, len(order), batch_size):
                 idx = order[i : i + batch_size]
                 ids, _, mask = collate(encoded, idx, pad_id)
-                h = self.decoder(input_ids=ids.to(model.device), attention_mask=mask.to(model.device))
+                h = run_decoder(self.decoder, ids[:, prefix:].to(device), mask[:, prefix:].to(device), head)
                 for row, j in enumerate(idx):
-                    states[j] = h.last_hidden_state[row, : len(encoded[j][0])].float().clone()
+                    states[j] = h[row, : len(encoded[j][0]) - prefix].float().clone()
         model.train(was_training)
-        return states
+        return Cached(shared, states)
 
-    def hidden(self, model: Any, states: Sequence[Any], idx: Sequence[int], mask: Any) -> Any:
-        """The decoder's output (after its final norm) on the examples ``idx`` from their cached states, right-padded
-        like ``collate``."""
+    def hidden(self, model: Any, cached: Cached, idx: Sequence[int], mask: Any) -> Any:
+        """The decoder's output (after its final norm) on the examples ``idx`` from their cached states, after the
+        shared prefix, right-padded to ``mask`` (B, T - P)."""
         import torch
 
-        width = mask.shape[1]
-        h = torch.zeros((len(idx), width, states[idx[0]].shape[-1]), device=model.device)  # (B, T, H)
+        h = torch.zeros((len(idx), mask.shape[1], cached.states[idx[0]].shape[-1]), device=model.device)  # (B, T, H)
         for row, j in enumerate(idx):
-            h[row, : len(states[j])] = states[j]
+            h[row, : len(cached.states[j])] = cached.states[j]
         with self.layers(self.cut, self.n):
-            return self.decoder(inputs_embeds=h, attention_mask=mask.to(model.device)).last_hidden_state
+            return run_decoder(self.decoder, h, mask.to(model.device), cached.prefix)
 
 
 def answer_logits(
@@ -229,19 +292,23 @@ def answer_logits(
     ids: Any,
     labels: Any,
     mask: Any,
+    prefix: int = 0,
     top: TopLayers | None = None,
-    states: Sequence[Any] | None = None,
+    cached: Cached | None = None,
     idx: Sequence[int] = (),
 ) -> tuple[Any, Any]:
-    """The logits that predict answer tokens, (N, V), and those tokens, (N,): the output head runs on the answer
-    positions only (a row is mostly prompt, whose logits the loss never reads). With ``top``, the decoder runs its
-    top layers on the cached ``states`` of the examples ``idx``."""
+    """The logits that predict answer tokens, (N, V), and those tokens, (N,). The ``prefix`` tokens every row starts
+    with run once for the batch; the output head runs on the answer positions only (a row is mostly prompt, whose
+    logits the loss never reads). With ``top``, the decoder runs its top layers on the ``cached`` states of the
+    examples ``idx``."""
     device = model.device
     if top is not None:
-        h = top.hidden(model, states or [], idx, mask)  # (B, T, H)
+        assert cached is not None
+        h = top.hidden(model, cached, idx, mask[:, prefix:])  # (B, T - P, H)
     else:
-        h = _decoder(model)(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
-    target = labels[:, 1:].to(device)  # (B, T-1): position t predicts token t+1
+        head = ids[:1, :prefix].to(device) if prefix else None
+        h = run_decoder(_decoder(model), ids[:, prefix:].to(device), mask[:, prefix:].to(device), head)
+    target = labels[:, prefix + 1 :].to(device)  # (B, T - P - 1): position t predicts token t+1
     keep = target != -100
     return model.get_output_embeddings()(h[:, :-1][keep]), target[keep]
 
@@ -252,8 +319,9 @@ def _eval_loss(
     batch_size: int,
     pad_id: int,
     dtype: Any = None,
+    prefix: int = 0,
     top: TopLayers | None = None,
-    states: Sequence[Any] | None = None,
+    cached: Cached | None = None,
 ) -> float:
     """Mean loss per answer token on held-out examples (from their cached states with ``top``)."""
     import torch
@@ -264,27 +332,30 @@ def _eval_loss(
         for i in range(0, len(encoded), batch_size):
             idx = range(i, min(i + batch_size, len(encoded)))
             ids, labels, mask = collate(encoded, idx, pad_id)
-            logits, target = answer_logits(model, ids, labels, mask, top, states, idx)
+            logits, target = answer_logits(model, ids, labels, mask, prefix, top, cached, idx)
             total += float(torch.nn.functional.cross_entropy(logits.float(), target, reduction="sum"))
             count += len(target)
     model.train()
     return total / max(count, 1)
 
 
-def _check_forward(model: Any, top: TopLayers | None, example: tuple[list[int], list[int]], pad_id: int) -> None:
-    """The training's forward pass (the head on answer positions, with ``top`` the top layers over cached states)
-    gives the model's own logits, in float32: an architecture that post-processes its logits (soft-capping) or
-    transforms ``inputs_embeds`` itself (scaling) would not, and cannot train this way."""
+def _check_forward(
+    model: Any, top: TopLayers | None, example: tuple[list[int], list[int]], pad_id: int, prefix: int
+) -> None:
+    """The training's forward pass (the shared prefix run once, the head on answer positions, with ``top`` the top
+    layers over cached states) gives the model's own logits, in float32: an architecture that post-processes its
+    logits (soft-capping), transforms ``inputs_embeds`` itself (scaling) or cannot continue a cached prefix would
+    not, and cannot train this way."""
     import torch
 
     ids, labels, mask = collate([example], [0], pad_id)
-    states = top.cache(model, [example], 1, pad_id, None) if top is not None else None
+    cached = top.cache(model, [example], 1, pad_id, None, prefix) if top is not None else None
     was_training = model.training
     model.eval()
     with torch.no_grad():
         whole = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits
         whole = whole[:, :-1][labels[:, 1:].to(model.device) != -100]  # (N, V)
-        ours, _ = answer_logits(model, ids, labels, mask, top, states, [0])
+        ours, _ = answer_logits(model, ids, labels, mask, prefix, top, cached, [0])
     model.train(was_training)
     err = float((whole - ours).abs().max()) / max(float(whole.abs().max()), 1e-6)
     if err > 1e-4:
@@ -403,11 +474,12 @@ def train_sft(
 
     model.train()
     start, start_tokens = time.perf_counter(), tokens
-    _check_forward(model, top, encoded[0], pad_id)
-    states = held_states = None
+    prefix = shared_prefix([*encoded, *held])
+    _check_forward(model, top, encoded[0], pad_id, prefix)
+    cached = held_cached = None
     if top is not None:  # timed: the cache is part of the training's compute (no backward pass: wider batches)
-        states = top.cache(model, encoded, max(cfg.batch_size, 16), pad_id, dtype)
-        held_states = top.cache(model, held, max(cfg.batch_size, 16), pad_id, dtype)
+        cached = top.cache(model, encoded, max(cfg.batch_size, 16), pad_id, dtype, prefix)
+        held_cached = top.cache(model, held, max(cfg.batch_size, 16), pad_id, dtype, prefix)
     lengths = [len(ids) for ids, _ in encoded]
     while step < total and not stalled():
         if epoch_rng is not None:  # resuming: replay this epoch's order
@@ -421,7 +493,7 @@ def train_sft(
                 break
             ids, labels, mask = collate(encoded, batch_idx, pad_id)
             with _autocast(device, dtype):
-                logits, target = answer_logits(model, ids, labels, mask, top, states, batch_idx)
+                logits, target = answer_logits(model, ids, labels, mask, prefix, top, cached, batch_idx)
                 loss_t = torch.nn.functional.cross_entropy(logits.float(), target)
             loss_t.backward()
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
@@ -443,7 +515,7 @@ def train_sft(
                 progress(step, total)
         else:  # a whole epoch: measure the held-out loss, remember the best weights (only early stopping uses them)
             if held:
-                eval_losses.append(_eval_loss(model, held, cfg.batch_size, pad_id, dtype, top, held_states))
+                eval_losses.append(_eval_loss(model, held, cfg.batch_size, pad_id, dtype, prefix, top, held_cached))
                 if patience and eval_losses[-1] <= min(eval_losses):
                     best = _trainable(model)
                 log.info("epoch %d: held-out loss %.4f", len(eval_losses), eval_losses[-1])

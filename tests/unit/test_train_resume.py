@@ -245,3 +245,44 @@ def test_a_diverging_training_raises_and_saves_nothing(tiny_base, tmp_path):
     with pytest.raises(TrainingDiverged, match="diverged at step 2"):
         train_sft(tiny_base, PAIRS, tmp_path / "out", cfg, checkpoint_dir=tmp_path / "ckpt")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("top_layers", [0, 1], ids=["every-layer", "top-layers"])
+def test_the_shared_prefix_run_once_gives_the_same_loss_and_gradients(tiny_base, top_layers):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoTokenizer
+
+    from memo.train.sft import TopLayers, answer_logits, collate, encode_pair, shared_prefix
+
+    tok = AutoTokenizer.from_pretrained(tiny_base)
+    encoded = [encode_pair(tok, q, a) for q, a in PAIRS + HELD]
+    prefix = shared_prefix(encoded)
+    first_answer = min(labels.index(next(t for t in labels if t != -100)) for _, labels in encoded)
+    assert 20 < prefix < first_answer  # the system turn and user header, not the question's last token
+    torch.manual_seed(0)
+    model = get_peft_model(
+        LlamaForCausalLM.from_pretrained(tiny_base),
+        LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj", "down_proj"]),
+    )
+    for name, p in model.named_parameters():
+        if "lora_B" in name:  # non-zero factors, so every gradient is
+            torch.nn.init.normal_(p, std=0.5)
+    top = TopLayers(model, top_layers) if top_layers else None
+    if top is not None:
+        top.freeze_below(model)
+    ids, labels, mask = collate(encoded, range(len(encoded)), tok.eos_token_id)  # right-padded rows of mixed length
+
+    def loss_and_grads(p: int) -> tuple[float, dict[str, torch.Tensor]]:
+        model.zero_grad()
+        cached = top.cache(model, encoded, 4, tok.eos_token_id, None, p) if top is not None else None
+        logits, target = answer_logits(model, ids, labels, mask, p, top, cached, range(len(encoded)))
+        loss = torch.nn.functional.cross_entropy(logits, target)
+        loss.backward()
+        return float(loss), {n: w.grad.clone() for n, w in model.named_parameters() if w.grad is not None}
+
+    whole, shared = loss_and_grads(0), loss_and_grads(prefix)
+    assert shared[0] == pytest.approx(whole[0], rel=1e-5)
+    assert shared[1].keys() == whole[1].keys() and len(whole[1]) == 6 * (2 - top_layers)
+    for name, grad in whole[1].items():
+        assert grad.abs().max() > 0
+        torch.testing.assert_close(shared[1][name], grad, rtol=1e-4, atol=1e-6 * float(grad.abs().max()))
