@@ -181,6 +181,19 @@ def _autocast(device: Any, dtype: Any) -> Any:
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
+def _store_frozen_linears(model: Any, dtype: Any) -> None:
+    """The frozen weights of linear layers kept in ``dtype``, the one autocast computes them in: the same values,
+    without casting them again at every forward pass (LoRA factors and weights tied to the embedding stay)."""
+    import torch
+
+    tied = {id(p) for p in model.get_input_embeddings().parameters()}
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and "lora_" not in name:
+            for p in module.parameters(recurse=False):
+                if not p.requires_grad and id(p) not in tied:
+                    p.data = p.data.to(dtype)
+
+
 def _decoder(model: Any) -> Any:
     return (model.get_base_model() if hasattr(model, "get_base_model") else model).get_decoder()
 
@@ -476,6 +489,8 @@ def train_sft(
     start, start_tokens = time.perf_counter(), tokens
     prefix = shared_prefix([*encoded, *held])
     _check_forward(model, top, encoded[0], pad_id, prefix)
+    if dtype is not None:
+        _store_frozen_linears(model, dtype)
     cached = held_cached = None
     if top is not None:  # timed: the cache is part of the training's compute (no backward pass: wider batches)
         cached = top.cache(model, encoded, max(cfg.batch_size, 16), pad_id, dtype, prefix)
