@@ -227,15 +227,13 @@ def rehearsal(
 
 def delta_recipe(cfg: TrainSettings) -> TrainSettings:
     """How a merge-mode delta is trained: ``update_epochs`` passes over its pairs (``min_steps`` still applies), of
-    its top ``update_top_layers`` layers, in batches of ``update_batch_size`` at ``update_lr``, with LoRA dropout
-    ``update_dropout``."""
+    its top ``update_top_layers`` layers, in batches of ``update_batch_size`` at ``update_lr``."""
     return cfg.model_copy(
         update={
             "epochs": cfg.update_epochs or cfg.epochs,
             "top_layers": cfg.update_top_layers,
             "batch_size": cfg.update_batch_size or cfg.batch_size,
             "lr": cfg.update_lr or cfg.lr,
-            "dropout": cfg.dropout if cfg.update_dropout is None else cfg.update_dropout,
         }
     )
 

@@ -165,8 +165,6 @@ class TrainSettings(BaseModel):
     # steps are small, and twice the batch at twice the rate learns as much in less time (results/lifecycle)
     update_batch_size: int = Field(default=8, ge=0)
     update_lr: float = Field(default=2e-3, ge=0)
-    # merge mode: LoRA dropout of a delta's training (None = ``dropout``)
-    update_dropout: float | None = Field(default=None, ge=0, lt=1)
     # merge mode: a delta trains the top N decoder layers only (``top_layers``; 0 = every layer): after one pass
     # through the frozen layers below, its epochs cost the top layers and the head (results/lifecycle)
     update_top_layers: int = Field(default=8, ge=0)

@@ -87,16 +87,12 @@ def test_rehearsal_draws_from_the_kept_documents_only_and_names_them():
 
 def test_a_delta_trains_its_own_epochs_batch_and_rate_on_its_top_layers_and_keeps_the_rest_of_the_recipe():
     cfg = settings(
-        epochs=8, update_epochs=2, update_top_layers=6, min_steps=32, lr=5e-4, update_lr=1e-3, update_batch_size=16,
-        dropout=0.1, update_dropout=0.0,
-    ).train  # fmt: skip
-    assert (cfg.top_layers, cfg.batch_size, cfg.lr, cfg.dropout) == (0, 4, 5e-4, 0.1)  # a full training's own
+        epochs=8, update_epochs=2, update_top_layers=6, min_steps=32, lr=5e-4, update_lr=1e-3, update_batch_size=16
+    ).train
+    assert (cfg.top_layers, cfg.batch_size, cfg.lr) == (0, 4, 5e-4)  # a full training: every layer, its own batch
     recipe = delta_recipe(cfg)
     assert (recipe.epochs, recipe.top_layers, recipe.min_steps, recipe.batch_size, recipe.lr) == (2, 6, 32, 16, 1e-3)
-    assert recipe.dropout == 0.0
     assert recipe.rank == cfg.rank and recipe.seed == cfg.seed
-    # 0 (dropout: None): the full recipe's own
-    full = delta_recipe(
-        settings(epochs=8, update_epochs=0, update_batch_size=0, update_lr=0, lr=5e-4, update_dropout=None).train
-    )
-    assert (full.epochs, full.batch_size, full.lr, full.dropout) == (8, 4, 5e-4, 0.05)
+    # 0: the full recipe's own
+    full = delta_recipe(settings(epochs=8, update_epochs=0, update_batch_size=0, update_lr=0, lr=5e-4).train)
+    assert (full.epochs, full.batch_size, full.lr) == (8, 4, 5e-4)
