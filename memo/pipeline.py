@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -214,15 +215,26 @@ def plan_update(
 
 
 def rehearsal(
-    rows: Sequence[tuple[str, str, str, str]], plan: UpdatePlan, k: int, seed: int
-) -> tuple[list[tuple[str, str]], set[str]]:
-    """``k`` reflections (id, question, answer, document) of the documents a merge keeps, drawn at random (seeded),
-    to rehearse in the new delta against forgetting, and the documents they come from (the delta then carries some
-    of their knowledge: its ledger entry must name them, so deleting one of them drops the delta too)."""
+    rows: Sequence[tuple[str, str, str, str]],
+    plan: UpdatePlan,
+    k: int,
+    seed: int,
+    losses: Mapping[str, float] | None = None,
+    hard: float = 0.0,
+) -> tuple[list[tuple[str, str, str]], set[str]]:
+    """``k`` reflections (id, question, answer) of the documents a merge keeps, to rehearse in the new delta against
+    forgetting, and the documents they come from (the delta then carries some of their knowledge: its ledger entry
+    must name them, so deleting one of them drops the delta too). A ``hard`` share of them are those with the highest
+    recorded ``losses`` (by reflection id: what the served memory knows least), the rest are drawn at random
+    (seeded)."""
     kept = {doc for e in plan.keep for doc in e["documents"]} - plan.train_docs
     pool = sorted(r for r in rows if r[3] in kept)
-    picked = random.Random(seed).sample(pool, min(k, len(pool))) if k > 0 else []
-    return [(q, a) for _, q, a, _ in picked], {d for *_, d in picked}
+    k = min(max(k, 0), len(pool))
+    loss = {i: x for i, x in (losses or {}).items() if math.isfinite(x)}
+    picked = sorted((r for r in pool if r[0] in loss), key=lambda r: -loss[r[0]])[: round(hard * k)]
+    chosen = {r[0] for r in picked}
+    picked += random.Random(seed).sample([r for r in pool if r[0] not in chosen], k - len(picked))
+    return [(i, q, a) for i, q, a, _ in picked], {d for *_, d in picked}
 
 
 def delta_recipe(cfg: TrainSettings) -> TrainSettings:
@@ -294,13 +306,17 @@ def stage_train(ctx: Context, job_id: str) -> None:
         new = [(i, q, a) for i, q, a, d, _ in rows if d in new_docs]
         _, heldout = split_holdout(new, ctx.settings.gate)
         held_ids = {i for i, _, _ in heldout}
-        pairs = [(q, a) for i, q, a, d, _ in rows if d in plan.train_docs and i not in held_ids]
+        trained = [(i, q, a) for i, q, a, d, _ in rows if d in plan.train_docs and i not in held_ids]
         replayed: set[str] = set()
-        if plan.mode == "merge" and pairs:
+        # what the served memory knows of each reflection (its training's loss), carried from version to version
+        known = dict(previous.metrics.get("pair_losses", {})) if previous is not None and plan.mode == "merge" else {}
+        if plan.mode == "merge" and trained:
             earlier_held = set(previous.metrics.get("heldout_ids", [])) if previous is not None else set()
             pool = [(i, q, a, d) for i, q, a, d, _ in rows if i not in earlier_held]
-            extra, replayed = rehearsal(pool, plan, round(cfg.update_replay * len(pairs)), cfg.seed)
-            pairs += extra
+            k = round(cfg.update_replay * len(trained))
+            extra, replayed = rehearsal(pool, plan, k, cfg.seed, known, cfg.update_replay_hard)
+            trained += extra
+        pairs = [(q, a) for _, q, a in trained]
         # a delta carries the knowledge of every document its pairs came from (cross-document pairs have several,
         # rehearsed pairs are earlier documents'): its ledger entry lists them all, so removing any of them drops it
         delta_docs: list[str] = []
@@ -337,6 +353,7 @@ def stage_train(ctx: Context, job_id: str) -> None:
         served, delta = result.adapter_path, None
         entries: list[dict[str, Any]] = [{"path": str(served), "documents": live_ids, "examples": len(pairs)}]
         metrics.update(result.metrics)
+        known = dict(zip([i for i, _, _ in trained], result.pair_losses, strict=True))
     else:
         entries = list(plan.keep)
         delta = None
@@ -364,6 +381,7 @@ def stage_train(ctx: Context, job_id: str) -> None:
             delta = result.adapter_path
             entries.append({"path": str(delta), "documents": delta_docs, "examples": len(pairs)})
             metrics.update(result.metrics)
+            known.update(zip([i for i, _, _ in trained], result.pair_losses, strict=True))
         started = time.perf_counter()
         served = merge(entries, out / "merged")
         metrics.update(
@@ -372,6 +390,8 @@ def stage_train(ctx: Context, job_id: str) -> None:
             merge_seconds=round(time.perf_counter() - started, 2),
         )
     metrics["heldout_ids"] = sorted(held_ids)
+    live_rows = {r[0] for r in rows}
+    metrics["pair_losses"] = {i: round(x, 4) for i, x in known.items() if i in live_rows and math.isfinite(x)}
     with ctx.db.session() as s:
         v = s.get(MemoryVersion, version.id)
         assert v is not None
@@ -381,7 +401,7 @@ def stage_train(ctx: Context, job_id: str) -> None:
         v.ledger = entries
         v.n_reflections = sum(int(e.get("examples", 0)) for e in entries)  # what its task vectors were trained on
         v.metrics = metrics
-    _add_stats(ctx, job_id, "train", {k: x for k, x in metrics.items() if k != "heldout_ids"})
+    _add_stats(ctx, job_id, "train", {k: x for k, x in metrics.items() if k not in ("heldout_ids", "pair_losses")})
 
 
 def stage_evaluate(ctx: Context, job_id: str) -> None:

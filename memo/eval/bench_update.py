@@ -191,7 +191,8 @@ def main() -> None:
     def train_recipe(over: dict[str, Any], where: Path) -> tuple[TrainSettings, Any]:
         """An update recipe's delta over version 1, with the service's rehearsal draw of A's reflections."""
         rcfg = delta_recipe(TrainSettings.model_validate({**cfg.model_dump(), **over}))
-        replay, _ = rehearsal(pool, plan, round(rcfg.update_replay * len(b_pairs)), rcfg.seed)
+        k, known = round(rcfg.update_replay * len(b_pairs)), v1.metrics.get("pair_losses", {})
+        replay = [(q, a) for _, q, a in rehearsal(pool, plan, k, rcfg.seed, known, rcfg.update_replay_hard)[0]]
         delta = train_sft(base, b_pairs + replay, where, rcfg, eval_pairs=held_b_pairs, start_adapter=v1.adapter_path)
         return rcfg, delta
 

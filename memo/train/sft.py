@@ -47,6 +47,9 @@ class TrainResult:
     resumed_from: int = 0  # the checkpoint step this run continued from (0 = from scratch)
     eval_losses: list[float] = field(default_factory=list)  # held-out loss after each epoch
     best_epoch: int | None = None  # the epoch whose weights were kept (early stopping), None = the last
+    # each pair's mean loss per answer token when it was last trained, in the epoch whose weights were kept (the
+    # training's own forward pass, so free; NaN for a pair never trained): how well the result knows each pair
+    pair_losses: list[float] = field(default_factory=list)
 
     @property
     def metrics(self) -> dict[str, Any]:
@@ -446,6 +449,8 @@ def train_sft(
     step, tokens, loss_ema, skip, resumed_from = 0, 0, float("nan"), 0, 0
     eval_losses: list[float] = []
     best: dict[str, Any] | None = None  # the best epoch's trainable weights
+    seen = [math.nan] * len(encoded)  # each pair's loss when it was last trained
+    best_seen: list[float] = []  # the same at the end of the best epoch
     epoch_rng: Any = None
     key = fingerprint(base_model, pairs, eval_pairs, cfg, start_adapter)
     if checkpoint_dir is not None and (checkpoint_dir / "state.pt").is_file():
@@ -458,6 +463,7 @@ def train_sft(
             step, tokens, loss_ema, skip = state["step"], state["tokens"], state["loss_ema"], state["batch_in_epoch"]
             epoch_rng, resumed_from = state["epoch_rng"], state["step"]
             eval_losses, best = state["eval_losses"], state["best"]
+            seen, best_seen = state["seen"], state["best_seen"]
             log.info("resuming training from step %d (%s)", step, checkpoint_dir)
         else:
             log.info("ignoring checkpoint %s: made for other data or settings", checkpoint_dir)
@@ -473,6 +479,8 @@ def train_sft(
             "epoch_rng": epoch_rng,
             "eval_losses": eval_losses,
             "best": best,
+            "seen": seen,
+            "best_seen": best_seen,
             "weights": _trainable(model),
             "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict(),
@@ -509,8 +517,13 @@ def train_sft(
             ids, labels, mask = collate(encoded, batch_idx, pad_id)
             with _autocast(device, dtype):
                 logits, target = answer_logits(model, ids, labels, mask, prefix, top, cached, batch_idx)
-                loss_t = torch.nn.functional.cross_entropy(logits.float(), target)
+                per_token = torch.nn.functional.cross_entropy(logits.float(), target, reduction="none")
+                loss_t = per_token.mean()
             loss_t.backward()
+            row = (labels[:, prefix + 1 :] != -100).nonzero()[:, 0].to(device)  # each answer token's row
+            sums = torch.zeros(len(batch_idx), device=device).index_add_(0, row, per_token.detach())
+            for i, x in zip(batch_idx, (sums / torch.bincount(row, minlength=len(batch_idx))).tolist(), strict=True):
+                seen[i] = x
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
             loss = float(loss_t.detach())
             if not (math.isfinite(loss) and math.isfinite(grad_norm)):  # before the step spreads it to the weights
@@ -532,13 +545,14 @@ def train_sft(
             if held:
                 eval_losses.append(_eval_loss(model, held, cfg.batch_size, pad_id, dtype, prefix, top, held_cached))
                 if patience and eval_losses[-1] <= min(eval_losses):
-                    best = _trainable(model)
+                    best, best_seen = _trainable(model), list(seen)
                 log.info("epoch %d: held-out loss %.4f", len(eval_losses), eval_losses[-1])
         skip, epoch_rng = 0, None
     best_epoch = None
     if patience and best is not None and eval_losses[-1] > min(eval_losses):
         _load_trainable(model, best)
         best_epoch = eval_losses.index(min(eval_losses)) + 1
+        seen = best_seen
         log.info("early stopping: keeping epoch %d of %d", best_epoch, len(eval_losses))
     seconds = time.perf_counter() - start
 
@@ -553,5 +567,5 @@ def train_sft(
     log.info("trained %d steps on %d pairs in %.1fs, loss %.3f", step, len(encoded), seconds, loss_ema)
     return TrainResult(
         out_dir, cfg.method, step, len(encoded), loss_ema, tokens - start_tokens, seconds, resumed_from,
-        eval_losses, best_epoch,
+        eval_losses, best_epoch, seen,
     )  # fmt: skip

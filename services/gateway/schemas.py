@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class CollectionIn(BaseModel):
@@ -74,6 +74,13 @@ class VersionOut(BaseModel):
     ledger: list[dict[str, Any]] | None
     metrics: dict[str, Any]
     created_at: datetime
+
+    @field_validator("metrics")
+    @classmethod
+    def _summary(cls, metrics: dict[str, Any]) -> dict[str, Any]:
+        # the per-reflection training losses (what the next update rehearses) would make a large collection's
+        # version list huge: they stay in the database
+        return {k: v for k, v in metrics.items() if k != "pair_losses"}
 
 
 class QueryIn(BaseModel):

@@ -88,6 +88,12 @@ def test_second_upload_trains_a_delta_and_merges_it(tmp_path, model_dir):
         assert below and above and not any(v.any() for v in below) and all(v.any() for v in above)
         # the merge is the exact sum of the two rank-16 task vectors: rank 32
         assert json.loads((Path(v2.adapter_path) / "adapter_config.json").read_text())["r"] == 32
+        # each version records what it knows of each trained reflection (the next update rehearses the least
+        # known), carrying its parent's record forward
+        second = set(s.scalars(select(Reflection.id).where(Reflection.document_id == doc_ids[1])))
+        known_v1, known_v2 = v1.metrics["pair_losses"], v2.metrics["pair_losses"]
+        assert known_v1 and set(known_v1) <= set(known_v2) and set(known_v2) & second
+        assert all(x > 0 for x in known_v2.values())
 
     # deleting the second document drops its delta: the new version merges the others, nothing is trained
     with db.session() as s:
@@ -99,6 +105,7 @@ def test_second_upload_trains_a_delta_and_merges_it(tmp_path, model_dir):
         assert v4.active and v4.mode == "merge" and v4.delta_path is None
         assert v4.ledger == [v3.ledger[0], v3.ledger[2]] and v4.documents == [doc_ids[0], doc_ids[2]]
         assert "steps" not in v4.metrics and v4.metrics["dropped_deltas"] == 1
+        assert v4.metrics["pair_losses"] and not set(v4.metrics["pair_losses"]) & second  # the removed reflections'
         assert s.get(Document, doc_ids[1]).status == DocumentStatus.deleted
         for table in (Reflection, Chunk):
             assert not s.scalars(select(table.id).where(table.document_id == doc_ids[1])).all()

@@ -82,6 +82,7 @@ def test_crash_then_resume_equals_an_uninterrupted_run(tiny_base, tmp_path, top_
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
+    assert resumed.pair_losses == pytest.approx(clean.pair_losses, rel=1e-5)
 
 
 def test_a_checkpoint_for_other_data_is_ignored(tiny_base, tmp_path):
@@ -108,6 +109,7 @@ def test_resume_with_early_stopping_state_equals_an_uninterrupted_run(tiny_base,
     assert resumed.resumed_from == 6
     assert resumed.eval_losses == pytest.approx(clean.eval_losses, rel=1e-5)
     assert (resumed.steps, resumed.best_epoch) == (clean.steps, clean.best_epoch)
+    assert resumed.pair_losses == pytest.approx(clean.pair_losses, rel=1e-5)
     a, b = _weights(clean.adapter_path), _weights(resumed.adapter_path)
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
@@ -132,6 +134,8 @@ def test_early_stopping_keeps_the_best_epoch(tiny_base, tmp_path):
     a, b = _weights(result.adapter_path), _weights(again.adapter_path)
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
+    # each pair's recorded loss is the kept epoch's, not the last one's
+    assert result.pair_losses == pytest.approx(again.pair_losses, rel=1e-5)
 
 
 def test_too_few_held_out_reflections_never_stop_training(tiny_base, tmp_path):
@@ -232,6 +236,17 @@ def test_top_layers_trains_only_the_top_layers_over_cached_states(tiny_base, tmp
     # the held-out loss measured from cached states is the whole model's loss with the saved adapter
     assert result.eval_losses[-1] == pytest.approx(_whole_model_loss(tiny_base, result.adapter_path, HELD), rel=1e-4)
     assert result.eval_losses[-1] < result.eval_losses[0]
+
+
+@pytest.mark.parametrize("top_layers", [0, 1], ids=["every-layer", "top-layers"])
+def test_each_pair_s_recorded_loss_is_its_own_answer_loss(tiny_base, tmp_path, top_layers):
+    """At learning rate 0 (the weights never move) the loss recorded for each pair while training is that pair's
+    own loss per answer token, whatever batch it shared with pairs of other lengths."""
+    cfg = CFG.model_copy(update={"lr": 0.0, "dropout": 0.0, "precision": "fp32", "top_layers": top_layers})
+    result = train_sft(tiny_base, PAIRS + HELD, tmp_path / "out", cfg)
+    own = [_whole_model_loss(tiny_base, result.adapter_path, [p]) for p in PAIRS + HELD]
+    assert len(set(own)) == len(own)  # distinct losses: a pair given another's would show
+    assert result.pair_losses == pytest.approx(own, rel=1e-4)
 
 
 def test_top_layers_must_leave_a_layer_below(tiny_base, tmp_path):

@@ -78,11 +78,28 @@ def test_rehearsal_draws_from_the_kept_documents_only_and_names_them():
     rows = [(f"r{i}", f"q{i}", f"a{i}", doc) for i, doc in enumerate("aabbcdef")]
     pairs, docs = rehearsal(rows, plan, 3, seed=0)
     assert len(pairs) == 3 and docs <= {"a", "b", "c"}
-    assert {q for q, _ in pairs} <= {"q0", "q1", "q2", "q3", "q4"}
+    assert {q for _, q, _ in pairs} <= {"q0", "q1", "q2", "q3", "q4"}
+    assert all(i == f"r{q[1:]}" and a == f"a{q[1:]}" for i, q, a in pairs)
     assert rehearsal(rows, plan, 3, seed=0) == (pairs, docs)  # seeded
     assert rehearsal(rows, plan, 0, seed=0) == ([], set())
     everything, all_docs = rehearsal(rows, plan, 99, seed=0)
     assert len(everything) == 5 and all_docs == {"a", "b", "c"}  # at most the pool
+
+
+def test_a_hard_share_of_the_rehearsal_is_what_the_served_memory_knows_least():
+    from memo.pipeline import UpdatePlan, rehearsal
+
+    plan = UpdatePlan("merge", V.ledger[:2], {"f"}, "")  # the pool: r0-r4 (documents a, b, c)
+    rows = [(f"r{i}", f"q{i}", f"a{i}", doc) for i, doc in enumerate("aabbcdef")]
+    # r5 (a dropped document) would be the hardest, r1 has no recorded loss, a NaN is no loss
+    losses = {"r0": 0.1, "r2": 2.0, "r3": 1.5, "r4": float("nan"), "r5": 9.0}
+    hardest, docs = rehearsal(rows, plan, 2, seed=0, losses=losses, hard=1.0)
+    assert [i for i, *_ in hardest] == ["r2", "r3"] and docs == {"b"}
+    mixed, _ = rehearsal(rows, plan, 4, seed=0, losses=losses, hard=0.5)
+    assert [i for i, *_ in mixed[:2]] == ["r2", "r3"] and len({i for i, *_ in mixed}) == 4
+    # without losses, or at share 0, the draw is the random one
+    assert rehearsal(rows, plan, 3, seed=0, losses=losses, hard=0.0) == rehearsal(rows, plan, 3, seed=0)
+    assert rehearsal(rows, plan, 3, seed=0, hard=1.0) == rehearsal(rows, plan, 3, seed=0)
 
 
 def test_a_delta_trains_its_own_epochs_batch_and_rate_on_its_top_layers_and_keeps_the_rest_of_the_recipe():
