@@ -159,8 +159,9 @@ class TrainSettings(BaseModel):
     # (against forgetting what the served memory knows; 0 = none)
     update_replay: float = Field(default=1.0, ge=0, le=4)
     # merge mode: the share of that rehearsal drawn from the earlier reflections the served memory knows least (the
-    # highest training loss its versions recorded for them), the rest at random (0 = all at random)
-    update_replay_hard: float = Field(default=0.0, ge=0, le=1)
+    # highest training loss its versions recorded for them), the rest at random (0 = all at random): rehearsing
+    # what it knows least also teaches it what the earlier version missed (results/lifecycle)
+    update_replay_hard: float = Field(default=1.0, ge=0, le=1)
     # merge mode: epochs of a delta's training (0 = ``epochs``); a delta learns the new documents on top of what is
     # served, so it needs fewer passes than a retrain on everything (results/lifecycle); ``min_steps`` still applies
     update_epochs: int = Field(default=4, ge=0)
