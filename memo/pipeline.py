@@ -239,11 +239,13 @@ def rehearsal(
 
 def delta_recipe(cfg: TrainSettings) -> TrainSettings:
     """How a merge-mode delta is trained: ``update_epochs`` passes over its pairs (``min_steps`` still applies), of
-    its top ``update_top_layers`` layers, in batches of ``update_batch_size`` at ``update_lr``."""
+    its top ``update_top_layers`` layers, in batches of ``update_batch_size`` at ``update_lr``, with LoRA dropout
+    ``update_dropout``."""
     return cfg.model_copy(
         update={
             "epochs": cfg.update_epochs or cfg.epochs,
             "top_layers": cfg.update_top_layers,
+            "dropout": cfg.update_dropout,
             "batch_size": cfg.update_batch_size or cfg.batch_size,
             "lr": cfg.update_lr or cfg.lr,
         }

@@ -192,6 +192,27 @@ def test_bfloat16_training_matches_float32(tiny_base, tmp_path):
     assert any(not torch.equal(a[k], b[k]) for k in a)  # and bfloat16 did run
 
 
+def test_frozen_weights_stored_in_bfloat16_give_the_logits_autocast_gives(tiny_base):
+    from peft import LoraConfig, get_peft_model
+
+    from memo.train.sft import _store_frozen_linears
+
+    torch.manual_seed(0)
+    model = get_peft_model(
+        LlamaForCausalLM.from_pretrained(tiny_base), LoraConfig(r=4, target_modules=["q_proj"], init_lora_weights=False)
+    ).eval()
+    ids = torch.randint(0, 49152, (2, 7))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        before = model(input_ids=ids).logits
+        _store_frozen_linears(model, torch.bfloat16)
+        after = model(input_ids=ids).logits
+    assert torch.equal(before, after)
+    head, embed = model.get_output_embeddings().weight, model.get_input_embeddings().weight
+    assert head.dtype == torch.bfloat16 and not head.requires_grad  # the tied head got its own bfloat16 copy
+    assert embed.dtype == torch.float32  # the embedding lookup is unchanged
+    assert all(p.dtype == torch.float32 for n, p in model.named_parameters() if "lora_" in n)
+
+
 def test_a_delta_trains_on_top_of_its_start_adapter(tiny_base, tmp_path):
     start = train_sft(tiny_base, PAIRS, tmp_path / "start", CFG)
     first_step = CFG.model_copy(update={"max_steps": 1, "lr": 1e-9})  # the loss of the model it starts from

@@ -104,11 +104,13 @@ def test_a_hard_share_of_the_rehearsal_is_what_the_served_memory_knows_least():
 
 def test_a_delta_trains_its_own_epochs_batch_and_rate_on_its_top_layers_and_keeps_the_rest_of_the_recipe():
     cfg = settings(
-        epochs=8, update_epochs=2, update_top_layers=6, min_steps=32, lr=5e-4, update_lr=1e-3, update_batch_size=16
+        epochs=8, update_epochs=2, update_top_layers=6, min_steps=32, lr=5e-4, update_lr=1e-3, update_batch_size=16,
+        dropout=0.1, update_dropout=0.02,
     ).train
-    assert (cfg.top_layers, cfg.batch_size, cfg.lr) == (0, 4, 5e-4)  # a full training: every layer, its own batch
+    assert (cfg.top_layers, cfg.batch_size, cfg.lr, cfg.dropout) == (0, 4, 5e-4, 0.1)  # a full training's own
     recipe = delta_recipe(cfg)
-    assert (recipe.epochs, recipe.top_layers, recipe.min_steps, recipe.batch_size, recipe.lr) == (2, 6, 32, 16, 1e-3)
+    assert (recipe.epochs, recipe.top_layers, recipe.min_steps, recipe.batch_size) == (2, 6, 32, 16)
+    assert (recipe.lr, recipe.dropout) == (1e-3, 0.02)
     assert recipe.rank == cfg.rank and recipe.seed == cfg.seed
     # 0: the full recipe's own
     full = delta_recipe(settings(epochs=8, update_epochs=0, update_batch_size=0, update_lr=0, lr=5e-4).train)
