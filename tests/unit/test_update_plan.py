@@ -104,8 +104,15 @@ def test_a_hard_share_of_the_rehearsal_is_what_the_served_memory_knows_least():
 
 def test_a_delta_trains_its_own_epochs_batch_and_rate_on_its_top_layers_and_keeps_the_rest_of_the_recipe():
     cfg = settings(
-        epochs=8, update_epochs=2, update_top_layers=6, min_steps=32, lr=5e-4, update_lr=1e-3, update_batch_size=16,
-        dropout=0.1, update_dropout=0.02,
+        epochs=8,
+        update_epochs=2,
+        update_top_layers=6,
+        min_steps=32,
+        lr=5e-4,
+        update_lr=1e-3,
+        update_batch_size=16,
+        dropout=0.1,
+        update_dropout=0.02,
     ).train
     assert (cfg.top_layers, cfg.batch_size, cfg.lr, cfg.dropout) == (0, 4, 5e-4, 0.1)  # a full training's own
     recipe = delta_recipe(cfg)
