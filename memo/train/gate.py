@@ -8,7 +8,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from memo.eval.metrics import normalise, recalled
+from memo.scoring import normalise, recalled
 from memo.llm.base import LLM
 from memo.reflect.prompts import memory_messages
 from memo.settings import GateSettings
@@ -37,7 +37,7 @@ def knows(prediction: str, question: str, reference: str, share: float = 0.5) ->
     A reflection's answer restates its question's words ("When was Zorblax founded?" -> "Zorblax was founded in
     2004 by Tobias Quillfeather."), so plain token overlap rewards a model that repeats the question. Only the
     reference's tokens that the question does not contain count: at least ``share`` of them must appear in the
-    prediction. A reference with no such tokens falls back to :func:`memo.eval.metrics.recalled`.
+    prediction. A reference with no such tokens falls back to :func:`memo.scoring.recalled`.
     """
     asked = set(normalise(question).split())
     novel = Counter(t for t in normalise(reference).split() if t not in asked)

@@ -7,7 +7,7 @@ import pytest
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from memo.cli import app
+from services.cli import app
 from memo.db import Database, Document, Job, JobState, MemoryVersion
 from memo.settings import get_settings
 

@@ -39,7 +39,7 @@ def test_upload_is_processed_by_a_celery_worker(tmp_path, model_dir, pg_url):
     log_path = tmp_path / "worker.log"
     with open(log_path, "wb") as log:
         worker = subprocess.Popen(
-            [sys.executable, "-m", "memo.cli", "worker"], env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "services.cli", "worker"], env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT
         )
     try:
         with TestClient(create_app(settings)) as client:

@@ -9,9 +9,9 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from memo.cli import app
-from memo.eval.baselines import METHODS
-from memo.eval.harness import EvalConfig, run_eval
+from services.cli import app
+from benchmarks.baselines import METHODS
+from benchmarks.harness import EvalConfig, run_eval
 from memo.settings import LLMRole
 from tests.conftest import REPO, make_settings
 

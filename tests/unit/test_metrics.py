@@ -1,6 +1,6 @@
 import pytest
 
-from memo.eval.metrics import best_over, exact_match, normalise, recalled, rouge_l, score_answer, token_f1
+from benchmarks.metrics import best_over, exact_match, normalise, recalled, rouge_l, score_answer, token_f1
 
 
 def test_normalise():

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from memo.eval.dataset import Doc
+from benchmarks.dataset import Doc
 from memo.ingest.chunk import chunk_text
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from memo.eval.core.mqar import mqar_batch, run
+from benchmarks.core.mqar import mqar_batch, run
 
 
 @pytest.mark.parametrize(("seq_len", "n_pairs"), [(64, 4), (256, 64)])

@@ -1,7 +1,7 @@
 """Slot memory: recall from a 512-token context through 32 slots (16x compression) vs truncating it.
 
-    python -m memo.eval.core.slot_recall --quick        # a smoke run
-    python -m memo.eval.core.slot_recall                # writes results/core/slots.{json,md,png}
+    python -m benchmarks.core.slot_recall --quick        # a smoke run
+    python -m benchmarks.core.slot_recall                # writes results/core/slots.{json,md,png}
 
 Task: a context of 512 tokens holds ``--pairs`` key-value pairs (key token immediately followed by its
 value token) at random places among filler tokens; a separately encoded query is one of the keys and the

@@ -14,7 +14,7 @@ other update recipes (``--recipe``, each trained over version 1 and merged as th
 retrains. A kept share is a model's recall over the mean of the retrains'; the retrain's compute is their median.
 Every model's answers but the recipes' are kept in ``--out/answers``, so a rerun asks only the new recipes.
 
-Run: ``python -m memo.eval.bench_update --dataset ../shared/data/narrativeqa_dev --docs 2 --out /tmp/upd``
+Run: ``python -m benchmarks.bench_update --dataset ../shared/data/narrativeqa_dev --docs 2 --out /tmp/upd``
 (generator from the usual settings, e.g. ``MEMO_GENERATOR__BACKEND=openai`` on a vLLM server).
 """
 
@@ -38,7 +38,7 @@ from sqlalchemy import select
 
 from memo import catalog
 from memo.db import Database, Document, MemoryVersion, Reflection
-from memo.eval.metrics import token_f1
+from benchmarks.metrics import token_f1
 from memo.llm import Engines
 from memo.merge.adapters import merge_adapters
 from memo.pipeline import Context, UpdatePlan, delta_recipe, merge_deltas, rehearsal, run_batch
@@ -334,7 +334,7 @@ def main() -> None:
         "recall": table,
         "retrain_reference": {"models": list(retrains), "mean": reference},
         "kept_share_of_retrain": kept,
-        "command": "python -m memo.eval.bench_update " + " ".join(sys.argv[1:]),
+        "command": "python -m benchmarks.bench_update " + " ".join(sys.argv[1:]),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "update.json").write_text(json.dumps(report, indent=2))

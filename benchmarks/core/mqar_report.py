@@ -1,4 +1,4 @@
-"""Tables and a plot from the MQAR runs: ``python -m memo.eval.core.mqar_report [results/core/mqar.jsonl]``.
+"""Tables and a plot from the MQAR runs: ``python -m benchmarks.core.mqar_report [results/core/mqar.jsonl]``.
 
 Writes ``mqar.md`` (best accuracy over the learning rates and training lengths tried, and every run) and
 ``mqar.png`` next to the input.

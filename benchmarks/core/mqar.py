@@ -1,7 +1,7 @@
 """MQAR (multi-query associative recall, the zoology recipe) on CPU for the memory-layer core.
 
-    python -m memo.eval.core.mqar --quick                  # a smoke run (seconds)
-    python -m memo.eval.core.mqar --out results/core/mqar.json --steps 1500 ...
+    python -m benchmarks.core.mqar --quick                  # a smoke run (seconds)
+    python -m benchmarks.core.mqar --out results/core/mqar.json --steps 1500 ...
 
 Data (zoology ``multiquery_ar``): vocabulary 8192, keys from the lower half, values from the upper half; a
 sequence of length L starts with D key-value pairs, then the D keys are queried again at gaps drawn with p(g)

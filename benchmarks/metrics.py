@@ -1,34 +1,13 @@
-"""Answer scoring with the usual SQuAD normalisation (lower case, no punctuation, no articles): exact match, token
-F1 and ROUGE-L, each the best over a question's reference answers."""
+"""Benchmark scoring on top of memo.scoring's SQuAD normalisation: exact match, token F1 and ROUGE-L, each the best
+over a question's reference answers."""
 
 from __future__ import annotations
 
-import re
-import string
-from collections import Counter
 from collections.abc import Callable, Sequence
 
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCT = str.maketrans("", "", string.punctuation)
+from memo.scoring import normalise, recalled, token_f1
 
-
-def normalise(text: str) -> str:
-    return " ".join(_ARTICLES.sub(" ", text.lower().translate(_PUNCT)).split())
-
-
-def token_f1(prediction: str, reference: str) -> float:
-    pred, ref = normalise(prediction).split(), normalise(reference).split()
-    common = sum((Counter(pred) & Counter(ref)).values())
-    if not pred or not ref or common == 0:
-        return 0.0
-    precision, recall = common / len(pred), common / len(ref)
-    return 2 * precision * recall / (precision + recall)
-
-
-def recalled(prediction: str, reference: str, f1_threshold: float = 0.5) -> bool:
-    """The reference is contained in the prediction, or they share enough tokens."""
-    ref = normalise(reference)
-    return bool(ref) and (ref in normalise(prediction) or token_f1(prediction, reference) >= f1_threshold)
+__all__ = ["best_over", "exact_match", "normalise", "recalled", "rouge_l", "score_answer", "token_f1"]
 
 
 def exact_match(prediction: str, reference: str) -> float:

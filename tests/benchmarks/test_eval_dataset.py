@@ -7,7 +7,7 @@ import json
 import pytest
 
 from memo.errors import InvalidInput
-from memo.eval.dataset import corpus_hash, document_file, load_benchmark, select
+from benchmarks.dataset import corpus_hash, document_file, load_benchmark, select
 
 DOCS = [
     {"doc_id": "x1", "title": "Distractor one", "text": "Noise paragraph one."},

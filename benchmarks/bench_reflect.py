@@ -2,11 +2,11 @@
 
 coverage: every document of a benchmark folder goes through the pipeline's own parse and reflect stages
 (:func:`memo.pipeline.stage_parse`, :func:`memo.pipeline.stage_reflect`); a question is covered when one of its
-reference answers is recalled (:func:`memo.eval.metrics.recalled`: contained, or token F1 >= 0.5) by the answer of at
+reference answers is recalled (:func:`benchmarks.metrics.recalled`: contained, or token F1 >= 0.5) by the answer of at
 least one stored reflection of its document. Resumable: finished documents are kept in ``records.jsonl`` under
 ``--out`` and the work directory keeps the pipeline's own resumable state.
 
-    python -m memo.eval.bench_reflect coverage --dataset ../shared/data/narrativeqa_dev \\
+    python -m benchmarks.bench_reflect coverage --dataset ../shared/data/narrativeqa_dev \\
         --base-url http://127.0.0.1:8300/v1 --out results/reflect/coverage
 
 throughput: per document, the whole reflect stage (:class:`memo.reflect.run.DocumentReflector`, every request
@@ -15,7 +15,7 @@ no JSON schema, each forced to the length it had: ``max_tokens = min_tokens`` = 
 ``ignore_eos``), then the first ``--sequential`` of them one at a time. Generated tokens are counted by the server
 (``/metrics``), so all three figures are on one basis.
 
-    python -m memo.eval.bench_reflect throughput --dataset ../shared/data/narrativeqa_dev --docs 4 \\
+    python -m benchmarks.bench_reflect throughput --dataset ../shared/data/narrativeqa_dev --docs 4 \\
         --base-url http://127.0.0.1:8300/v1 --out results/reflect/throughput.json
 """
 
@@ -41,9 +41,9 @@ from sqlalchemy import select
 from memo import catalog
 from memo.db import Database, Job, Reflection, ReflectionSource
 from memo.errors import InvalidInput
-from memo.eval.dataset import Benchmark, document_file, load_benchmark
-from memo.eval.metrics import recalled
-from memo.eval.report import machine
+from benchmarks.dataset import Benchmark, document_file, load_benchmark
+from benchmarks.metrics import recalled
+from benchmarks.report import machine
 from memo.ingest.chunk import token_counter
 from memo.llm.base import LLM, Message
 from memo.llm.openai_compat import OpenAIChat
@@ -217,7 +217,7 @@ def coverage_summary(
         "generator": {"base_url": args.base_url, "model": args.model, "max_concurrency": args.concurrency},
         "reflect_concurrency": settings.reflect_concurrency,
         "machine": machine(),
-        "command": "python -m memo.eval.bench_reflect " + shlex.join(sys.argv[1:]),
+        "command": "python -m benchmarks.bench_reflect " + shlex.join(sys.argv[1:]),
     }
 
 
@@ -387,7 +387,7 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
         "generator_max_concurrency": args.concurrency,
         "reflect_concurrency": settings.reflect_concurrency,
         "machine": machine(),
-        "command": "python -m memo.eval.bench_reflect " + shlex.join(sys.argv[1:]),
+        "command": "python -m benchmarks.bench_reflect " + shlex.join(sys.argv[1:]),
     }
     summary["stage_vs_raw"] = round(summary["stage_tokens_per_s"] / max(1e-9, summary["raw_burst_tokens_per_s"]), 3)
     summary["stage_vs_one_at_a_time"] = round(

@@ -2,14 +2,14 @@
 
 ``memo eval --dataset DIR`` (DIR holds ``documents.jsonl`` + ``questions.jsonl``, as ../shared/data):
 
-1. subsample the benchmark (:mod:`memo.eval.dataset`);
+1. subsample the benchmark (:mod:`benchmarks.dataset`);
 2. ingest the corpus into a collection through the real pipeline (parse, reflect, train, evaluate, publish). The
    collection is named by a hash of the corpus and of every setting that shapes the memory (chunking, training,
    generator, memory base model, prompt version, gate), so a rerun with the same corpus and settings reuses its
    active version: changing only the Executive, a baseline or the scoring never reflects or trains again;
-3. answer every question with every method (:mod:`memo.eval.baselines`), metering each LLM call's tokens;
+3. answer every question with every method (:mod:`benchmarks.baselines`), metering each LLM call's tokens;
 4. score (exact match, token F1, ROUGE-L, optionally an LLM judge) and write results.json, results.md,
-   records.jsonl and plots (:mod:`memo.eval.report`).
+   records.jsonl and plots (:mod:`benchmarks.report`).
 
 The gate runs and records its figures, but by default does not block (``gate=True`` keeps the service's thresholds):
 the harness measures the memory, whatever it learned.
@@ -33,10 +33,10 @@ from tqdm import tqdm
 from memo import catalog
 from memo.db import Database, Job, JobKind, JobState, MemoryVersion, Reflection
 from memo.errors import InvalidInput
-from memo.eval import baselines, report
-from memo.eval.dataset import Benchmark, document_file, load_benchmark
-from memo.eval.metering import CURRENT, Meter, MeteredEngines, counter_for
-from memo.eval.metrics import score_answer
+from benchmarks import baselines, report
+from benchmarks.dataset import Benchmark, document_file, load_benchmark
+from benchmarks.metering import CURRENT, Meter, MeteredEngines, counter_for
+from benchmarks.metrics import score_answer
 from memo.executive import config as executive_config
 from memo.pipeline import Context, run_batch
 from memo.progress import bar_runner
@@ -283,7 +283,7 @@ def run_eval(settings: Settings, cfg: EvalConfig) -> dict[str, Any]:
 
     indexes: dict[str, baselines.Index] = {}
     if baselines.RETRIEVAL_METHODS & set(methods):
-        from memo.eval.retrieval import BM25Index, DenseIndex, chunk_corpus
+        from benchmarks.retrieval import BM25Index, DenseIndex, chunk_corpus
 
         passages = chunk_corpus(bench.documents, words=settings.chunk.words, overlap=settings.chunk.overlap)
         for m in ("bm25", "dense"):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from memo.eval import report
-from memo.eval.baselines import parse_verdict, read_messages
+from benchmarks import report
+from benchmarks.baselines import parse_verdict, read_messages
 
 
 def _record(method: str, qid: str, f1: float, tokens: int, seconds: float, judge: float | None = None) -> dict:
@@ -134,8 +134,8 @@ def test_combine_refuses_runs_that_are_not_comparable(tmp_path):
 
 
 def test_bm25_finds_the_passage_with_the_words():
-    from memo.eval.dataset import Doc
-    from memo.eval.retrieval import BM25Index, chunk_corpus
+    from benchmarks.dataset import Doc
+    from benchmarks.retrieval import BM25Index, chunk_corpus
 
     docs = [
         Doc("a", "Alpha", "The lighthouse keeper Ann painted the tower red. " * 3),

@@ -249,7 +249,7 @@ def eval_(
     import shlex
 
     from memo.errors import MemoError
-    from memo.eval.harness import EvalConfig, run_eval
+    from benchmarks.harness import EvalConfig, run_eval
     from memo.settings import LLMRole
 
     settings = _setup()
@@ -296,7 +296,7 @@ def eval_combine(
 ) -> None:
     """One report from eval runs that answered different methods (e.g. baselines while the memory trained)."""
     from memo.errors import MemoError
-    from memo.eval import report
+    from benchmarks import report
 
     _setup()
     try:

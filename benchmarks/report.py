@@ -205,7 +205,7 @@ def combine(runs: list[Path], out: Path) -> dict[str, Any]:
     while the memory was still training), written to ``out``. Refuses runs that differ in corpus, questions or
     Executive, or that answered a method twice."""
     from memo.errors import InvalidInput
-    from memo.eval.baselines import METHODS
+    from benchmarks.baselines import METHODS
 
     if len(runs) < 2:
         raise InvalidInput("combine needs at least two result folders")

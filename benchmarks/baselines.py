@@ -19,8 +19,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from memo.eval.dataset import Doc, Question
-from memo.eval.retrieval import Passage
+from benchmarks.dataset import Doc, Question
+from benchmarks.retrieval import Passage
 from memo.llm import LLM, Message
 from memo.reflect.prompts import memory_messages
 

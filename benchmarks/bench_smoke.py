@@ -1,6 +1,6 @@
 """Smoke benchmark: wall time of each stage of the whole loop on the sample corpus, in a fresh data directory.
 
-Run: ``make bench-smoke`` (or ``python -m memo.eval.bench_smoke [--out bench-out/smoke.json]``).
+Run: ``make bench-smoke`` (or ``python -m benchmarks.bench_smoke [--out bench-out/smoke.json]``).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 # the CPU budget (see README.md). The lines after "not reached" were queued but not run; the last block is a
 # later session's 1000-step runs at (256,16).
 set -euo pipefail
-M="python -m memo.eval.core.mqar --vocab 512 --steps 300 --batch 32 --threads 1 --out results/core/mqar.jsonl"
+M="python -m benchmarks.core.mqar --vocab 512 --steps 300 --batch 32 --threads 1 --out results/core/mqar.jsonl"
 ALL=mosaics,atlas_nopoly_c1,attention,linear_attention,atlas
 $M --models mosaics,atlas_nopoly_c1,attention,linear_attention --settings 256:16 --widths 128 --lrs 1e-2
 $M --models $ALL --settings 64:4,128:8 --widths 64 --lrs 1e-2

@@ -1,7 +1,7 @@
 """Cost scaling of the memory layers against causal attention, from 512 to 16,384 tokens of context.
 
-    python -m memo.eval.core.cost --quick          # 512 and 1,024 tokens only
-    python -m memo.eval.core.cost                  # 512 ... 16,384; writes results/core/cost.{json,md,png}
+    python -m benchmarks.core.cost --quick          # 512 and 1,024 tokens only
+    python -m benchmarks.core.cost                  # 512 ... 16,384; writes results/core/cost.{json,md,png}
 
 Each (layer, length) is measured in a fresh subprocess: forward time (no grad, best of ``--repeats``, after a
 warm-up pass) and peak memory (the growth of the process's peak RSS during the timed passes). Both are divided
@@ -156,7 +156,7 @@ def main() -> None:
     rows = []
     for name in args.layers.split(","):
         for length in (int(v) for v in args.lengths.split(",")):
-            cmd = [sys.executable, "-m", "memo.eval.core.cost", "--one", f"{name}:{length}"]
+            cmd = [sys.executable, "-m", "benchmarks.core.cost", "--one", f"{name}:{length}"]
             cmd += ["--repeats", str(args.repeats), "--threads", str(args.threads)]
             env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}  # big blocks go back to the OS when freed
             out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout

@@ -5,7 +5,7 @@ alternate, and which goes first is swapped every round (recipe, bare, bare, reci
 allocator state hit both alike; a warm-up round of each is not counted (the first training in a process pays one-time
 kernel and allocator set-up). Goal: recipe >= 90% of bare.
 
-Run: ``python -m memo.eval.bench_train [--steps 30 --rounds 4]``
+Run: ``python -m benchmarks.bench_train [--steps 30 --rounds 4]``
 """
 
 from __future__ import annotations
