@@ -38,12 +38,12 @@ from typing import Any
 import httpx
 from sqlalchemy import select
 
-from memo import catalog
-from memo.db import Database, Job, Reflection, ReflectionSource
-from memo.errors import InvalidInput
 from benchmarks.dataset import Benchmark, document_file, load_benchmark
 from benchmarks.metrics import recalled
 from benchmarks.report import machine
+from memo import catalog
+from memo.db import Database, Job, Reflection, ReflectionSource
+from memo.errors import InvalidInput
 from memo.ingest.chunk import token_counter
 from memo.llm.base import LLM, Message
 from memo.llm.openai_compat import OpenAIChat

@@ -36,9 +36,9 @@ from typing import Any
 
 from sqlalchemy import select
 
+from benchmarks.metrics import token_f1
 from memo import catalog
 from memo.db import Database, Document, MemoryVersion, Reflection
-from benchmarks.metrics import token_f1
 from memo.llm import Engines
 from memo.merge.adapters import merge_adapters
 from memo.pipeline import Context, UpdatePlan, delta_recipe, merge_deltas, rehearsal, run_batch

@@ -30,13 +30,13 @@ from typing import Any
 from sqlalchemy import func, select
 from tqdm import tqdm
 
-from memo import catalog
-from memo.db import Database, Job, JobKind, JobState, MemoryVersion, Reflection
-from memo.errors import InvalidInput
 from benchmarks import baselines, report
 from benchmarks.dataset import Benchmark, document_file, load_benchmark
 from benchmarks.metering import CURRENT, Meter, MeteredEngines, counter_for
 from benchmarks.metrics import score_answer
+from memo import catalog
+from memo.db import Database, Job, JobKind, JobState, MemoryVersion, Reflection
+from memo.errors import InvalidInput
 from memo.executive import config as executive_config
 from memo.pipeline import Context, run_batch
 from memo.progress import bar_runner

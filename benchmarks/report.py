@@ -204,8 +204,8 @@ def combine(runs: list[Path], out: Path) -> dict[str, Any]:
     """One report from runs of the same benchmark and Executive that answered different methods (e.g. the baselines
     while the memory was still training), written to ``out``. Refuses runs that differ in corpus, questions or
     Executive, or that answered a method twice."""
-    from memo.errors import InvalidInput
     from benchmarks.baselines import METHODS
+    from memo.errors import InvalidInput
 
     if len(runs) < 2:
         raise InvalidInput("combine needs at least two result folders")

@@ -248,8 +248,8 @@ def eval_(
     """Run the service and the baselines on a benchmark, with one Executive; score and write a report."""
     import shlex
 
-    from memo.errors import MemoError
     from benchmarks.harness import EvalConfig, run_eval
+    from memo.errors import MemoError
     from memo.settings import LLMRole
 
     settings = _setup()
@@ -295,8 +295,8 @@ def eval_combine(
     out: Annotated[Path, typer.Option(help="Where the combined report goes.")],
 ) -> None:
     """One report from eval runs that answered different methods (e.g. baselines while the memory trained)."""
-    from memo.errors import MemoError
     from benchmarks import report
+    from memo.errors import MemoError
 
     _setup()
     try:

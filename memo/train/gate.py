@@ -8,9 +8,9 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from memo.scoring import normalise, recalled
 from memo.llm.base import LLM
 from memo.reflect.prompts import memory_messages
+from memo.scoring import normalise, recalled
 from memo.settings import GateSettings
 
 Pair = tuple[str, str, str]  # (reflection id, question, answer)

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from memo.errors import InvalidInput
 from benchmarks.dataset import corpus_hash, document_file, load_benchmark, select
+from memo.errors import InvalidInput
 
 DOCS = [
     {"doc_id": "x1", "title": "Distractor one", "text": "Noise paragraph one."},

@@ -7,9 +7,9 @@ import pytest
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from services.cli import app
 from memo.db import Database, Document, Job, JobState, MemoryVersion
 from memo.settings import get_settings
+from services.cli import app
 
 pytestmark = pytest.mark.slow
 

@@ -9,10 +9,10 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from services.cli import app
 from benchmarks.baselines import METHODS
 from benchmarks.harness import EvalConfig, run_eval
 from memo.settings import LLMRole
+from services.cli import app
 from tests.conftest import REPO, make_settings
 
 pytestmark = pytest.mark.slow
