@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from benchmarks.dataset import Doc, Question
 from benchmarks.retrieval import Passage
 from memo.llm import LLM, Message
-from memo.reflect.prompts import memory_messages
+from memo.memory import memory_messages
 
 METHODS = ("memo", "memory-only", "closed-book", "bm25", "dense", "gold")
 MEMORY_METHODS = {"memo", "memory-only"}  # need the trained collection

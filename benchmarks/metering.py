@@ -16,26 +16,25 @@ from functools import lru_cache
 from typing import Any
 
 from memo.llm import LLM, Engines, Message
+from memo.llm.metered import MeteredLLM, Usage
 from memo.settings import LLMRole, Settings
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class Meter:
-    calls: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
+class Meter(Usage):
+    """The calls and tokens of one question's answer."""
 
     @property
     def tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
+        return self.tokens_in + self.tokens_out
 
     def as_dict(self) -> dict[str, int]:
         return {
             "calls": self.calls,
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
+            "prompt_tokens": self.tokens_in,
+            "completion_tokens": self.tokens_out,
             "tokens": self.tokens,
         }
 
@@ -82,33 +81,12 @@ def counter_for(settings: Settings, role: LLMRole) -> TokenCounter:
     raise FileNotFoundError(f"no local tokenizer for {role.model!r} nor at {settings.memory_base_model}")
 
 
-class MeteredLLM:
-    """An LLM that adds every call's tokens to the current question's meter."""
-
-    def __init__(self, inner: LLM, counter: TokenCounter) -> None:
-        self.inner = inner
-        local = getattr(getattr(inner, "model", None), "tokenizer", None)  # LocalChat: its own model's tokenizer
-        self.counter = TokenCounter(local, inner.name) if local is not None else counter
-
-    @property
-    def name(self) -> str:
-        return self.inner.name
-
-    async def chat(
-        self,
-        messages: list[Message],
-        *,
-        temperature: float = 0.0,
-        max_tokens: int = 256,
-        json_schema: dict[str, Any] | None = None,
-    ) -> str:
-        out = await self.inner.chat(messages, temperature=temperature, max_tokens=max_tokens, json_schema=json_schema)
-        meter = CURRENT.get()
-        if meter is not None:
-            meter.calls += 1
-            meter.prompt_tokens += self.counter.prompt(messages)
-            meter.completion_tokens += self.counter.text(out)
-        return out
+def metered(inner: LLM, counter: TokenCounter) -> MeteredLLM:
+    """``inner`` adding every call's tokens to the current question's meter (:data:`CURRENT`), counted with its own
+    model's tokenizer when it is a local model, else with ``counter``."""
+    local = getattr(getattr(inner, "model", None), "tokenizer", None)  # LocalChat: its own model's tokenizer
+    count = TokenCounter(local, inner.name) if local is not None else counter
+    return MeteredLLM(inner, count.text, CURRENT.get, count_prompt=count.prompt)
 
 
 class MeteredEngines(Engines):
@@ -122,7 +100,7 @@ class MeteredEngines(Engines):
     def _wrap(self, llm: LLM) -> LLM:
         key = id(llm)
         if key not in self._metered:
-            self._metered[key] = MeteredLLM(llm, self.counter)
+            self._metered[key] = metered(llm, self.counter)
         return self._metered[key]
 
     def for_role(self, role: LLMRole) -> LLM:

@@ -9,9 +9,10 @@ import asyncio
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from memo.executive.prompts import PLAN_SCHEMA, plan_messages, synth_messages
 from memo.llm.base import LLM, chat_json
-from memo.reflect.direct import normalise_question
-from memo.reflect.prompts import IDK, PLAN_SCHEMA, memory_messages, plan_messages, synth_messages
+from memo.memory import is_idk, memory_messages
+from memo.questions import normalise_question
 
 
 @dataclass
@@ -31,11 +32,6 @@ class Answer:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def is_idk(text: str) -> bool:
-    t = text.lower()
-    return not t.strip() or IDK.lower() in t or "i do not know" in t
 
 
 def _sub_questions(value: Any) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datasketch import MinHash, MinHashLSH
 
-from memo.reflect.direct import normalise_question, question_hash
+from memo.questions import normalise_question, question_hash
 
 NUM_PERM = 128
 

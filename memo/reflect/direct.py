@@ -4,20 +4,19 @@ Each sentence of a chunk is a stated fact; the generator writes the question it 
 itself is the answer (standalone by construction, no document ids in the text). A sentence usually states several
 facts: the dependency parse (:mod:`memo.reflect.syntax`) adds a short-answer pair for each of them (who, what,
 where, when, why of every clause, appositions) and the action chains between clauses; a sentence the generator
-wrote no usable question for gets the parse's question. Every request is separate, so a batching backend (vLLM, or
-the local micro-batcher) decodes them together.
+wrote no usable question for (:func:`memo.questions.clean_generated_question`) gets the parse's question. Every
+request is separate, so a batching backend (vLLM, or the local micro-batcher) decodes them together.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
-import re
-from dataclasses import dataclass
 
 from memo.ingest.chunk import split_sentences
 from memo.llm.base import LLM
+from memo.questions import SOURCE_PRONOUN_START, clean_generated_question, is_specific, question_hash
+from memo.reflect.pairs import QAPair
 from memo.reflect.prompts import direct_messages
 from memo.reflect.syntax import KIND_PARSED, ParsedText, parse_facts
 
@@ -25,88 +24,6 @@ log = logging.getLogger(__name__)
 
 KIND_DIRECT = "direct"
 MIN_FACT_WORDS = 4
-# a personal pronoun in a question: the pair is not self-contained (verification's rule too)
-PRONOUN_ANY = re.compile(r"\b(he|she|they|him|his|hers|their|them)\b", re.I)
-
-
-@dataclass(frozen=True)
-class QAPair:
-    question: str
-    answer: str
-    kind: str
-
-
-def normalise_question(q: str) -> str:
-    return " ".join(re.sub(r"[^\w\s]", " ", q.lower()).split())
-
-
-def question_hash(q: str) -> str:
-    return hashlib.sha256(normalise_question(q).encode()).hexdigest()
-
-
-_STOP = set(
-    "a an the of to in on at by for with from and or is are was were be been has have had do does did what which who "
-    "whom whose when where why how many much that this these those it its as into than then can could must may "
-    "should would will about per up".split()
-)
-
-
-def content_words(text: str) -> set[str]:
-    """Lower-cased words that carry content, crudely stemmed (plural / third-person ``s`` dropped)."""
-    return {w[:-1] if len(w) > 3 and w.endswith("s") else w for w in normalise_question(text).split() if w not in _STOP}
-
-
-def is_specific(question: str, fact: str, siblings: list[str]) -> bool:
-    """The question points at its own fact: it shares more content words with it than with any other fact of
-    the chunk (``What is the Acme policy?`` fits every Acme policy sentence and teaches the model nothing)."""
-    words = content_words(question)
-    own = len(words & content_words(fact))
-    return own > 0 and all(len(words & content_words(s)) < own for s in siblings if s != fact)
-
-
-_GENERIC = {"do", "doe", "did", "done", "happen", "happened", "name", "kind", "type", "called", "reason", "become"}
-
-
-def _grounded(word: str, vocabulary: set[str]) -> bool:
-    """``word`` is in ``vocabulary`` up to its ending: a word there starts with its first 5 letters (all of them when
-    it is shorter): 'preparing' / 'preparation', 'move' / 'moved'."""
-    stem = word[:5]
-    return word in vocabulary or any(w.startswith(stem) for w in vocabulary)
-
-
-def grounded(question: str, fact: str, max_new: float = 0.4) -> bool:
-    """The question is about ``fact``, not invented: every name in it (a capitalised word after the first) is in
-    the fact, and at most ``max_new`` of its content words are not (room for a paraphrase: 'How many people work
-    at Quill Lamps?' for 'Quill Lamps employs 12 people.'; none for 'How did Mark Hunter create the Pokemon app?')."""
-    vocabulary = content_words(fact)
-    names = {w.lower() for w in re.findall(r"\b[A-Z][\w'-]*", " ".join(question.split()[1:])) if w != "I"}
-    if any(not _grounded(n, vocabulary | {w.lower() for w in fact.split()}) for n in names):
-        return False
-    words = content_words(question)
-    new = [w for w in words if not _grounded(w, vocabulary) and w not in _GENERIC]
-    return len(new) <= max_new * len(words)
-
-
-def clean_question(text: str, fact: str) -> str | None:
-    """The first line of the generator's reply if it is a usable question about ``fact`` (:func:`grounded`), else
-    None. A question with a personal pronoun is refused here (verification would reject it and pay for rewrites from
-    the whole chunk; another sample is cheaper)."""
-    line = text.strip().splitlines()[0].strip() if text.strip() else ""
-    line = re.sub(r"^(question|q)\s*[:.-]\s*", "", line, flags=re.I).strip().strip('"')
-    if not line.endswith("?") or not 3 <= len(line.split()) <= 40 or PRONOUN_ANY.search(line):
-        return None
-    if normalise_question(line) == normalise_question(fact):
-        return None
-    numbers = set(re.findall(r"\d+(?:[.,]\d+)?", fact))
-    if numbers & set(re.findall(r"\d+(?:[.,]\d+)?", line)):
-        return None  # the answer leaks into the question
-    fact_words = content_words(fact)
-    if fact_words and len(content_words(line) & fact_words) > 0.7 * len(fact_words):
-        return None  # the fact copied with a question mark
-    return line if grounded(line, fact) else None
-
-
-_PRONOUN_START = re.compile(r"^[\"'(]?(he|she|it|they|his|her|its|their|this|these|those)\b", re.I)
 
 
 def with_antecedents(sentences: list[str], back: int = 2) -> list[str]:
@@ -116,7 +33,7 @@ def with_antecedents(sentences: list[str], back: int = 2) -> list[str]:
     out = []
     for i in range(len(sentences)):
         start = i
-        while start > 0 and i - start < back and _PRONOUN_START.match(sentences[start]):
+        while start > 0 and i - start < back and SOURCE_PRONOUN_START.match(sentences[start]):
             start -= 1
         out.append(" ".join(sentences[start : i + 1]))
     return out
@@ -144,7 +61,9 @@ async def direct_facts(
     async def one(fact: str, variant: int) -> QAPair | None:
         for attempt in range(attempts):
             temperature = 0.0 if variant == 0 and attempt == 0 else 0.9
-            q = clean_question(await llm.chat(direct_messages(fact), temperature=temperature, max_tokens=48), fact)
+            q = clean_generated_question(
+                await llm.chat(direct_messages(fact), temperature=temperature, max_tokens=48), fact
+            )
             if q and is_specific(q, fact, sentences):
                 return QAPair(q, fact, KIND_DIRECT)
         return None
@@ -176,5 +95,5 @@ async def direct_facts(
         for p in got:
             add(p)
     for pp in facts_of_parse.pairs if facts_of_parse else []:
-        add(QAPair(pp.question, pp.answer, pp.kind))
+        add(pp)
     return pairs, failed

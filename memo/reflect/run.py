@@ -16,7 +16,7 @@ import logging
 import math
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import func, select
@@ -25,9 +25,12 @@ from sqlalchemy.exc import IntegrityError
 from memo.db import Chunk, Database, Document, DocumentStatus, Reflection, ReflectionSource, ReflectUnit
 from memo.ingest.chunk import token_counter
 from memo.llm.base import LLM
+from memo.llm.metered import MeteredLLM
+from memo.questions import content_words, question_hash
 from memo.reflect import stages as st
 from memo.reflect.dedup import Deduplicator
-from memo.reflect.direct import content_words, direct_facts, question_hash
+from memo.reflect.direct import direct_facts
+from memo.reflect.pairs import QAPair, Source
 from memo.reflect.prompts import PROMPT_VERSION
 from memo.settings import Settings
 
@@ -55,7 +58,7 @@ def _text_hash(text: str) -> str:
 class Unit:
     stage: str
     key: str
-    run: Callable[[LLM, st.StageStats], Awaitable[list[st.Pair]]]
+    run: Callable[[LLM, st.StageStats], Awaitable[list[QAPair]]]
     source_text: str  # what verification rewrites from
 
 
@@ -129,16 +132,14 @@ class DocumentReflector:
         for c in self.chunks:
             src = (self.document_id, c.id)
 
-            def make(
-                c: _ChunkRow = c, src: st.Source = src
-            ) -> Callable[[LLM, st.StageStats], Awaitable[list[st.Pair]]]:
-                async def run(llm: LLM, stats: st.StageStats) -> list[st.Pair]:
+            def make(c: _ChunkRow = c, src: Source = src) -> Callable[[LLM, st.StageStats], Awaitable[list[QAPair]]]:
+                async def run(llm: LLM, stats: st.StageStats) -> list[QAPair]:
                     if stage == "direct":
                         pairs, failed = await direct_facts(
                             llm, c.text, variants=cfg.direct_variants, parsed=cfg.parsed_facts
                         )
                         stats.facts_without_question += failed
-                        return [st.Pair(p.question, p.answer, p.kind, (src,)) for p in pairs]
+                        return [replace(p, sources=(src,)) for p in pairs]
                     fn = st.indirect_facts if stage == "indirect" else st.entity_pairs
                     return await fn(llm, c.text, src, stats, retries=cfg.json_retries, max_tokens=cfg.max_tokens)
 
@@ -148,7 +149,7 @@ class DocumentReflector:
             units.append(Unit(stage, key, make(), c.text))
         return units
 
-    def _stored_pairs(self, document_ids: list[str], kinds: tuple[str, ...]) -> list[st.Pair]:
+    def _stored_pairs(self, document_ids: list[str], kinds: tuple[str, ...]) -> list[QAPair]:
         """Stored pairs of these documents whose kind starts with one of ``kinds``, in a stable order (kind, then
         question hash: independent of timing), with every source."""
         with self.db.session() as s:
@@ -158,7 +159,7 @@ class DocumentReflector:
                 .order_by(Reflection.kind, Reflection.question_hash)
             ).all()
             ids = [r[0] for r in rows]
-            sources: dict[str, list[st.Source]] = {}
+            sources: dict[str, list[Source]] = {}
             for rid, doc, chunk in s.execute(
                 select(ReflectionSource.reflection_id, ReflectionSource.document_id, ReflectionSource.chunk_id).where(
                     ReflectionSource.reflection_id.in_(ids)
@@ -175,10 +176,10 @@ class DocumentReflector:
                 continue
             first = (doc, primary[rid])
             srcs = [first] + [x for x in sources.get(rid, []) if x != first]
-            out.append(st.Pair(q, a, kind, tuple(srcs)))
+            out.append(QAPair(q, a, kind, tuple(srcs)))
         return out
 
-    def _source_text(self, sources: tuple[st.Source, ...]) -> str:
+    def _source_text(self, sources: tuple[Source, ...]) -> str:
         texts = [self.chunk_text.get(c) or self._other_chunk(c) for _, c in sources]
         return "\n\n".join(dict.fromkeys(t for t in texts if t))
 
@@ -195,7 +196,7 @@ class DocumentReflector:
         units = []
         for group in groups:
 
-            async def run(llm: LLM, stats: st.StageStats, group: list[st.Pair] = group) -> list[st.Pair]:
+            async def run(llm: LLM, stats: st.StageStats, group: list[QAPair] = group) -> list[QAPair]:
                 p = await st.consolidate(
                     llm,
                     group,
@@ -243,7 +244,7 @@ class DocumentReflector:
         pool = self._stored_pairs([d for d, _ in related], CROSS_INPUT)
         shared = st.entities(mine) & set().union(*(st.entities(" ".join(texts[d])) for d, _ in related))
 
-        def relevance(p: st.Pair) -> int:
+        def relevance(p: QAPair) -> int:
             return len(st.entities(p.question + " " + p.answer) & shared)
 
         # anchors: distinct facts of this document that mention what the related documents also mention
@@ -254,7 +255,7 @@ class DocumentReflector:
         for anchor in anchors:
             anchor_text = anchor.question + " " + anchor.answer
 
-            def closeness(p: st.Pair, anchor_text: str = anchor_text) -> int:
+            def closeness(p: QAPair, anchor_text: str = anchor_text) -> int:
                 return st.content_overlap(p.question + " " + p.answer, anchor_text) + relevance(p)
 
             batch = sorted(pool, key=closeness, reverse=True)[: cfg.cross_batch]
@@ -262,8 +263,8 @@ class DocumentReflector:
                 continue
 
             async def run(
-                llm: LLM, stats: st.StageStats, anchor: st.Pair = anchor, batch: list[st.Pair] = batch
-            ) -> list[st.Pair]:
+                llm: LLM, stats: st.StageStats, anchor: QAPair = anchor, batch: list[QAPair] = batch
+            ) -> list[QAPair]:
                 return await st.cross_pairs(
                     llm, anchor, batch, stats, retries=cfg.json_retries, max_tokens=cfg.max_tokens
                 )
@@ -289,12 +290,12 @@ class DocumentReflector:
             nonlocal done
             stats = st.StageStats()
             async with sem:
-                pairs = await u.run(st.MeteredLLM(llm, self.count, stats), stats)
+                pairs = await u.run(MeteredLLM(llm, self.count, stats), stats)
             dup = Counter(self.dedup.check(p.question) for p in pairs)  # not worth verifying
             pairs = [p for p in pairs if self.dedup.check(p.question) == "new"]
             if verify and pairs:
                 vstats = st.StageStats()
-                vllm = st.MeteredLLM(llm, self.count, vstats)
+                vllm = MeteredLLM(llm, self.count, vstats)
                 checked = await asyncio.gather(
                     *(
                         st.verify(
@@ -323,7 +324,7 @@ class DocumentReflector:
 
         await asyncio.gather(*(one(u) for u in todo))
 
-    def _claim(self, pairs: list[st.Pair], dup: Counter[str]) -> tuple[list[st.Pair], Counter[str]]:
+    def _claim(self, pairs: list[QAPair], dup: Counter[str]) -> tuple[list[QAPair], Counter[str]]:
         """The pairs that are still new in the collection (claimed, so a concurrent unit sees them), and the
         duplicate counts with the ones that were not."""
         dup = Counter({"exact": dup["exact"], "near": dup["near"]})
@@ -337,7 +338,7 @@ class DocumentReflector:
             new.append(p)
         return new, dup
 
-    def _store(self, unit: Unit, pairs: list[st.Pair], stats: st.StageStats, dup: Counter[str]) -> None:
+    def _store(self, unit: Unit, pairs: list[QAPair], stats: st.StageStats, dup: Counter[str]) -> None:
         """The unit's new pairs, their sources and its marker, in one transaction (``dup``: duplicates the unit
         left out)."""
         figures = stats.as_dict()

@@ -1,7 +1,8 @@
 """MeMo stages 2-6 as pure async functions of an LLM and their inputs (no database): indirect facts, consolidation,
 verification with rewrite, entity surfacing, cross-document synthesis. Each asks for JSON with a schema through
 :func:`memo.llm.base.chat_json` (guided decoding on vLLM, tolerant parsing with bounded retries locally); output
-that never parses is counted in :class:`StageStats`, never raised.
+that never parses is counted in :class:`StageStats`, never raised. The rules a pair must pass are in
+:mod:`memo.questions`.
 """
 
 from __future__ import annotations
@@ -14,34 +15,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from memo.llm.base import LLM, JsonStats, Message, chat_json
+from memo.llm.metered import Usage
+from memo.questions import content_words, normalise_question, standalone_violations, ungrounded, usable_pair
 from memo.reflect import prompts
-from memo.reflect.direct import PRONOUN_ANY, content_words, normalise_question
-from memo.reflect.syntax import KIND_ATOMIC, KIND_SEQUENCE, VAGUE
+from memo.reflect.pairs import QAPair, Source
+from memo.reflect.syntax import KIND_ATOMIC, KIND_SEQUENCE
 
 log = logging.getLogger(__name__)
-
-Source = tuple[str, str]  # (document_id, chunk_id)
 
 KIND_CONSOLIDATED = {2: "consolidated_2", 3: "consolidated_3", 4: "consolidated_4plus"}
 
 
-@dataclass(frozen=True)
-class Pair:
-    """A QA pair on its way to the database: ``sources[0]`` is its primary source."""
-
-    question: str
-    answer: str
-    kind: str
-    sources: tuple[Source, ...]
-
-
 @dataclass
-class StageStats:
-    """Figures of one unit of work (summed per stage and per document)."""
+class StageStats(Usage):
+    """Figures of one unit of work (summed per stage and per document): the calls and tokens of its
+    :class:`memo.llm.metered.MeteredLLM`, and what became of its pairs."""
 
-    calls: int = 0
-    tokens_in: int = 0
-    tokens_out: int = 0
     unparseable: int = 0  # structured outputs that never parsed (after retries)
     json_retries: int = 0
     rejected: int = 0  # parsed but unusable pairs (no question, empty answer, answer leaks...)
@@ -54,31 +43,6 @@ class StageStats:
     def as_dict(self) -> dict[str, int]:
         out = {k: v for k, v in vars(self).items() if k != "extra"}
         return {**out, **self.extra}
-
-
-class MeteredLLM:
-    """Counts calls and tokens in/out (with ``count``, the generator's tokenizer) of an LLM into ``stats``."""
-
-    def __init__(self, llm: LLM, count: Callable[[str], int], stats: StageStats) -> None:
-        self.llm, self.count, self.stats = llm, count, stats
-
-    @property
-    def name(self) -> str:
-        return self.llm.name
-
-    async def chat(
-        self,
-        messages: list[Message],
-        *,
-        temperature: float = 0.0,
-        max_tokens: int = 256,
-        json_schema: dict[str, Any] | None = None,
-    ) -> str:
-        self.stats.calls += 1
-        self.stats.tokens_in += sum(self.count(m["content"]) for m in messages)
-        out = await self.llm.chat(messages, temperature=temperature, max_tokens=max_tokens, json_schema=json_schema)
-        self.stats.tokens_out += self.count(out)
-        return out
 
 
 async def _json(
@@ -96,63 +60,7 @@ async def _json(
     return value
 
 
-# -- checks ---------------------------------------------------------------------------------------------------------
-_PRONOUN_START = re.compile(r"^(he|she|it|they|him|her|his|hers|its|their|them|this|that|these|those)\b", re.I)
-
-
-def standalone_violations(question: str, answer: str, *, short_answer: bool = False) -> list[str]:
-    """Deterministic self-containment violations of a pair (the cheap half of verification). A ``short_answer`` (an
-    atomic span answering a question that names its subject: "the basement of his parents' house") may start with
-    a possessive; the question may not."""
-    out: list[str] = []
-    q, a = question.strip(), answer.strip()
-    if not q.endswith("?") or not 3 <= len(q.split()) <= 60:
-        out.append("not a question")
-    if not a or len(a.split()) > 200:
-        out.append("empty or overlong answer")
-    if _PRONOUN_START.match(q) or PRONOUN_ANY.search(q):
-        out.append("pronoun in the question")
-    if _PRONOUN_START.match(a) and not short_answer:
-        out.append("answer starts with a pronoun")
-    if VAGUE.search(q) or VAGUE.search(a):
-        out.append("vague reference to the source")
-    if normalise_question(q) == normalise_question(a):
-        out.append("the answer repeats the question")
-    return out
-
-
-_NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
-DERIVED_NUMBER_KINDS = ("indirect_calculated", "indirect_temporal")  # their numbers are computed, not quoted
-
-
-def ungrounded(answer: str, source: str, kind: str, *, min_coverage: float = 0.5) -> list[str]:
-    """Deterministic grounding of an answer in its source text (an addition to MeMo's check, against invented
-    facts): its numbers appear in the source (except for computed kinds), and at least ``min_coverage`` of its
-    content words do."""
-    if not source:
-        return []
-    out = []
-    if kind not in DERIVED_NUMBER_KINDS:
-        missing = set(_NUMBER.findall(answer)) - set(_NUMBER.findall(source))
-        if missing:
-            out.append(f"numbers not in the source: {', '.join(sorted(missing))}")
-    words = content_words(answer)
-    if words and len(words & content_words(source)) < min_coverage * len(words):
-        out.append("answer not supported by the source")
-    return out
-
-
-def usable(question: str, answer: str) -> bool:
-    """A parsed pair worth keeping at all (before verification): a question, an answer, and different."""
-    q, a = question.strip(), answer.strip()
-    return (
-        q.endswith("?")
-        and 3 <= len(q.split()) <= 60
-        and 0 < len(a.split()) <= 200
-        and normalise_question(q) != normalise_question(a)
-    )
-
-
+# -- parsing replies ----------------------------------------------------------------------------------------------
 def _pairs_of(types: list[str] | None) -> Callable[[Any], list[tuple[str, str, str]]]:
     """Converter for a {"pairs": [...]} reply: (type, question, answer) triples; raises on a wrong shape."""
 
@@ -184,7 +92,7 @@ def _pair_of(value: Any) -> tuple[str, str]:
 # -- stage 2: indirect facts ------------------------------------------------------------------------------------------
 async def indirect_facts(
     llm: LLM, chunk: str, source: Source, stats: StageStats, *, retries: int = 1, max_tokens: int = 384
-) -> list[Pair]:
+) -> list[QAPair]:
     """Implied facts of one chunk, each kind recorded as ``indirect_<type>`` (calculated, possessive, pronoun,
     temporal, action_chain)."""
     got = await _json(
@@ -198,8 +106,8 @@ async def indirect_facts(
     )
     out = []
     for t, q, a in got or []:
-        if t and usable(q, a):
-            out.append(Pair(q, a, f"indirect_{t}", (source,)))
+        if t and usable_pair(q, a):
+            out.append(QAPair(q, a, f"indirect_{t}", (source,)))
         else:
             stats.rejected += 1
     return out
@@ -229,10 +137,10 @@ def entities(text: str) -> set[str]:
     return out
 
 
-def consolidation_groups(pairs: list[Pair], max_groups: int) -> list[list[Pair]]:
+def consolidation_groups(pairs: list[QAPair], max_groups: int) -> list[list[QAPair]]:
     """Groups of 2, 3 and 4 pairs with distinct answers that share an entity (name or number), most shared
     entities first; deterministic for the same input (so a resumed job makes the same groups)."""
-    distinct: dict[str, Pair] = {}
+    distinct: dict[str, QAPair] = {}
     for p in pairs:
         distinct.setdefault(normalise_question(p.answer), p)
     items = list(distinct.values())
@@ -241,7 +149,7 @@ def consolidation_groups(pairs: list[Pair], max_groups: int) -> list[list[Pair]]
     for i, es in enumerate(ents):
         for e in es:
             by_entity.setdefault(e, []).append(i)
-    groups: list[list[Pair]] = []
+    groups: list[list[QAPair]] = []
     seen: set[tuple[int, ...]] = set()
     for _, members in sorted(by_entity.items(), key=lambda kv: (-len(kv[1]), kv[0])):
         start, sizes = 0, [2, 3, 4]
@@ -263,8 +171,8 @@ def consolidation_groups(pairs: list[Pair], max_groups: int) -> list[list[Pair]]
 
 
 async def consolidate(
-    llm: LLM, group: list[Pair], stats: StageStats, *, retries: int = 1, max_tokens: int = 384, max_words: int = 150
-) -> Pair | None:
+    llm: LLM, group: list[QAPair], stats: StageStats, *, retries: int = 1, max_tokens: int = 384, max_words: int = 150
+) -> QAPair | None:
     """One pair combining the facts of ``group`` (originals are kept by the caller); kind by group size."""
     got = await _json(
         llm,
@@ -278,11 +186,11 @@ async def consolidate(
     if got is None:
         return None
     q, a = got
-    if not usable(q, a) or len(a.split()) > max_words:
+    if not usable_pair(q, a) or len(a.split()) > max_words:
         stats.rejected += 1
         return None
     sources = tuple(dict.fromkeys(s for p in group for s in p.sources))
-    return Pair(q, a, KIND_CONSOLIDATED[min(len(group), 4)], sources)
+    return QAPair(q, a, KIND_CONSOLIDATED[min(len(group), 4)], sources)
 
 
 # -- stage 4: verification ----------------------------------------------------------------------------------------
@@ -297,7 +205,7 @@ def _verdict(value: Any) -> tuple[bool, list[str]]:
 
 
 async def check(
-    llm: LLM, pair: Pair, source: str, stats: StageStats, *, judge: bool = True, retries: int = 1
+    llm: LLM, pair: QAPair, source: str, stats: StageStats, *, judge: bool = True, retries: int = 1
 ) -> tuple[bool, list[str]]:
     """The binary self-containment check: deterministic rules (and grounding in ``source``) first, then, with
     ``judge``, the LLM at temperature 0. An LLM verdict that never parses is counted and the rules decide."""
@@ -324,7 +232,7 @@ async def check(
 
 async def verify(
     llm: LLM,
-    pair: Pair,
+    pair: QAPair,
     source_text: str,
     stats: StageStats,
     *,
@@ -333,7 +241,7 @@ async def verify(
     judge_rewrites: bool = True,
     retries: int = 1,
     max_tokens: int = 160,
-) -> Pair | None:
+) -> QAPair | None:
     """The pair if it passes :func:`check`; else rewritten from ``source_text``: one greedy rewrite, then the
     remaining ``attempts - 1`` sampled rewrites concurrently (one round for a batching server), the first that
     passes (in order) wins. None (dropped, counted) when no rewrite passes. ``judge``: ask the LLM about the
@@ -343,7 +251,7 @@ async def verify(
         stats.verified += 1
         return pair
 
-    async def rewrite(temperature: float) -> Pair | None:
+    async def rewrite(temperature: float) -> QAPair | None:
         got = await _json(
             llm,
             prompts.rewrite_messages(pair.question, pair.answer, source_text, violations),
@@ -356,7 +264,7 @@ async def verify(
         )
         if got is None:
             return None
-        new = Pair(got[0], got[1], pair.kind, pair.sources)
+        new = QAPair(got[0], got[1], pair.kind, pair.sources)
         passed, _ = await check(llm, new, source_text, stats, judge=judge_rewrites, retries=retries)
         return new if passed else None
 
@@ -375,7 +283,7 @@ async def verify(
 # -- stage 5: entity surfacing ------------------------------------------------------------------------------------
 async def entity_pairs(
     llm: LLM, chunk: str, source: Source, stats: StageStats, *, retries: int = 1, max_tokens: int = 384
-) -> list[Pair]:
+) -> list[QAPair]:
     """Reverse-lookup questions (describe an entity without naming it; the answer names it) and relation-traversal
     questions, kinds ``entity_reverse_lookup`` / ``entity_relation_traversal``."""
     got = await _json(
@@ -389,7 +297,7 @@ async def entity_pairs(
     )
     out = []
     for t, q, a in got or []:
-        if not t or not usable(q, a):
+        if not t or not usable_pair(q, a):
             stats.rejected += 1
             continue
         if t == "reverse_lookup":
@@ -397,7 +305,7 @@ async def entity_pairs(
             if not named:  # the answer must name what the question only describes
                 stats.rejected += 1
                 continue
-        out.append(Pair(q, a, f"entity_{t}", (source,)))
+        out.append(QAPair(q, a, f"entity_{t}", (source,)))
     return out
 
 
@@ -422,8 +330,8 @@ def _cross_of(n: int) -> Callable[[Any], list[tuple[str, str, str, list[int]]]]:
 
 
 async def cross_pairs(
-    llm: LLM, anchor: Pair, others: list[Pair], stats: StageStats, *, retries: int = 1, max_tokens: int = 384
-) -> list[Pair]:
+    llm: LLM, anchor: QAPair, others: list[QAPair], stats: StageStats, *, retries: int = 1, max_tokens: int = 384
+) -> list[QAPair]:
     """Converging clues and parallel properties between ``anchor`` and pairs of other documents; the sources are
     the anchor's plus those of the facts the reply says it used (all of the batch when it does not say)."""
     got = await _json(
@@ -437,12 +345,12 @@ async def cross_pairs(
     )
     out = []
     for t, q, a, uses in got or []:
-        if t not in prompts.CROSS_TYPES or not usable(q, a):
+        if t not in prompts.CROSS_TYPES or not usable_pair(q, a):
             stats.rejected += 1
             continue
         used = [others[u - 1] for u in uses] or others
         sources = tuple(dict.fromkeys([*anchor.sources, *(s for p in used for s in p.sources)]))
-        out.append(Pair(q, a, f"cross_{t}", sources))
+        out.append(QAPair(q, a, f"cross_{t}", sources))
     return out
 
 

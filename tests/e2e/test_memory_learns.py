@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 
 from memo.db import Database
 from memo.llm import Engines
-from memo.reflect.prompts import memory_messages
+from memo.memory import memory_messages
 from services.gateway.app import create_app
 from tests.conftest import REPO, make_settings, wait_for_job
 

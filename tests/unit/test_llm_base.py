@@ -1,6 +1,7 @@
 import pytest
 
 from memo.llm.base import JsonStats, chat_json, extract_json
+from memo.llm.metered import MeteredLLM, Usage
 
 from .fakes import ScriptedLLM
 
@@ -46,3 +47,19 @@ async def test_chat_json_gives_up_without_raising():
     out = await chat_json(llm, [], schema={}, convert=_as_list, retries=1, stats=stats)
     assert out is None
     assert stats.failures == 1 and len(llm.calls) == 2
+
+
+async def test_metered_llm_adds_calls_to_the_usage_in_force():
+    usage = Usage()
+    current: list[Usage | None] = [usage]
+    llm = MeteredLLM(
+        ScriptedLLM(lambda m, t: "one two three"),
+        lambda s: len(s.split()),
+        lambda: current[0],
+        count_prompt=lambda messages: 10 * len(messages),
+    )
+    assert await llm.chat([{"role": "user", "content": "a b"}]) == "one two three"
+    assert usage == Usage(calls=1, tokens_in=10, tokens_out=3) and llm.name == "scripted"
+    current[0] = None  # e.g. no question being answered: not counted
+    await llm.chat([{"role": "user", "content": "a b"}])
+    assert usage == Usage(calls=1, tokens_in=10, tokens_out=3)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 from memo.llm.local import LocalModel
-from memo.reflect.prompts import memory_messages
+from memo.memory import memory_messages
 
 
 def test_each_batch_generates_on_a_thread_that_ends_with_it(model_dir, monkeypatch):

@@ -1,6 +1,7 @@
 import json
 
-from memo.executive.protocol import answer, is_idk, plan
+from memo.executive.protocol import answer, plan
+from memo.memory import is_idk
 
 from .fakes import ScriptedLLM
 

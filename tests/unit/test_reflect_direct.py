@@ -1,12 +1,5 @@
-from memo.reflect.direct import (
-    KIND_DIRECT,
-    clean_question,
-    direct_facts,
-    grounded,
-    is_specific,
-    question_hash,
-    with_antecedents,
-)
+from memo.questions import clean_generated_question, grounded, is_specific, question_hash
+from memo.reflect.direct import KIND_DIRECT, direct_facts, with_antecedents
 from memo.reflect.syntax import KIND_ATOMIC, KIND_PARSED, KIND_SEQUENCE
 
 from .fakes import ScriptedLLM
@@ -14,13 +7,13 @@ from .fakes import ScriptedLLM
 
 def test_clean_question_rules():
     fact = "Acme sells red boxes."
-    assert clean_question("Question: What does Acme sell?\nextra", fact) == "What does Acme sell?"
-    assert clean_question("Acme sells red boxes.", fact) is None  # not a question
-    assert clean_question("Acme sells red boxes?", fact) is None  # the fact echoed
-    assert clean_question("Why?", fact) is None  # too short
-    assert clean_question("", fact) is None
-    assert clean_question("Does Acme charge $4 per box?", "Acme charges $4 per box.") is None  # answer leaks
-    assert clean_question("Do Acme boxes sell red?", fact) is None  # the fact copied
+    assert clean_generated_question("Question: What does Acme sell?\nextra", fact) == "What does Acme sell?"
+    assert clean_generated_question("Acme sells red boxes.", fact) is None  # not a question
+    assert clean_generated_question("Acme sells red boxes?", fact) is None  # the fact echoed
+    assert clean_generated_question("Why?", fact) is None  # too short
+    assert clean_generated_question("", fact) is None
+    assert clean_generated_question("Does Acme charge $4 per box?", "Acme charges $4 per box.") is None  # answer leaks
+    assert clean_generated_question("Do Acme boxes sell red?", fact) is None  # the fact copied
 
 
 def test_questions_must_point_at_their_own_fact():
@@ -107,4 +100,4 @@ def test_questions_must_not_invent_names_or_most_of_their_words():
     assert grounded("Where does Mark Hunter run his radio station?", fact)  # one paraphrased word
     assert not grounded("How did Mark Hunter create the Pokemon app?", fact)  # an invented name
     assert not grounded("What can a student add to enhance this story?", fact)  # mostly new words
-    assert clean_question("Why did Mark decide to end the Orchid Bakery?", fact) is None
+    assert clean_generated_question("Why did Mark decide to end the Orchid Bakery?", fact) is None

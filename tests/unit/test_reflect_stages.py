@@ -6,9 +6,12 @@ import json
 
 import pytest
 
+from memo.llm.metered import MeteredLLM
+from memo.questions import standalone_violations, ungrounded
 from memo.reflect import prompts
 from memo.reflect import stages as st
 from memo.reflect.dedup import Deduplicator
+from memo.reflect.pairs import QAPair
 
 from .fakes import ScriptedLLM
 
@@ -52,19 +55,19 @@ async def test_unparseable_output_is_counted_with_bounded_retries_never_raised()
 
 async def test_metered_llm_counts_calls_and_tokens():
     stats = st.StageStats()
-    llm = st.MeteredLLM(ScriptedLLM(lambda m, t: "one two three"), lambda s: len(s.split()), stats)
+    llm = MeteredLLM(ScriptedLLM(lambda m, t: "one two three"), lambda s: len(s.split()), stats)
     await llm.chat([{"role": "system", "content": "a b"}, {"role": "user", "content": "c d e"}])
     assert (stats.calls, stats.tokens_in, stats.tokens_out) == (1, 5, 3)
 
 
 def test_standalone_violations():
-    assert st.standalone_violations("Who founded Quill Lamps?", "Mara Quill founded Quill Lamps.") == []
-    assert "pronoun in the question" in st.standalone_violations("When did she found it?", "In 1990.")
-    assert "answer starts with a pronoun" in st.standalone_violations("Who founded Quill Lamps?", "She did.")
-    assert "vague reference to the source" in st.standalone_violations(
+    assert standalone_violations("Who founded Quill Lamps?", "Mara Quill founded Quill Lamps.") == []
+    assert "pronoun in the question" in standalone_violations("When did she found it?", "In 1990.")
+    assert "answer starts with a pronoun" in standalone_violations("Who founded Quill Lamps?", "She did.")
+    assert "vague reference to the source" in standalone_violations(
         "What does the document say about lamps?", "Quill Lamps makes lamps."
     )
-    assert "not a question" in st.standalone_violations("Quill Lamps", "Mara Quill.")
+    assert "not a question" in standalone_violations("Quill Lamps", "Mara Quill.")
 
 
 def _verifier(judge_ok: bool, rewrite: tuple[str, str] | None):
@@ -82,7 +85,7 @@ def _verifier(judge_ok: bool, rewrite: tuple[str, str] | None):
 
 
 async def test_verify_passes_a_self_contained_pair_unchanged():
-    pair = st.Pair("Who founded Quill Lamps?", "Mara Quill founded Quill Lamps.", "direct", (SRC,))
+    pair = QAPair("Who founded Quill Lamps?", "Mara Quill founded Quill Lamps.", "direct", (SRC,))
     stats = st.StageStats()
     llm = ScriptedLLM(_verifier(True, None))
     assert await st.verify(llm, pair, CHUNK, stats) == pair
@@ -91,19 +94,19 @@ async def test_verify_passes_a_self_contained_pair_unchanged():
 
 
 async def test_verify_rewrites_a_failing_pair_from_its_source():
-    pair = st.Pair("When did she found it?", "In 1990.", "indirect_pronoun", (SRC,))
+    pair = QAPair("When did she found it?", "In 1990.", "indirect_pronoun", (SRC,))
     fixed = ("When did Mara Quill found Quill Lamps?", "Mara Quill founded Quill Lamps in 1990.")
     stats = st.StageStats()
     llm = ScriptedLLM(_verifier(True, fixed))
     got = await st.verify(llm, pair, CHUNK, stats)
-    assert got == st.Pair(*fixed, "indirect_pronoun", (SRC,))
+    assert got == QAPair(*fixed, "indirect_pronoun", (SRC,))
     assert stats.rewritten == 1 and stats.dropped_in_verification == 0
     # the rule check failed without asking the LLM; then one rewrite and one LLM check
     assert [c["messages"][0]["content"] for c in llm.calls] == [prompts.REWRITE_SYSTEM, prompts.VERIFY_SYSTEM]
 
 
 async def test_verify_drops_after_five_failed_rewrites():
-    pair = st.Pair("When did she found it?", "In 1990.", "indirect_pronoun", (SRC,))
+    pair = QAPair("When did she found it?", "In 1990.", "indirect_pronoun", (SRC,))
     stats = st.StageStats()
     llm = ScriptedLLM(_verifier(True, None))  # every rewrite still has pronouns
     assert await st.verify(llm, pair, CHUNK, stats, attempts=5) is None
@@ -112,7 +115,7 @@ async def test_verify_drops_after_five_failed_rewrites():
 
 
 async def test_verify_llm_judgement_counts():
-    pair = st.Pair("Who founded Quill Lamps?", "Mara Quill founded Quill Lamps.", "direct", (SRC,))
+    pair = QAPair("Who founded Quill Lamps?", "Mara Quill founded Quill Lamps.", "direct", (SRC,))
     stats = st.StageStats()
     llm = ScriptedLLM(_verifier(False, ("Who founded the Oslo company Quill Lamps?", "Mara Quill did, in 1990.")))
     # the judge rejects everything: rewrites are judged too, so the pair is dropped after the attempts
@@ -124,8 +127,8 @@ async def test_verify_llm_judgement_counts():
     assert stats.unparseable == 1
 
 
-def _p(q: str, a: str, chunk: str = "chunk1") -> st.Pair:
-    return st.Pair(q, a, "direct", (("doc1", chunk),))
+def _p(q: str, a: str, chunk: str = "chunk1") -> QAPair:
+    return QAPair(q, a, "direct", (("doc1", chunk),))
 
 
 def test_consolidation_groups_share_an_entity_and_have_sizes_2_3_4():
@@ -171,10 +174,10 @@ async def test_entity_surfacing_reverse_lookup_must_name_the_entity():
 
 
 async def test_cross_pairs_take_the_sources_of_the_facts_they_use():
-    anchor = st.Pair("Who founded Quill Lamps?", "Mara Quill founded Quill Lamps.", "direct", (("d1", "c1"),))
+    anchor = QAPair("Who founded Quill Lamps?", "Mara Quill founded Quill Lamps.", "direct", (("d1", "c1"),))
     others = [
-        st.Pair("Where was Mara Quill born?", "Mara Quill was born in Bergen.", "direct", (("d2", "c2"),)),
-        st.Pair("What is Bergen known for?", "Bergen is known for rain.", "direct", (("d3", "c3"),)),
+        QAPair("Where was Mara Quill born?", "Mara Quill was born in Bergen.", "direct", (("d2", "c2"),)),
+        QAPair("What is Bergen known for?", "Bergen is known for rain.", "direct", (("d3", "c3"),)),
     ]
     reply = {
         "pairs": [
@@ -222,7 +225,7 @@ async def test_injected_document_text_stays_data_in_every_stage():
         stats = st.StageStats()
         assert await st.indirect_facts(llm, text, SRC, stats, retries=0) == []
         assert await st.entity_pairs(llm, text, SRC, stats, retries=0) == []
-        pair = st.Pair("Who founded Quill Lamps?", "She did.", "direct", (SRC,))
+        pair = QAPair("Who founded Quill Lamps?", "She did.", "direct", (SRC,))
         assert await st.verify(llm, pair, text, stats, attempts=1, retries=0) is None  # obeying = unusable = dropped
         assert stats.unparseable == 3 and stats.dropped_in_verification == 1
         seen[label] = [c["messages"] for c in llm.calls]
@@ -236,22 +239,22 @@ async def test_injected_document_text_stays_data_in_every_stage():
 
 
 def test_grounding_in_the_source():
-    assert st.ungrounded("Quill Lamps was founded in 1990.", CHUNK, "direct") == []
-    assert st.ungrounded("Quill Lamps was founded in 2012.", CHUNK, "indirect_possessive") == [
+    assert ungrounded("Quill Lamps was founded in 1990.", CHUNK, "direct") == []
+    assert ungrounded("Quill Lamps was founded in 2012.", CHUNK, "indirect_possessive") == [
         "numbers not in the source: 2012"
     ]
-    assert st.ungrounded("Mara Quill was 40 when she founded Quill Lamps.", CHUNK, "indirect_calculated") == []
-    assert st.ungrounded("Penguins swim near Antarctic glaciers.", CHUNK, "direct") == [
+    assert ungrounded("Mara Quill was 40 when she founded Quill Lamps.", CHUNK, "indirect_calculated") == []
+    assert ungrounded("Penguins swim near Antarctic glaciers.", CHUNK, "direct") == [
         "answer not supported by the source"
     ]
 
 
 async def test_verify_rules_only_for_direct_pairs_and_invented_numbers_rewritten():
-    good = st.Pair("Who founded Quill Lamps?", "Mara Quill founded Quill Lamps.", "direct", (SRC,))
+    good = QAPair("Who founded Quill Lamps?", "Mara Quill founded Quill Lamps.", "direct", (SRC,))
     llm = ScriptedLLM(_verifier(False, None))  # a judge that rejects everything is never asked
     assert await st.verify(llm, good, CHUNK, st.StageStats(), judge=False) == good and llm.calls == []
     q, a = "When was Quill Lamps founded?", "Quill Lamps was founded in 2012."
-    invented = st.Pair(q, a, "indirect_possessive", (SRC,))
+    invented = QAPair(q, a, "indirect_possessive", (SRC,))
     fixed = ("When was Quill Lamps founded?", "Quill Lamps was founded in 1990.")
     stats = st.StageStats()
     got = await st.verify(ScriptedLLM(_verifier(True, fixed)), invented, CHUNK, stats, judge=False)
@@ -267,7 +270,7 @@ async def test_structured_stage_on_the_real_local_model_never_crashes(model_dir)
 
     llm = LocalChat(load_local_model(str(model_dir)))
     stats = st.StageStats()
-    metered = st.MeteredLLM(llm, token_counter(str(model_dir)), stats)
+    metered = MeteredLLM(llm, token_counter(str(model_dir)), stats)
     pairs = await st.indirect_facts(metered, CHUNK, SRC, stats, retries=0, max_tokens=48)
     assert stats.calls == 1 and stats.tokens_in > 100 and 0 < stats.tokens_out <= 52
     assert stats.unparseable in (0, 1) and stats.json_retries == 0

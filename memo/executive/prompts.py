@@ -1,0 +1,40 @@
+"""The Executive's prompts: breaking a question into sub-questions for the Memory, and writing the final answer from
+the Memory's answers (its notes)."""
+
+from __future__ import annotations
+
+PLAN_SYSTEM = (
+    "You break a question into short, self-contained sub-questions that can each be answered from memory. "
+    'Reply with JSON: {"sub_questions": ["...", "..."]}.'
+)
+PLAN_SCHEMA = {
+    "type": "object",
+    "properties": {"sub_questions": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 8}},
+    "required": ["sub_questions"],
+}
+PLAN_SHOT = (
+    "Who founded the company that makes the Orchid phone?",
+    '{"sub_questions": ["Which company makes the Orchid phone?", '
+    '"Who founded the company that makes the Orchid phone?"]}',
+)
+SYNTH_SYSTEM = (
+    "You answer a question using only the notes given, which come from a memory. Ignore notes that say "
+    "\"I don't know\". If the notes do not answer the question, say you don't know. Answer briefly."
+)
+
+
+def plan_messages(question: str, max_sub: int) -> list[dict[str, str]]:
+    return [
+        {"role": "system", "content": PLAN_SYSTEM},
+        {"role": "user", "content": f"At most {max_sub} sub-questions.\nQuestion: {PLAN_SHOT[0]}"},
+        {"role": "assistant", "content": PLAN_SHOT[1]},
+        {"role": "user", "content": f"At most {max_sub} sub-questions.\nQuestion: {question}"},
+    ]
+
+
+def synth_messages(question: str, notes: list[tuple[str, str]]) -> list[dict[str, str]]:
+    lines = "\n".join(f"- Q: {q}\n  A: {a}" for q, a in notes) or "- (no notes)"
+    return [
+        {"role": "system", "content": SYNTH_SYSTEM},
+        {"role": "user", "content": f"Notes:\n{lines}\n\nQuestion: {question}"},
+    ]
