@@ -14,14 +14,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from memo import catalog
+from memo.batch import find_documents, ingest_files
 from memo.db import Database, Job
 from memo.llm import Engines
-from memo.pipeline import Context, run_batch
 from memo.query import ask
 from memo.settings import LLMRole, get_settings
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
@@ -42,12 +41,9 @@ def main() -> None:
         db = Database(settings)
         db.migrate()
         seconds = {"migrate": time.perf_counter() - t0}
-        with db.session() as s:
-            coll = catalog.create_collection(s, "smoke")
-            files = sorted(args.corpus.iterdir())
-            uploads = [catalog.add_document(s, settings, coll.id, f.name, f.read_bytes()) for f in files]
-            jobs = [u.job.id for u in uploads if u.job is not None]
-        seconds.update(run_batch(Context(db, settings), jobs))
+        done = ingest_files(db, settings, "smoke", find_documents([args.corpus]))
+        jobs, coll_id = done.job_ids, done.collection_id
+        seconds.update(done.seconds)
         with db.session() as s:
             stats = s.get(Job, jobs[-1]).stats  # type: ignore[union-attr]
             pairs = sum(s.get(Job, j).stats.get("reflect", {}).get("document_pairs", 0) for j in jobs)  # type: ignore[union-attr]
@@ -59,7 +55,7 @@ def main() -> None:
             try:
                 for q in questions:
                     start = time.perf_counter()
-                    await ask(db, engines, coll.id, q)
+                    await ask(db, engines, coll_id, q)
                     out.append(time.perf_counter() - start)
             finally:
                 await engines.aclose()

@@ -1,18 +1,19 @@
-"""Merge versus retrain: the cost and the recall of a task-vector update against a full retrain.
+"""Merge versus retrain: the cost and the recall of a task-vector update against a retrain on every reflection.
 
 The documents of a benchmark folder (``documents.jsonl`` + ``questions.jsonl``, as ../shared/data) are split in two
-halves A and B, ingested one after the other through the real pipeline with ``update_mode=merge``: version 1 is a
-full adapter on A, version 2 the service's update: a delta trained on B (with its rehearsal of A, on top of version 1
-by default: ``MEMO_TRAIN__UPDATE_FROM``) merged with it. Then, on the same reflections, a full retrain on A and B
-(what ``update_mode=retrain`` would do), and MeMo's own update: B's task vector trained from the bare base and merged
-with A's by every combination. Each model answers, closed-book, the reflections held out of training (A's and B's,
-held-out recall as the gate measures it, :func:`memo.train.gate.recall`), a sample of the trained reflections, and
-the benchmark's own questions about the documents; compute is the wall time of the training loop (+ merging). The
-retrain stops early on B's held-out reflections, as ``update_mode=retrain`` would after B's upload; it is trained
-once per ``--out`` and seed (``--retrain-seeds``; ``adapters/retrain*.json`` keep their figures), so a rerun compares
-other update recipes (``--recipe``, each trained over version 1 and merged as the service does) against the same
-retrains. A kept share is a model's recall over the mean of the retrains'; the retrain's compute is their median.
-Every model's answers but the recipes' are kept in ``--out/answers``, so a rerun asks only the new recipes.
+halves A and B, ingested one after the other through the real pipeline with ``MEMO_TRAIN__UPDATE=merge``: version 1
+is an adapter trained on A, version 2 the service's update: a delta trained on B (with its rehearsal of A, on top of
+version 1) merged with it. Then, on the same reflections, a retrain on A and B (what ``MEMO_TRAIN__UPDATE=retrain``
+would do), and MeMo's own update: B's task vector trained from the bare base and merged with A's by every
+combination. Each model answers, closed-book, the reflections held out of training (A's and B's, held-out recall as
+the gate measures it, :func:`memo.train.gate.recall`), a sample of the trained reflections, and the benchmark's own
+questions about the documents; compute is the wall time of the training loop (+ merging). The retrain stops early on
+B's held-out reflections, as a retrain would after B's upload; it is trained once per ``--out`` and seed
+(``--retrain-seeds``; ``adapters/retrain*.json`` keep their figures), so a rerun compares other update recipes
+(``--recipe``: the service's selection of B's update, :func:`memo.train.update.select_training`, trained by other
+settings and merged as the service does) against the same retrains. A kept share is a model's recall over the mean of
+the retrains'; the retrain's compute is their median. Every model's answers but the recipes' are kept in
+``--out/answers``, so a rerun asks only the new recipes.
 
 Run: ``python -m benchmarks.bench_update --dataset ../shared/data/narrativeqa_dev --docs 2 --out /tmp/upd``
 (generator from the usual settings, e.g. ``MEMO_GENERATOR__BACKEND=openai`` on a vLLM server).
@@ -32,23 +33,40 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from sqlalchemy import select
 
 from benchmarks.metrics import token_f1
 from memo import catalog
+from memo.batch import ingest_files
 from memo.db import Database, Document, MemoryVersion, Reflection
 from memo.llm import Engines
-from memo.merge.adapters import merge_adapters
-from memo.pipeline import Context, UpdatePlan, delta_recipe, merge_deltas, rehearsal, run_batch
-from memo.reflect.prompts import memory_messages
+from memo.memory import memory_messages
+from memo.merge.adapters import Combination, merge_adapters
 from memo.settings import Settings, TrainSettings, get_settings
 from memo.train.gate import Pair, recall
-from memo.train.sft import train_sft
+from memo.train.sft import TrainResult, train_sft
+from memo.train.update import TrainingData, merge_deltas, select_training, train_delta
 
 log = logging.getLogger(__name__)
-COMBINATIONS = ("cat", "svd", "ties_svd", "dare_ties_svd", "dare_linear_svd")
+COMBINATIONS: tuple[str, ...] = get_args(Combination)
+# --recipe keys that are no service setting: experiment arms of this benchmark only
+RECIPE_ARMS = {
+    "scale": "the delta's merge weight (default 1)",
+    "from": '"served" (default): the delta trains on top of version 1, as the service\'s update does; "base": from '
+    "the bare base model, every task vector independent (MeMo's way)",
+}
+
+
+def recipe_settings(settings: Settings, over: dict[str, Any]) -> Settings:
+    """The settings a ``--recipe`` trains by: training settings nested as ``TrainSettings`` is (``{"delta":
+    {"epochs": 3}, "seed": 1}``: MEMO_TRAIN__DELTA__EPOCHS=3, MEMO_TRAIN__SEED=1); a nested group (``delta``,
+    ``merge``) is updated, not replaced."""
+    train = settings.train.model_dump()
+    for key, value in over.items():
+        train[key] = {**train[key], **value} if isinstance(train.get(key), dict) else value
+    return settings.model_copy(update={"train": TrainSettings.model_validate(train)})
 
 
 def load_dataset(folder: Path, n_docs: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -59,11 +77,10 @@ def load_dataset(folder: Path, n_docs: int) -> tuple[list[dict[str, Any]], list[
     return docs, [q for q in questions if set(q["doc_ids"]) <= ids]
 
 
-def ingest(settings: Settings, db: Database, coll_id: str, docs: list[dict[str, Any]]) -> dict[str, float]:
-    with db.session() as s:
-        ups = [catalog.add_document(s, settings, coll_id, f"{d['doc_id']}.txt", d["text"].encode()) for d in docs]
-        jobs = [u.job.id for u in ups if u.job is not None]
-    return run_batch(Context(db, settings), jobs)
+def ingest(settings: Settings, db: Database, collection: str, docs: list[dict[str, Any]]) -> dict[str, float]:
+    """The documents through the real pipeline, as one batch; seconds per stage."""
+    files = [(f"{d['doc_id']}.txt", d["text"].encode()) for d in docs]
+    return ingest_files(db, settings, collection, files).seconds
 
 
 def slug(name: str) -> str:
@@ -107,9 +124,9 @@ def main() -> None:
         type=json.loads,
         action="append",
         default=[],
-        help='another update recipe to compare, as JSON: TrainSettings fields (e.g. {"update_epochs": 3, "seed": 1}) '
-        'and "scale", the delta\'s merge weight; repeatable. A delta trains by the update_* fields: its batch size '
-        "and rate are update_batch_size and update_lr (batch_size and lr only where those are 0)",
+        help="another update recipe to compare, as JSON, repeatable: training settings nested as the environment's "
+        '(e.g. {"delta": {"epochs": 3, "replay": 0.5}, "seed": 1} for MEMO_TRAIN__DELTA__EPOCHS=3 ...), and the '
+        "benchmark's own arms: " + "; ".join(f'"{k}", {v}' for k, v in RECIPE_ARMS.items()),
     )
     parser.add_argument(
         "--retrain-seeds",
@@ -121,8 +138,8 @@ def main() -> None:
         "--timing",
         choices=("retrain", "recipes", "both"),
         help="train the retrain, the --recipe's or both again in this process and print their wall time, evaluating "
-        "nothing: run after the bench, on an idle machine (a training right after a long one, in any process, ran "
-        "up to 1.3x slower here: results/lifecycle)",
+        "nothing: run after the bench, on an idle machine (a training right after a long one, in any process, runs "
+        "slower)",
     )
     parser.add_argument(
         "--repeat",
@@ -146,9 +163,7 @@ def main() -> None:
         r: getattr(env, r).model_copy(update={"model": getattr(env, r).model or str(env.default_model_dir)})
         for r in ("generator", "memory", "executive")
     }
-    settings = get_settings(
-        data_dir=data_dir, gate=gate, train={**env.train.model_dump(), "update_mode": "merge"}, **roles
-    )
+    settings = get_settings(data_dir=data_dir, gate=gate, train={**env.train.model_dump(), "update": "merge"}, **roles)
     db = Database(settings)
     db.migrate()
     docs, questions = load_dataset(args.dataset, args.docs)
@@ -160,9 +175,9 @@ def main() -> None:
         ).all()
     seconds: dict[str, dict[str, float]] = {}
     if not versions:
-        seconds["A"] = ingest(settings, db, coll.id, docs[:half])
+        seconds["A"] = ingest(settings, db, coll.name, docs[:half])
     if len(versions) < 2:
-        seconds["B"] = ingest(settings, db, coll.id, docs[half:])
+        seconds["B"] = ingest(settings, db, coll.name, docs[half:])
     with db.session() as s:
         v1, v2 = s.scalars(
             select(MemoryVersion).where(MemoryVersion.collection_id == coll.id).order_by(MemoryVersion.created_at)
@@ -173,11 +188,23 @@ def main() -> None:
             .where(Reflection.collection_id == coll.id)
             .order_by(Reflection.created_at, Reflection.id)  # the pipeline's order: a recipe trains what it would
         ).all()
+        in_b = {f"{d['doc_id']}.txt" for d in docs[half:]}
+        b_docs = set(
+            s.scalars(select(Document.id).where(Document.collection_id == coll.id, Document.filename.in_(in_b)))
+        )
     held_a, held_b = set(v1.metrics["heldout_ids"]), set(v2.metrics["heldout_ids"])
-    in_b = {f"{d['doc_id']}.txt" for d in docs[half:]}
     by_id = {i: (q, a) for i, q, a, _ in rows}
     train_pairs = [(q, a) for i, q, a, _ in rows if i not in held_a | held_b]
-    b_pairs = [(q, a) for i, q, a, f in rows if f in in_b and i not in held_a | held_b]
+
+    def select_update(rsettings: Settings) -> TrainingData:
+        """What the service's update over version 1 trains on with B as its new documents (B's pairs less the held
+        out, the rehearsal draw of A's reflections), by ``rsettings``."""
+        with db.session() as s:
+            data = select_training(s, rsettings, coll.id, v1, new_docs=b_docs)
+        if data.plan.mode != "merge" or {i for i, *_ in data.heldout} != held_b:
+            raise SystemExit(f"not the served update's selection: {data.plan.reason or 'other held-out pairs'}")
+        return data
+
     # compute: the training loop's wall time (TrainResult.seconds) of each, + the update's merge
     update_seconds = v2.metrics["seconds"] + v2.metrics["merge_seconds"]
     held_b_pairs = [by_id[i] for i in sorted(held_b)]
@@ -185,16 +212,17 @@ def main() -> None:
     base = settings.memory_base_model
     cfg = settings.train
     out = args.out / "adapters"
-    plan = UpdatePlan("merge", [{"documents": sorted({f for *_, f in rows} - in_b)}], in_b, "")
-    pool = [r for r in rows if r[0] not in held_a]
 
-    def train_recipe(over: dict[str, Any], where: Path) -> tuple[TrainSettings, Any]:
-        """An update recipe's delta over version 1, with the service's rehearsal draw of A's reflections."""
-        rcfg = delta_recipe(TrainSettings.model_validate({**cfg.model_dump(), **over}))
-        k, known = round(rcfg.update_replay * len(b_pairs)), v1.metrics.get("pair_losses", {})
-        replay = [(q, a) for _, q, a in rehearsal(pool, plan, k, rcfg.seed, known, rcfg.update_replay_hard)[0]]
-        delta = train_sft(base, b_pairs + replay, where, rcfg, eval_pairs=held_b_pairs, start_adapter=v1.adapter_path)
-        return rcfg, delta
+    def train_recipe(over: dict[str, Any], where: Path) -> tuple[TrainSettings, TrainResult]:
+        """An update recipe's delta: the service's selection of B's update, trained by the recipe's settings on top of
+        version 1 (or, ``"from": "base"``, from the bare base model)."""
+        over = dict(over)
+        start = over.pop("from", "served")
+        if start not in ("served", "base"):
+            raise SystemExit(f'a recipe\'s "from" is "served" or "base", not {start!r}')
+        rsettings = recipe_settings(settings, over)
+        adapter = v1.adapter_path if start == "served" else None
+        return rsettings.train, train_delta(rsettings, select_update(rsettings), where, start=adapter)
 
     if args.timing:  # train again in this fresh process, time it, evaluate nothing
         timed: dict[str, list[dict[str, Any]]] = {}
@@ -215,8 +243,9 @@ def main() -> None:
         return
     models: dict[str, str | None] = {"base (no memory)": None, "v1: A only": v1.adapter_path}
     models["update (served): delta on top of v1, rehearsal, exact sum"] = v2.adapter_path
-    # the retrain update_mode=retrain would run after B's upload (early stopping on B's held-out reflections), once
-    # per seed; each is kept with its figures, so a rerun on the same --out compares other recipes against the same
+    # the retrain MEMO_TRAIN__UPDATE=retrain would run after B's upload (early stopping on B's held-out reflections),
+    # once per seed; each is kept with its figures, so a rerun on the same --out compares other recipes against the
+    # same
     retrains: dict[str, dict[str, Any]] = {}  # name: the retrain's TrainResult.metrics
     for seed in args.retrain_seeds or [cfg.seed]:
         name, where = ("retrain A+B", out / "retrain")
@@ -244,6 +273,7 @@ def main() -> None:
     merge_seconds: dict[str, float] = {}
     independent_seconds = None
     if args.combinations:  # MeMo's own update for comparison: B's task vector trained from the bare base
+        b_pairs = [(q, a) for _, q, a in select_update(settings).new]  # no rehearsal
         independent = train_sft(base, b_pairs, out / "delta-from-base", cfg, eval_pairs=held_b_pairs)
         independent_seconds = independent.seconds
     for combo in args.combinations:
@@ -251,7 +281,7 @@ def main() -> None:
         path = merge_adapters(
             base, [str(v1.adapter_path), str(independent.adapter_path)], out / combo,
             combination=combo,  # type: ignore[arg-type]
-            density=cfg.merge_density, rank=min(2 * cfg.rank, cfg.merge_rank or cfg.rank), seed=cfg.seed,
+            density=cfg.merge.density, rank=min(2 * cfg.rank, cfg.merge.rank or cfg.rank), seed=cfg.seed,
         )  # fmt: skip
         merge_seconds[combo] = time.perf_counter() - t0
         models[f"MeMo-style: delta from base, {combo}"] = str(path)

@@ -35,10 +35,10 @@ from benchmarks.dataset import Benchmark, document_file, load_benchmark
 from benchmarks.metering import CURRENT, Meter, MeteredEngines, counter_for
 from benchmarks.metrics import score_answer
 from memo import catalog
-from memo.db import Database, Job, JobKind, JobState, MemoryVersion, Reflection
+from memo.batch import ingest_files
+from memo.db import Database, Job, JobState, MemoryVersion, Reflection
 from memo.errors import InvalidInput
 from memo.executive import config as executive_config
-from memo.pipeline import Context, run_batch
 from memo.progress import bar_runner
 from memo.reflect.prompts import PROMPT_VERSION
 from memo.serving.publish import active_version
@@ -137,27 +137,14 @@ def ensure_memory(settings: Settings, db: Database, bench: Benchmark) -> Memory:
     with db.session() as s:
         coll = catalog.collection_by_name(s, name)
         reused = coll is not None and active_version(s, coll.id) is not None
-        if coll is None:
-            coll = catalog.create_collection(s, name)
+    if reused:
+        assert coll is not None
         coll_id = coll.id
-        if not reused:
-            for d in bench.documents:
-                filename, data = document_file(d)
-                catalog.add_document(s, settings, coll_id, filename, data)
-    if not reused:
-        with db.session() as s:
-            jobs = list(
-                s.scalars(
-                    select(Job.id)
-                    .where(Job.collection_id == coll_id, Job.kind == JobKind.ingest, Job.state != JobState.succeeded)
-                    .order_by(Job.created_at, Job.id)
-                )
-            )
-        log.info("ingesting %d document(s) into %s", len(jobs), name)
-
-        seconds = {
-            k: round(v, 2) for k, v in run_batch(Context(db, settings), jobs, bar_runner(db, leave=False)).items()
-        }
+    else:
+        files = [document_file(d) for d in bench.documents]
+        done = ingest_files(db, settings, name, files, runner=bar_runner(db, leave=False), resume=True)
+        coll_id = done.collection_id
+        seconds = {k: round(v, 2) for k, v in done.seconds.items()}
     with db.session() as s:
         version = active_version(s, coll_id)
         if version is None or not version.adapter_path:

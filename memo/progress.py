@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 from tqdm import tqdm
 
+from memo.batch import StageRunner, run_each
 from memo.db import Database, Job
-from memo.pipeline import StageRunner, run_each
 
 
 def _follow(db: Database, job_id: str, stage: str, fn: Callable[[], object], leave: bool) -> None:
@@ -36,7 +36,7 @@ def _follow(db: Database, job_id: str, stage: str, fn: Callable[[], object], lea
 
 
 def bar_runner(db: Database, *, leave: bool = True) -> StageRunner:
-    """A :func:`memo.pipeline.run_batch` runner: one bar per document for batched stages, the job's own
+    """A :func:`memo.batch.ingest_files` runner: one bar per document for batched stages, the job's own
     done/total for a stage of a single job."""
 
     def runner(stage: str, job_ids: list[str], fn: Callable[[str], object], workers: int) -> None:

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 Backend = Literal["local", "openai"]
@@ -108,12 +108,16 @@ class ReflectSettings(BaseModel):
         return self
 
 
-class TrainSettings(BaseModel):
-    """SFT of the Memory model (MeMo's LoRA ablation defaults, scaled to a small model)."""
+class Recipe(BaseModel):
+    """How the Memory model is fine-tuned (:func:`memo.train.sft.train_sft`): a whole training's recipe, from which a
+    merge update's delta recipe (:class:`DeltaRecipe`) is derived. MeMo's LoRA ablation defaults, scaled to a small
+    model."""
 
-    # "lora": a peft adapter (hot-loadable into vLLM, mergeable as a task vector); "full": every weight is trained and
-    # a version is a whole model directory (served in-process, or by a vLLM server started on that directory)
-    method: Literal["lora", "full"] = "lora"
+    model_config = ConfigDict(extra="forbid")
+
+    # "lora": a peft adapter (hot-loadable into vLLM, mergeable as a task vector); "full_finetune": every weight is
+    # trained and a version is a whole model directory (served in-process, or by a vLLM server started on it)
+    method: Literal["lora", "full_finetune"] = "lora"
     rank: int = 16
     alpha: int = 32
     dropout: float = 0.05
@@ -143,38 +147,58 @@ class TrainSettings(BaseModel):
     # the forward and backward pass in bfloat16 (autocast; weights and optimizer stay float32): "auto" = where the
     # hardware computes it natively (a CUDA GPU with bfloat16, a CPU with AVX512-BF16 or AMX), else float32
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    # later uploads: "retrain" = a new adapter on every reflection of the collection; "merge" = a delta adapter on
-    # the new document's reflections only, merged with the collection's earlier deltas (task vectors)
-    update_mode: Literal["retrain", "merge"] = "retrain"
-    merge_combination: Literal["cat", "svd", "ties_svd", "dare_ties_svd", "dare_linear_svd"] = "svd"
-    merge_density: float = Field(default=0.3, gt=0, le=1)
+
+
+class DeltaRecipe(BaseModel):
+    """How a merge update's delta is trained (``MEMO_TRAIN__DELTA__*``): on the new documents' reflections and a
+    rehearsal of earlier ones, on top of the served memory. The recipe's other fields (rank, seed, min_steps,
+    precision, ...) are the whole training's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # a delta learns only the new documents, on top of what is served: fewer passes than a retrain on everything
+    # (0 = the whole training's epochs; min_steps still applies)
+    epochs: int = Field(default=4, ge=0)
+    # batch size and learning rate (0 = the whole training's): a top-layer step is small, so a larger batch at a
+    # higher rate adds little to its time
+    batch_size: int = Field(default=8, ge=0)
+    lr: float = Field(default=2e-3, ge=0)
+    # the top N decoder layers only (0 = every layer): after one pass through the frozen layers below, an epoch
+    # costs the top layers and the head
+    top_layers: int = Field(default=8, ge=0)
+    # LoRA dropout: a delta learns as much without it, and on a CPU its random masks are a cost of their own
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    # earlier documents' reflections rehearsed against forgetting, as a share of the delta's new pairs (0 = none)
+    replay: float = Field(default=1.0, ge=0, le=4)
+    # the share of that rehearsal drawn from the earlier reflections the served memory knows least (the highest
+    # training loss its versions recorded for them), the rest at random (0 = all at random)
+    replay_hard: float = Field(default=1.0, ge=0, le=1)
+
+
+class MergeSettings(BaseModel):
+    """How a version's task vectors (its ledger) are merged into the adapter it serves (``MEMO_TRAIN__MERGE__*``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # "cat" and "svd" sum the task vectors exactly ("svd" re-factorised past ``rank``); the others trim first (TIES,
+    # DARE) by peft's add_weighted_adapter, at ``density``
+    combination: Literal["cat", "svd", "ties_svd", "dare_ties_svd", "dare_linear_svd"] = "svd"
+    density: float = Field(default=0.3, gt=0, le=1)
     # rank of the merged adapter: the sum of its deltas' ranks (their exact sum) up to this cap, beyond it the best
     # approximation of that rank (a vLLM server must be started with --max-lora-rank at least this; 0 = the training
     # rank)
-    merge_rank: int = Field(default=64, ge=0)
-    # merge mode: a delta is trained on top of the memory it will be added to (base + the kept deltas), so it builds
-    # on what is served ("served"), or from the bare base model, every task vector independent, as MeMo does ("base")
-    update_from: Literal["served", "base"] = "served"
-    # merge mode: reflections of the earlier documents rehearsed in a delta's training, as a share of its new pairs
-    # (against forgetting what the served memory knows; 0 = none)
-    update_replay: float = Field(default=1.0, ge=0, le=4)
-    # merge mode: the share of that rehearsal drawn from the earlier reflections the served memory knows least (the
-    # highest training loss its versions recorded for them), the rest at random (0 = all at random): rehearsing
-    # what it knows least also teaches it what the earlier version missed (results/lifecycle)
-    update_replay_hard: float = Field(default=1.0, ge=0, le=1)
-    # merge mode: epochs of a delta's training (0 = ``epochs``); a delta learns the new documents on top of what is
-    # served, so it needs fewer passes than a retrain on everything (results/lifecycle); ``min_steps`` still applies
-    update_epochs: int = Field(default=4, ge=0)
-    # merge mode: batch size and learning rate of a delta's training (0 = ``batch_size``, ``lr``): a delta's top-layer
-    # steps are small, and twice the batch at twice the rate learns as much in less time (results/lifecycle)
-    update_batch_size: int = Field(default=8, ge=0)
-    update_lr: float = Field(default=2e-3, ge=0)
-    # merge mode: a delta trains the top N decoder layers only (``top_layers``; 0 = every layer): after one pass
-    # through the frozen layers below, its epochs cost the top layers and the head (results/lifecycle)
-    update_top_layers: int = Field(default=8, ge=0)
-    # merge mode: LoRA dropout of a delta's training (``dropout`` is the full recipe's): a delta learns as much
-    # without it, and its random masks cost a 2-core CPU a tenth of the step (results/lifecycle)
-    update_dropout: float = Field(default=0.0, ge=0, lt=1)
+    rank: int = Field(default=64, ge=0)
+
+
+class TrainSettings(Recipe):
+    """The Memory model's training (``MEMO_TRAIN__*``): the whole training's recipe, and how later uploads update a
+    collection's memory (memo.train.update)."""
+
+    # later uploads: "retrain" = a new adapter on every reflection of the collection; "merge" = a delta adapter on
+    # the new documents' reflections (``delta``), merged with the collection's earlier deltas (task vectors, ``merge``)
+    update: Literal["retrain", "merge"] = "retrain"
+    delta: DeltaRecipe = DeltaRecipe()
+    merge: MergeSettings = MergeSettings()
     # periodic consolidation: once a collection's ledger holds this many deltas, the next update retrains on the
     # union instead of merging another one (0 = never automatically; POST .../consolidate does it on demand)
     consolidate_after: int = Field(default=8, ge=0)

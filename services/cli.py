@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -30,7 +30,7 @@ def _setup(verbose: bool = False) -> Settings:
     return get_settings()
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
 
@@ -86,22 +86,19 @@ def worker(
         _fail("MEMO_BROKER_URL is not set: without a broker, jobs run inside `memo serve` / `memo ingest`")
     from services.worker.celery_app import celery_app
 
-    celery_app.worker_main(
+    celery_app(settings).worker_main(
         ["worker", "-Q", queues, "--pool", "solo", "--loglevel", "INFO", "--without-gossip", *ctx.args]
     )
 
 
-def _collection_id(settings: Settings, name: str, create: bool) -> str:
+def _collection_id(settings: Settings, name: str) -> str:
     from memo import catalog
     from memo.db import Database
 
-    db = Database(settings)
-    with db.session() as s:
+    with Database(settings).session() as s:
         coll = catalog.collection_by_name(s, name)
         if coll is None:
-            if not create:
-                _fail(f"no collection named {name!r}; ingest documents into it first")
-            coll = catalog.create_collection(s, name)
+            _fail(f"no collection named {name!r}; ingest documents into it first")
         return coll.id
 
 
@@ -111,58 +108,27 @@ def ingest(
     collection: str = typer.Option("default", "--collection", "-c"),
 ) -> None:
     """Upload documents into a collection and run the pipeline here, with progress bars."""
-    from memo import catalog
+    from memo.batch import find_documents, ingest_files
     from memo.db import Database
     from memo.errors import MemoError
-    from memo.pipeline import Context, run_batch
     from memo.progress import bar_runner
 
     settings = _setup()
     db = Database(settings)
     db.migrate()
-    files: list[Path] = []
-    for p in paths:
-        if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in {".txt", ".md", ".markdown"})
-        elif p.is_file():
-            files.append(p)
-        else:
-            _fail(f"{p} does not exist")
-    if not files:
-        _fail("no .txt or .md files found")
-    coll_id = _collection_id(settings, collection, create=True)
-    jobs: list[str] = []
-    with db.session() as s:
-        for f in files:
-            try:
-                up = catalog.add_document(s, settings, coll_id, f.name, f.read_bytes())
-            except MemoError as exc:
-                _fail(f"{f}: {exc.message}")
-            if up.job is None:
-                typer.echo(f"{f.name}: already in {collection!r}, skipped")
-            else:
-                jobs.append(up.job.id)
-    if not jobs:
-        typer.echo("nothing new to learn")
-        return
-    ctx = Context(db, settings)
-
     try:
-        run_batch(ctx, jobs, bar_runner(db))
+        files = find_documents(paths)
+        done = ingest_files(db, settings, collection, files, runner=bar_runner(db))
     except MemoError as exc:
         _fail(exc.message)
-    from sqlalchemy import select
-
-    from memo.db import Document, Job, JobState
-
-    with db.session() as s:
-        failed = [
-            (s.get(Document, job.document_id), job.error)
-            for job in s.scalars(select(Job).where(Job.id.in_(jobs), Job.state == JobState.failed))
-        ]
-        for doc, error in failed:
-            typer.echo(f"{doc.filename if doc else '?'}: not learned: {error}", err=True)
-    typer.echo(f"collection {collection!r} ({coll_id}) learned {len(jobs) - len(failed)} document(s)")
+    for name in done.skipped:
+        typer.echo(f"{name}: already in {collection!r}, skipped")
+    if not done.job_ids:
+        typer.echo("nothing new to learn")
+        return
+    for name, error in done.failed:
+        typer.echo(f"{name}: not learned: {error}", err=True)
+    typer.echo(f"collection {collection!r} ({done.collection_id}) learned {done.learned} document(s)")
 
 
 @app.command()
@@ -178,7 +144,7 @@ def ask(
 
     settings = _setup()
     db = Database(settings)
-    coll_id = _collection_id(settings, collection, create=False)
+    coll_id = _collection_id(settings, collection)
 
     async def run() -> None:
         engines = Engines(settings)
@@ -200,9 +166,17 @@ def print_answer(result: object, version: str) -> None:
     assert isinstance(result, Answer)
     typer.secho(f"Q: {result.question}", bold=True)
     for step in result.trace:
-        mark = " (IDK)" if step.idk else ""
+        mark = " (IDK)" if step.idk else " (supported)" if step.supported else " (unsupported)"
         typer.echo(f"   sub-question: {step.sub_question}\n   memory{mark}: {step.memory_answer}")
-    typer.secho(f"A: {result.answer}", fg=typer.colors.GREEN)
+    if result.abstained:
+        typer.secho(f"A: {result.answer}  [abstained: no document supports an answer]", fg=typer.colors.YELLOW)
+    else:
+        typer.secho(f"A: {result.answer}", fg=typer.colors.GREEN)
+    for src in result.sources:
+        typer.echo(f"   source: {src.title} ({src.document_id})")
+        for passage in src.passages:
+            for r in passage.reflections[:2]:
+                typer.echo(f"      - {r.question} -> {r.answer}")
     typer.echo(f"   [executive {result.executive}, memory version {version}]\n")
 
 

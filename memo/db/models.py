@@ -163,7 +163,7 @@ class MemoryVersion(Base):
     collection_id: Mapped[str] = mapped_column(ForeignKey("collections.id", ondelete="CASCADE"), index=True)
     base_model: Mapped[str] = mapped_column(String(500))
     adapter_path: Mapped[str | None] = mapped_column(String(1000), nullable=True)  # what is served
-    mode: Mapped[str] = mapped_column(String(16), default="full", server_default="full")  # "full" | "merge"
+    mode: Mapped[str] = mapped_column(String(16), default="retrain", server_default="retrain")  # "retrain" | "merge"
     parent_id: Mapped[str | None] = mapped_column(ForeignKey("memory_versions.id"), nullable=True)
     # "merge" versions: the delta trained for this update alone (None when an update only dropped deltas)
     delta_path: Mapped[str | None] = mapped_column(String(1000), nullable=True)
@@ -171,7 +171,8 @@ class MemoryVersion(Base):
     active: Mapped[bool] = mapped_column(Boolean, default=False)
     n_reflections: Mapped[int] = mapped_column(Integer, default=0)
     # the documents this version has learned (ids), and the task vectors it is made of, oldest first:
-    # [{"path": adapter or delta directory, "documents": [ids]}] (one entry for a full version)
+    # [{"path": adapter or delta directory, "documents": [ids], "examples": n}] (memo.train.update.LedgerEntry; one
+    # entry for a retrained version)
     documents: Mapped[list] = mapped_column(JSON, default=list)
     ledger: Mapped[list] = mapped_column(JSON, default=list)
     metrics: Mapped[dict] = mapped_column(JSON, default=dict)

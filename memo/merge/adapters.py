@@ -1,11 +1,10 @@
 """Merging LoRA task vectors.
 
-Every adapter in a ledger is a delta trained from the same base model, so its task vector is
-``scale * B @ A`` per target module. ``cat`` and ``svd`` sum the task vectors exactly: ``cat`` stacks the ranks,
-``svd`` keeps the best approximation of rank ``rank`` when the stack is wider (both pure tensor functions on the
-adapter files, :func:`sum_adapters`: no model is loaded, a merge takes well under a second). ``ties_svd`` /
-``dare_ties_svd`` / ``dare_linear_svd`` trim, elect signs or drop-and-rescale first (TIES, DARE), at ``density``,
-with peft's ``add_weighted_adapter``.
+Every adapter in a ledger is a delta trained from the same base model, so its task vector is ``scale * B @ A`` per
+target module. ``cat`` and ``svd`` sum the task vectors exactly: ``cat`` stacks the ranks, ``svd`` keeps the best
+approximation of rank ``rank`` when the stack is wider (both pure tensor functions on the adapter files,
+:func:`sum_adapters`: no model is loaded). ``ties_svd`` / ``dare_ties_svd`` / ``dare_linear_svd`` trim, elect signs
+or drop-and-rescale first (TIES, DARE), at ``density``, with peft's ``add_weighted_adapter``.
 """
 
 from __future__ import annotations

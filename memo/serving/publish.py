@@ -1,8 +1,9 @@
-"""Publishing memory versions: load into the serving backend, then switch routing atomically."""
+"""Publishing memory versions: load into the serving backend, switch routing atomically, retire old adapters."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import httpx
 from sqlalchemy import select, update
@@ -78,7 +79,7 @@ def retire_adapters(session: Session, settings: Settings, collection_id: str, ke
     return retired
 
 
-def publish(session: Session, settings: Settings, version_id: str) -> set[str]:
+def _load_and_route(session: Session, settings: Settings, version_id: str) -> set[str]:
     """Load a version into the serving backend, then route the collection to it (in ``session``'s transaction).
     Returns the versions to keep loaded: pass them to :func:`retire_adapters` after the commit."""
     version = session.get(MemoryVersion, version_id)
@@ -89,6 +90,25 @@ def publish(session: Session, settings: Settings, version_id: str) -> set[str]:
         load_into_server(settings, version)  # servable before routing switches
     activate(session, version_id)
     return {version_id} | ({previous.id} if previous is not None else set())
+
+
+def switch_served_version(
+    session: Session,
+    settings: Settings,
+    version_id: str,
+    with_switch: Callable[[Session], object] = lambda session: None,
+) -> MemoryVersion:
+    """Serve ``version_id`` for its collection: load it into the serving backend, route the collection to it and
+    commit ``session`` (with whatever ``with_switch(session)`` changes, in the same transaction), then unload the
+    collection's adapters other than the new version and the one it replaced (which in-flight queries may still
+    use). Unloading waits for the commit, so a switch that fails never unloads what is still served."""
+    keep = _load_and_route(session, settings, version_id)
+    with_switch(session)
+    session.commit()
+    version = session.get(MemoryVersion, version_id)
+    assert version is not None
+    retire_adapters(session, settings, version.collection_id, keep)
+    return version
 
 
 def activate(session: Session, version_id: str) -> MemoryVersion:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from memo.llm.base import LLM
-from memo.reflect.prompts import memory_messages
+from memo.memory import memory_messages
 from memo.scoring import normalise, recalled
 from memo.settings import GateSettings
 

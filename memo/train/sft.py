@@ -1,11 +1,11 @@
 """SFT of the Memory model: one chat turn per reflection, loss on answer tokens only.
 
 ``method="lora"`` trains a peft adapter (the default: hot-loadable into vLLM, mergeable as a task vector);
-``method="full"`` trains every weight and saves a whole model directory. Length-bucketed batches, seeded, crash
-checkpoints with exact resume, and early stopping on the loss of held-out reflections. The tokens every example starts
-with (the chat template's system turn) run once per batch, their keys and values shared by its rows; the output head
-runs on answer positions only; with ``top_layers`` only the top decoder layers train, over cached states of the frozen
-ones below.
+``method="full_finetune"`` trains every weight and saves a whole model directory. Length-bucketed batches, seeded,
+crash checkpoints with exact resume, and early stopping on the loss of held-out reflections. The tokens every example
+starts with (the chat template's system turn) run once per batch, their keys and values shared by its rows; the output
+head runs on answer positions only; with ``top_layers`` only the top decoder layers train, over cached states of the
+frozen ones below.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from typing import Any
 
 from memo.blobs import write_dir_atomic
 from memo.errors import TrainingDiverged
-from memo.reflect.prompts import memory_messages
-from memo.settings import TrainSettings
+from memo.memory import memory_messages
+from memo.settings import Recipe
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ Pair = tuple[str, str]  # (question, answer)
 
 @dataclass
 class TrainResult:
-    adapter_path: Path  # a peft adapter directory (lora) or a whole model directory (full)
+    adapter_path: Path  # a peft adapter directory (lora) or a whole model directory (full_finetune)
     method: str
     steps: int
     examples: int
@@ -134,10 +134,12 @@ def run_decoder(decoder: Any, x: Any, mask: Any, prefix: Any = None) -> Any:
 
 
 def fingerprint(
-    base_model: str, pairs: Sequence[Pair], eval_pairs: Sequence[Pair], cfg: TrainSettings, start: str | None = None
+    base_model: str, pairs: Sequence[Pair], eval_pairs: Sequence[Pair], cfg: Recipe, start: str | None = None
 ) -> str:
-    """What a checkpoint is valid for: the same base, starting adapter, data and recipe."""
-    blob = json.dumps([base_model, start, list(pairs), list(eval_pairs), cfg.model_dump()], sort_keys=True)
+    """What a checkpoint is valid for: the same base, starting adapter, data and recipe (its recipe fields only, so
+    settings that do not shape this training, e.g. the update policy of :class:`TrainSettings`, do not count)."""
+    recipe = cfg.model_dump(include=set(Recipe.model_fields))
+    blob = json.dumps([base_model, start, list(pairs), list(eval_pairs), recipe], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -163,7 +165,7 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def autocast_dtype(cfg: TrainSettings) -> Any:
+def autocast_dtype(cfg: Recipe) -> Any:
     """The dtype the forward and backward pass run in (None = float32), by ``cfg.precision``."""
     import torch
 
@@ -187,8 +189,8 @@ def _autocast(device: Any, dtype: Any) -> Any:
 def _store_frozen_linears(model: Any, dtype: Any) -> None:
     """The frozen weights of linear layers kept in ``dtype``, the one autocast computes them in: the same values,
     without casting them again at every forward pass (LoRA factors stay). A weight tied to the input embedding (an
-    output head) gets its own copy in ``dtype``, so the embedding lookup stays in float32: casting a 49k-token head
-    took ~30 ms per step on a 2-core CPU."""
+    output head) gets its own copy in ``dtype``, so the embedding lookup stays in float32 and the head, a large
+    matrix, is not cast at every step."""
     import torch
 
     tied = {id(p) for p in model.get_input_embeddings().parameters()}
@@ -389,7 +391,7 @@ def train_sft(
     base_model: str,
     pairs: Sequence[Pair],
     out_dir: Path,
-    cfg: TrainSettings,
+    cfg: Recipe,
     *,
     eval_pairs: Sequence[Pair] = (),
     progress: Progress | None = None,
@@ -565,7 +567,7 @@ def train_sft(
 
     def save(tmp: Path) -> None:
         model.save_pretrained(str(tmp))
-        if cfg.method == "full":
+        if cfg.method == "full_finetune":
             tokenizer.save_pretrained(str(tmp))
 
     write_dir_atomic(out_dir, save)

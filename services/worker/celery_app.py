@@ -2,6 +2,9 @@
 
 Queues: ``ingest`` (parse, publish), ``generate`` (reflections), ``train`` (one per GPU, solo pool).
 Start a worker with ``memo worker`` (all queues) or ``memo worker -Q train``.
+
+:func:`celery_app` is the one place the app is built: the worker consumes with it and the gateway's dispatcher
+(:mod:`services.worker.dispatch`) sends chains with it.
 """
 
 from __future__ import annotations
@@ -13,12 +16,20 @@ from celery import Celery
 from memo.db import Database
 from memo.errors import BackendError
 from memo.pipeline import Context, run_stage
-from memo.settings import get_settings
+from memo.settings import Settings, get_settings
 
 QUEUES = {"parse": "ingest", "reflect": "generate", "train": "train", "evaluate": "train", "publish": "ingest"}
 
 
-def make_celery(broker_url: str) -> Celery:
+def celery_app(settings: Settings) -> Celery:
+    """The app for ``settings.broker_url``, with the stage tasks registered (built once per broker)."""
+    if not settings.broker_url:
+        raise ValueError("MEMO_BROKER_URL is not set: without a broker, jobs run in-process")
+    return _build(settings.broker_url)
+
+
+@cache
+def _build(broker_url: str) -> Celery:
     app = Celery("memo", broker=broker_url)
     app.conf.update(
         task_ignore_result=True,
@@ -28,20 +39,20 @@ def make_celery(broker_url: str) -> Celery:
         broker_connection_retry_on_startup=True,
         task_routes={f"memo.{stage}": {"queue": q} for stage, q in QUEUES.items()},
     )
+    for stage in QUEUES:
+        _register(app, stage)
     return app
 
 
 @cache
 def _context() -> Context:
+    """The worker process's database and settings (from its environment)."""
     settings = get_settings()
     return Context(Database(settings), settings)
 
 
-celery_app = make_celery(get_settings().broker_url or "redis://127.0.0.1:6379/0")
-
-
-def _task(stage: str):  # type: ignore[no-untyped-def]
-    @celery_app.task(
+def _register(app: Celery, stage: str) -> None:
+    @app.task(
         name=f"memo.{stage}",
         autoretry_for=(BackendError,),  # an LLM server that is down or restarting: try again later
         retry_backoff=True,
@@ -49,12 +60,3 @@ def _task(stage: str):  # type: ignore[no-untyped-def]
     )
     def task(job_id: str) -> str:
         return run_stage(_context(), job_id, stage)
-
-    return task
-
-
-parse_task = _task("parse")
-reflect_task = _task("reflect")
-train_task = _task("train")
-evaluate_task = _task("evaluate")
-publish_task = _task("publish")

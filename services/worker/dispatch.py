@@ -5,8 +5,6 @@ from __future__ import annotations
 import logging
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from celery import Celery
-
 from memo.db import Database
 from memo.pipeline import STAGES, Context, run_pipeline
 from memo.settings import Settings
@@ -19,18 +17,15 @@ class Dispatcher:
         self.db = db
         self.settings = settings
         self._pool: ThreadPoolExecutor | None = None
-        self._celery: Celery | None = None
 
     def submit(self, job_id: str) -> Future[None] | None:
         """Queue the whole chain for ``job_id``. In-process, returns the Future of the run."""
         if self.settings.broker_url:
             from celery import chain
 
-            from services.worker.celery_app import QUEUES, make_celery
+            from services.worker.celery_app import QUEUES, celery_app
 
-            if self._celery is None:
-                self._celery = make_celery(self.settings.broker_url)
-            app = self._celery
+            app = celery_app(self.settings)
             sigs = [app.signature(f"memo.{s}", queue=QUEUES[s]) for s in STAGES]
             sigs[0] = sigs[0].clone(args=(job_id,))
             chain(*sigs).apply_async()

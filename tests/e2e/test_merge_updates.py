@@ -1,5 +1,5 @@
-"""Later uploads with update_mode=merge: a delta trained on the new document only, merged with the ledger;
-deleting a document drops its delta; consolidation retrains on the union; the gate rejects a bad version."""
+"""Later uploads with MEMO_TRAIN__UPDATE=merge: a delta trained on the new document only, merged with the
+ledger; deleting a document drops its delta; consolidation retrains on the union; the gate rejects a bad version."""
 
 from __future__ import annotations
 
@@ -29,8 +29,8 @@ from memo.db import (
 )
 from memo.errors import GateFailed
 from memo.llm import Engines
+from memo.memory import memory_messages
 from memo.pipeline import Context, run_pipeline
-from memo.reflect.prompts import memory_messages
 from tests.conftest import make_settings
 
 pytestmark = pytest.mark.slow
@@ -39,7 +39,13 @@ pytestmark = pytest.mark.slow
 def test_second_upload_trains_a_delta_and_merges_it(tmp_path, model_dir):
     # every delta trained on top of the served memory (the default); no rehearsal, so each delta holds exactly its
     # own document and the ledger is predictable
-    train = {"max_steps": 3, "batch_size": 2, "update_mode": "merge", "merge_combination": "svd", "update_replay": 0}
+    train = {
+        "max_steps": 3,
+        "batch_size": 2,
+        "update": "merge",
+        "merge": {"combination": "svd"},
+        "delta": {"replay": 0},
+    }
     settings = make_settings(tmp_path, model_dir, train=train)
     db = Database(settings)
     db.migrate()
@@ -60,7 +66,7 @@ def test_second_upload_trains_a_delta_and_merges_it(tmp_path, model_dir):
 
     with db.session() as s:
         v1, v2, v3 = s.scalars(select(MemoryVersion).order_by(MemoryVersion.created_at)).all()
-        assert (v1.mode, v1.parent_id, v1.delta_path) == ("full", None, None)
+        assert (v1.mode, v1.parent_id, v1.delta_path) == ("retrain", None, None)
         assert (v2.mode, v2.parent_id) == ("merge", v1.id)
         assert v3.active and not v2.active and not v1.active
         assert [(e["path"], e["documents"]) for e in v3.ledger] == [
@@ -79,9 +85,9 @@ def test_second_upload_trains_a_delta_and_merges_it(tmp_path, model_dir):
         assert v2.metrics["merged_deltas"] == 2
         for path in (v2.adapter_path, v2.delta_path):
             assert (Path(path) / "adapter_config.json").is_file()
-        # the delta trained the top update_top_layers layers only: the layers below carry no change
+        # the delta trained its top delta.top_layers layers only: the layers below carry no change
         delta = load_file(str(Path(v2.delta_path) / "adapter_model.safetensors"))
-        cut = 30 - settings.train.update_top_layers  # SmolLM2-135M has 30 layers
+        cut = 30 - settings.train.delta.top_layers  # SmolLM2-135M has 30 layers
         lora_b = {k: v for k, v in delta.items() if "lora_B" in k}
         below = [v for k, v in lora_b.items() if int(k.split(".layers.")[1].split(".")[0]) < cut]
         above = [v for k, v in lora_b.items() if int(k.split(".layers.")[1].split(".")[0]) >= cut]
@@ -116,7 +122,7 @@ def test_second_upload_trains_a_delta_and_merges_it(tmp_path, model_dir):
     run_pipeline(ctx, job.id)
     with db.session() as s:
         v5 = s.get(MemoryVersion, s.get(Job, job.id).memory_version_id)
-        assert v5.active and v5.mode == "full" and v5.metrics["plan"] == "consolidation requested"
+        assert v5.active and v5.mode == "retrain" and v5.metrics["plan"] == "consolidation requested"
         assert [(e["path"], e["documents"]) for e in v5.ledger] == [(v5.adapter_path, [doc_ids[0], doc_ids[2]])]
         live_pairs = s.scalar(select(func.count(Reflection.id)).where(Reflection.document_id.in_(v5.documents)))
         assert v5.metrics["examples"] == live_pairs

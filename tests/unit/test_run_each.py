@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from memo.pipeline import run_each
+from memo.batch import run_each
 
 
 def test_every_job_runs_once_and_is_counted():

@@ -156,9 +156,9 @@ def test_full_fine_tuning_saves_a_whole_model_that_loads(tiny_base, tmp_path):
 
     from memo.llm import is_full_model
 
-    cfg = CFG.model_copy(update={"method": "full", "lr": 1e-3})
+    cfg = CFG.model_copy(update={"method": "full_finetune", "lr": 1e-3})
     result = train_sft(tiny_base, PAIRS, tmp_path / "full", cfg, eval_pairs=HELD)
-    assert result.method == "full" and is_full_model(str(result.adapter_path))
+    assert result.method == "full_finetune" and is_full_model(str(result.adapter_path))
     assert (result.adapter_path / "tokenizer.json").is_file()
     trained = AutoModelForCausalLM.from_pretrained(result.adapter_path)
     base = AutoModelForCausalLM.from_pretrained(tiny_base)

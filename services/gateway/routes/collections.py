@@ -10,7 +10,7 @@ from memo.blobs import BlobStore
 from memo.db import Document, MemoryVersion
 from memo.errors import Conflict, NotFound, PayloadTooLarge
 from memo.ingest.parse import validate_upload
-from memo.serving.publish import publish, retire_adapters
+from memo.serving.publish import switch_served_version
 from memo.settings import Settings
 from services.gateway.deps import DispatcherDep, SessionDep, SettingsDep
 from services.gateway.schemas import (
@@ -166,10 +166,7 @@ def activate_version(collection_id: str, version_id: str, session: SessionDep, s
     version = session.get(MemoryVersion, version_id)
     if version is None or version.collection_id != collection_id:
         raise NotFound(f"memory version {version_id} not found in collection {collection_id}")
-    keep = publish(session, settings, version_id)
-    session.commit()
-    retire_adapters(session, settings, collection_id, keep)
-    return VersionOut.model_validate(version)
+    return VersionOut.model_validate(switch_served_version(session, settings, version_id))
 
 
 @router.get("/{collection_id}/jobs", response_model=list[JobOut])
