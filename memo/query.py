@@ -1,14 +1,19 @@
-"""The read side: answer a question about a collection with its active Memory model and the current Executive."""
+"""The read side: answer a question about a collection with its active Memory model and the current Executive, with
+the sources of the answer (the reflections of the collection's live documents that support it, memo.sources)."""
 
 from __future__ import annotations
 
+import asyncio
+
 from memo.catalog import get_collection
-from memo.db import Database
+from memo.db import Database, MemoryVersion
 from memo.errors import InvalidInput, NotReady
 from memo.executive import config as executive_config
 from memo.executive.protocol import Answer, answer
 from memo.llm import Engines
 from memo.serving.publish import active_version
+from memo.settings import LLMRole, Settings
+from memo.sources import SourceIndex, load_index
 
 MAX_QUESTION_CHARS = 2000
 
@@ -20,6 +25,19 @@ async def ask(db: Database, engines: Engines, collection_id: str, question: str)
         raise InvalidInput("the question is empty")
     if len(question) > MAX_QUESTION_CHARS:
         raise InvalidInput(f"the question is longer than {MAX_QUESTION_CHARS} characters")
+    # off the event loop: a collection whose reflections changed has its source index built again
+    version, exec_role, sources = await asyncio.to_thread(_read, db, engines.settings, collection_id)
+    result = await answer(
+        question,
+        executive=engines.for_role(exec_role),
+        memory=engines.memory(version.id, version.adapter_path),
+        sources=sources,
+        max_sub=engines.settings.max_sub_questions,
+    )
+    return result, version.id
+
+
+def _read(db: Database, settings: Settings, collection_id: str) -> tuple[MemoryVersion, LLMRole, SourceIndex]:
     with db.session() as s:
         get_collection(s, collection_id)
         version = active_version(s, collection_id)
@@ -27,11 +45,7 @@ async def ask(db: Database, engines: Engines, collection_id: str, question: str)
             raise NotReady(
                 f"collection {collection_id} has no trained memory yet: upload documents and wait for their jobs"
             )
-        exec_role = executive_config.current(s, engines.settings)
-    result = await answer(
-        question,
-        executive=engines.for_role(exec_role),
-        memory=engines.memory(version.id, version.adapter_path),
-        max_sub=engines.settings.max_sub_questions,
-    )
-    return result, version.id
+        exec_role = executive_config.current(s, settings)
+        # read at the time of the question: a document deleted or replaced a moment ago has no reflections left, so
+        # the old version's recall of it finds no support (abstained on, never served stale)
+        return version, exec_role, load_index(s, collection_id)

@@ -205,6 +205,9 @@ def eval_(
     ] = "memo,memory-only,closed-book,bm25,dense,gold",
     max_docs: Annotated[int | None, typer.Option(help="Keep the first N evidence documents.")] = None,
     max_questions: Annotated[int | None, typer.Option(help="At most N questions (about kept documents).")] = None,
+    max_per_kind: Annotated[
+        int | None, typer.Option(help="At most N questions of each kind (and N changed questions per revision).")
+    ] = None,
     max_doc_words: Annotated[int | None, typer.Option(help="Truncate each document (smoke runs).")] = None,
     distractors: Annotated[
         bool, typer.Option(help="Add the questions' context_doc_ids (MuSiQue) to the corpus.")
@@ -218,8 +221,13 @@ def eval_(
     judge_api_key: Annotated[str | None, typer.Option(envvar="MEMO_JUDGE_API_KEY")] = None,
     compare: Annotated[Path | None, typer.Option(help="An earlier results.json: report the change per method.")] = None,
     gate: Annotated[bool, typer.Option(help="Let the service's gate block a weak memory.")] = False,
+    updates: Annotated[
+        bool,
+        typer.Option(help="With updates.jsonl and memo: replace, delete and ask again, on a copy of the collection."),
+    ] = True,
 ) -> None:
-    """Run the service and the baselines on a benchmark, with one Executive; score and write a report."""
+    """Run the service and the baselines on a benchmark, with one Executive; score and write a report (per question
+    kind; with updates.jsonl, what is served after documents are replaced and deleted)."""
     import shlex
 
     from benchmarks.harness import EvalConfig, run_eval
@@ -245,6 +253,7 @@ def eval_(
             methods=[m.strip() for m in methods.split(",") if m.strip()],
             max_docs=max_docs,
             max_questions=max_questions,
+            max_per_kind=max_per_kind,
             max_doc_words=max_doc_words,
             distractors=distractors,
             top_k=top_k,
@@ -254,6 +263,7 @@ def eval_(
             judge=judge,
             compare=compare,
             gate=gate,
+            updates=updates,
             command=shlex.join(_eval_command(ctx)),
         )
         run_eval(settings, cfg)

@@ -1,5 +1,5 @@
 """The Executive's prompts: breaking a question into sub-questions for the Memory, and writing the final answer from
-the Memory's answers (its notes)."""
+the Memory's supported answers (its notes)."""
 
 from __future__ import annotations
 
@@ -17,9 +17,11 @@ PLAN_SHOT = (
     '{"sub_questions": ["Which company makes the Orchid phone?", '
     '"Who founded the company that makes the Orchid phone?"]}',
 )
+# the notes are the Memory's answers that the documents support (memo.executive.protocol): the synthesis must keep
+# their words, names and numbers (one that does not is replaced by the best note)
 SYNTH_SYSTEM = (
-    "You answer a question using only the notes given, which come from a memory. Ignore notes that say "
-    "\"I don't know\". If the notes do not answer the question, say you don't know. Answer briefly."
+    "You answer a question using only the notes given, which come from a memory of the documents. Answer briefly, "
+    "with the notes' own words, names and numbers."
 )
 
 

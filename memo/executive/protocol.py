@@ -1,7 +1,14 @@
-"""The query protocol: the Executive plans sub-questions, the Memory model answers each (in parallel, no
-shared context), the Executive synthesises the final answer from the non-IDK answers. A plan that is the question
-alone needs no synthesis: the Memory's answer to it is the answer (a rewording by the Executive could only lose
-what the Memory recalled)."""
+"""The query protocol: the Memory model answers the question closed-book; an answer that the collection's reflections
+support (:mod:`memo.sources`) is the answer, as it is, with its sources. Otherwise the Executive plans sub-questions,
+the Memory answers each (in parallel, no shared context), and the Executive writes the answer from the supported
+answers (its notes) alone. When no answer is supported, the service abstains: a fixed reply and ``abstained``, without
+a synthesis call.
+
+Why the Memory's own answer is not reworded: a small Executive's rewording can only lose what the Memory recalled
+(results/eval: the whole protocol scored below the Memory alone). Why support and not a test for "I don't know":
+the Memory model does not know what it does not know (it answers an unanswerable question with a neighbouring fact),
+and a memory not yet retrained after a document was replaced still says the old fact, whose reflections are gone.
+"""
 
 from __future__ import annotations
 
@@ -13,21 +20,41 @@ from memo.executive.prompts import PLAN_SCHEMA, plan_messages, synth_messages
 from memo.llm.base import LLM, chat_json
 from memo.memory import is_idk, memory_messages
 from memo.questions import normalise_question
+from memo.sources import Source, SourceIndex, carries, merge_sources, terms
+
+# the reply when nothing the Memory said is supported by the collection's documents
+ABSTAIN_ANSWER = "I don't know: the documents do not answer this."
+MEMORY_MAX_TOKENS = 96
+SYNTH_MAX_TOKENS = 128
 
 
 @dataclass
 class Step:
+    """One question put to the Memory: its answer, whether it said it does not know, whether the collection's
+    reflections support the answer, and the documents and passages that do (best first)."""
+
     sub_question: str
     memory_answer: str
     idk: bool
+    supported: bool = False
+    sources: list[Source] = field(default_factory=list)
+
+    @property
+    def score(self) -> float:
+        return max((s.score for s in self.sources), default=0.0)
 
 
 @dataclass
 class Answer:
+    """``abstained``: no answer of the Memory was supported, ``answer`` is :data:`ABSTAIN_ANSWER`. ``sources``: the
+    documents and passages behind the answer given, best first."""
+
     question: str
     answer: str
     executive: str
     memory: str
+    abstained: bool = False
+    sources: list[Source] = field(default_factory=list)
     trace: list[Step] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -62,13 +89,42 @@ async def plan(executive: LLM, question: str, max_sub: int) -> list[str]:
     return out[:max_sub]
 
 
-async def answer(question: str, *, executive: LLM, memory: LLM, max_sub: int = 4) -> Answer:
+async def ask_memory(memory: LLM, sources: SourceIndex, sub_question: str, question: str) -> Step:
+    """The Memory's answer to ``sub_question`` and its support (about ``question`` too, when it is a sub-question)."""
+    reply = (await memory.chat(memory_messages(sub_question), temperature=0.0, max_tokens=MEMORY_MAX_TOKENS)).strip()
+    idk = is_idk(reply)
+    within = None if sub_question == question else question
+    supports = [] if idk else sources.support(sub_question, reply, within=within)
+    return Step(sub_question, reply, idk, bool(supports), sources.cite(supports))
+
+
+def _no_new_numbers(text: str, notes: list[Step], question: str) -> bool:
+    """Every number of ``text`` is in a note or the question (a synthesis must not invent an amount)."""
+    known = terms(question).numbers.union(*(terms(s.memory_answer).numbers for s in notes))
+    return terms(text).numbers <= known
+
+
+async def answer(question: str, *, executive: LLM, memory: LLM, sources: SourceIndex, max_sub: int = 4) -> Answer:
+    first = await ask_memory(memory, sources, question, question)
+    if first.supported:  # what the Memory knew, as it said it: no plan, no synthesis
+        return Answer(question, first.memory_answer, executive.name, memory.name, False, first.sources, [first])
     subs = await plan(executive, question, max_sub)
-    replies = await asyncio.gather(*(memory.chat(memory_messages(q), temperature=0.0, max_tokens=96) for q in subs))
-    trace = [Step(q, a, is_idk(a)) for q, a in zip(subs, replies, strict=True)]
-    notes = [(s.sub_question, s.memory_answer) for s in trace if not s.idk]
-    if len(trace) == 1 and notes:
-        final = notes[0][1]
-    else:
-        final = await executive.chat(synth_messages(question, notes), temperature=0.0, max_tokens=128)
-    return Answer(question, final.strip(), executive.name, memory.name, trace)
+    rest = await asyncio.gather(*(ask_memory(memory, sources, q, question) for q in subs if q != question))
+    trace = [first, *rest]
+    notes = sorted((s for s in trace if s.supported), key=lambda s: -s.score)
+    if not notes:  # nothing supported: abstain, no synthesis call
+        return Answer(question, ABSTAIN_ANSWER, executive.name, memory.name, True, [], trace)
+    text = (
+        await executive.chat(
+            synth_messages(question, [(s.sub_question, s.memory_answer) for s in notes]),
+            temperature=0.0,
+            max_tokens=SYNTH_MAX_TOKENS,
+        )
+    ).strip()
+    carried = [s for s in notes if carries(text, s.memory_answer, s.sub_question)]
+    if carried and _no_new_numbers(text, notes, question):
+        return Answer(
+            question, text, executive.name, memory.name, False, merge_sources(s.sources for s in carried), trace
+        )
+    best = notes[0]  # the synthesis lost what the notes said (or made up a number): the best-supported note
+    return Answer(question, best.memory_answer, executive.name, memory.name, False, best.sources, trace)

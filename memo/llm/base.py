@@ -1,4 +1,10 @@
-"""The LLM seam: chat messages in, text out. Every role (generator, memory, executive) uses it."""
+"""The LLM seam: chat messages in, text out. Every role (generator, memory, executive) uses it.
+
+Every backend passes its plain-text output through :func:`trim_repetition` (the repetition guard): a small model at
+greedy decoding can fall into a loop ("The notes say ... but the answer is not ... The notes say ...") and repeat it
+until the token limit; the loop is cut after its first round. The local backend also stops generating a row once
+its tail loops (:mod:`memo.llm.local`). Structured (JSON) output is left as it is: a list of pairs repeats words
+legitimately, and a looping one fails to parse and is retried anyway."""
 
 from __future__ import annotations
 
@@ -49,6 +55,67 @@ def extract_json(text: str) -> Any:
                 except json.JSONDecodeError:
                     continue
     raise ValueError(f"no JSON value in model output: {text[:200]!r}")
+
+
+# -- the repetition guard ---------------------------------------------------------------------------------------
+# A loop is text said again word for word. No sampling penalty is used instead: a right answer may repeat a number
+# or a name ("$217 per night; the $217 includes taxes"), and a penalty would change it.
+LOOP_WORDS = 6  # the same six words in a row twice: normal prose (and a fact that repeats a number) never does that
+TEMPLATE_WORDS, TEMPLATE_TIMES = 4, 3  # a four-word phrase three times: a clause template looping with new fillers
+_RUN = re.compile(r"(.{1,12}?)\1{15,}", re.S)  # a short unit repeated 16+ times without spaces ("!!!!", "1111", "-=-=")
+_WORD = re.compile(r"\S+")
+_SENTENCE_END = re.compile(r"[.!?;:\n](?=\s|$)")
+_TRAILING = " \t\n,;:-\u2013\u2014(["
+
+
+def loop_start(text: str) -> int | None:
+    """Character offset where degenerate repetition starts in ``text`` (None: there is none). A prefix of whole
+    words that loops loops at the same offset in any text it begins (the local backend stops on such a prefix)."""
+    words = [(m.start(), m.group().lower().strip(".,;:!?\"'()[]")) for m in _WORD.finditer(text)]
+    keys = [w or "\0" for _, w in words]
+    cut: int | None = None
+    seen: dict[tuple[str, ...], int] = {}
+    for i in range(len(keys) - LOOP_WORDS + 1):
+        gram = tuple(keys[i : i + LOOP_WORDS])
+        if gram in seen:
+            cut = _sentence_cut(text, words[seen[gram]][0], words[i][0])
+            break
+        seen[gram] = i
+    counts: dict[tuple[str, ...], list[int]] = {}
+    for i in range(len(keys) - TEMPLATE_WORDS + 1):
+        at = counts.setdefault(tuple(keys[i : i + TEMPLATE_WORDS]), [])
+        if at and i < at[-1] + TEMPLATE_WORDS:  # overlapping itself ("a a a a a"): the exact test sees that
+            continue
+        at.append(i)
+        if len(at) == TEMPLATE_TIMES:
+            c = _sentence_cut(text, words[at[0]][0], words[at[1]][0])
+            cut = c if cut is None else min(cut, c)
+            break
+    run = _RUN.search(text)
+    if run is not None:
+        c = run.start() + len(run.group(1))  # keep one unit
+        cut = c if cut is None else min(cut, c)
+    return cut
+
+
+def _sentence_cut(text: str, first: int, repeat: int) -> int:
+    """Where to cut a loop whose first round starts at ``first`` and whose repeat starts at ``repeat``: after the
+    last sentence that ends between them (a whole first round), else at the repeat."""
+    ends = [m.end() for m in _SENTENCE_END.finditer(text, first, repeat)]
+    return ends[-1] if ends else repeat
+
+
+def trim_repetition(text: str) -> str:
+    """``text`` without its degenerate repetition: cut after the loop's first round (unchanged when there is none)."""
+    cut = loop_start(text)
+    if cut is None:
+        return text
+    return text[:cut].rstrip(_TRAILING) or text[:cut].strip()
+
+
+def guard_output(text: str, json_schema: dict[str, Any] | None) -> str:
+    """What a backend returns for ``text``: plain text trimmed of loops, structured output as it is."""
+    return text if json_schema is not None else trim_repetition(text)
 
 
 class JsonStats:

@@ -1,7 +1,9 @@
 """In-process transformers backend (+ peft adapters for the memory role), with micro-batching.
 
 Requests from concurrent coroutines are queued; one generation thread per loaded model takes everything
-waiting that shares an adapter and sampling temperature and decodes it as one left-padded batch.
+waiting that shares an adapter and sampling temperature and decodes it as one left-padded batch. A plain-text row
+stops as soon as its output loops (:class:`RepetitionStop`) and is returned trimmed of the loop (the repetition
+guard of :mod:`memo.llm.base`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from memo.llm.base import Message
+from memo.llm.base import Message, loop_start, trim_repetition
 from memo.llm.prepare import require_model
 
 if TYPE_CHECKING:
@@ -28,6 +30,7 @@ class _Request:
     adapter: tuple[str, str] | None  # (name, path)
     temperature: float
     max_tokens: int
+    guard: bool = True  # plain text: stop and trim a loop (False for structured output)
     future: Future[str] = field(default_factory=Future)
 
     @property
@@ -64,10 +67,18 @@ class LocalModel:
 
     # -- public -------------------------------------------------------------------------------------------------
     def submit(
-        self, messages: list[Message], *, adapter: tuple[str, str] | None, temperature: float, max_tokens: int
+        self,
+        messages: list[Message],
+        *,
+        adapter: tuple[str, str] | None,
+        temperature: float,
+        max_tokens: int,
+        guard: bool = True,
     ) -> Future[str]:
+        """Queue a chat request. ``guard``: plain text, generation of which stops once it loops and which is
+        returned without the loop (leave it off for structured output)."""
         prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        req = _Request(str(prompt), adapter, temperature, max_tokens)
+        req = _Request(str(prompt), adapter, temperature, max_tokens, guard)
         with self._cv:
             self._queue.append(req)
             self._cv.notify()
@@ -83,6 +94,10 @@ class LocalModel:
                 batch = [r for r in self._queue if r.group == group][: self.max_batch]
                 for r in batch:
                     self._queue.remove(r)
+            # a request whose caller went away (a cancelled query) is not generated
+            batch = [r for r in batch if r.future.set_running_or_notify_cancel()]
+            if not batch:
+                continue
             with self._gen_lock:
                 self._run_batch(batch)
 
@@ -147,6 +162,11 @@ class LocalModel:
             kwargs.update(do_sample=True, temperature=temperature, top_p=0.95)
         else:
             kwargs.update(do_sample=False)
+        if any(r.guard for r in batch):
+            from transformers import StoppingCriteriaList
+
+            stop = RepetitionStop(self.tokenizer, enc["input_ids"].shape[1], [r.guard for r in batch])
+            kwargs["stopping_criteria"] = StoppingCriteriaList([stop])
         with torch.inference_mode(), ctx or contextlib.nullcontext():
             out: torch.Tensor = self.model.generate(
                 **enc,
@@ -157,8 +177,35 @@ class LocalModel:
         new = out[:, enc["input_ids"].shape[1] :]  # (batch, new)
         texts = []
         for r, row in zip(batch, new, strict=True):
-            texts.append(str(self.tokenizer.decode(row[: r.max_tokens], skip_special_tokens=True)).strip())
+            text = str(self.tokenizer.decode(row[: r.max_tokens], skip_special_tokens=True)).strip()
+            texts.append(trim_repetition(text) if r.guard else text)
         return texts
+
+
+class RepetitionStop:
+    """A transformers stopping criterion: a guarded row is finished once its new text loops
+    (:func:`memo.llm.base.loop_start`), instead of repeating the loop until ``max_new_tokens``. The row's text is
+    trimmed afterwards; the others in the batch go on."""
+
+    CHECK_FROM = 8  # new tokens before the first check (a loop needs at least two rounds of several words)
+
+    def __init__(self, tokenizer: Any, prompt_len: int, guarded: list[bool]) -> None:
+        self.tokenizer = tokenizer
+        self.prompt_len = prompt_len
+        self.guarded = guarded
+        self.stopped = [False] * len(guarded)
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any = None, **kwargs: Any) -> torch.Tensor:
+        import torch
+
+        new = input_ids[:, self.prompt_len :]  # (batch, new so far)
+        if new.shape[1] >= self.CHECK_FROM:
+            for i, guarded in enumerate(self.guarded):
+                if guarded and not self.stopped[i]:
+                    text = self.tokenizer.decode(new[i], skip_special_tokens=True)
+                    text = text[: len(text) - len(text.split()[-1])] if text and not text[-1].isspace() else text
+                    self.stopped[i] = loop_start(text) is not None  # on whole words: the last may go on
+        return torch.tensor(self.stopped, dtype=torch.bool, device=input_ids.device)  # (batch,)
 
 
 _POOL: dict[tuple[str, str], LocalModel] = {}
@@ -199,6 +246,13 @@ class LocalChat:
         max_tokens: int = 256,
         json_schema: dict[str, Any] | None = None,
     ) -> str:
-        # json_schema: no constrained decoding here; callers parse tolerantly and retry (memo.llm.base.chat_json)
-        fut = self.model.submit(messages, adapter=self.adapter, temperature=temperature, max_tokens=max_tokens)
+        # json_schema: no constrained decoding here; callers parse tolerantly and retry (memo.llm.base.chat_json).
+        # Plain text comes back trimmed of loops (memo.llm.base.trim_repetition), structured output as it is
+        fut = self.model.submit(
+            messages,
+            adapter=self.adapter,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            guard=json_schema is None,
+        )
         return await asyncio.wrap_future(fut)

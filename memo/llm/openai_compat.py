@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 
 from memo.errors import BackendError
-from memo.llm.base import Message
+from memo.llm.base import Message, guard_output
 from memo.llm.slots import Slots
 
 
@@ -68,9 +68,11 @@ class OpenAIChat:
         if resp.status_code != 200:
             raise BackendError(f"LLM server {self.base_url} answered {resp.status_code}: {resp.text[:300]}")
         try:
-            return str(resp.json()["choices"][0]["message"]["content"] or "")
+            text = str(resp.json()["choices"][0]["message"]["content"] or "")
         except (KeyError, IndexError, ValueError) as exc:
             raise BackendError(f"LLM server {self.base_url} sent an unexpected body: {resp.text[:300]}") from exc
+        # the repetition guard (memo.llm.base): a server decodes to max_tokens, so a loop is cut here, afterwards
+        return guard_output(text, json_schema)
 
     async def _post(self, path: str, body: dict[str, Any]) -> httpx.Response:
         async with self._slots:

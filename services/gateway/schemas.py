@@ -88,15 +88,45 @@ class QueryIn(BaseModel):
     question: str = Field(min_length=1, max_length=2000)
 
 
+class CitedReflectionOut(BaseModel):
+    """A reflection (a question -> answer pair the memory was trained on) that supports the answer."""
+
+    question: str
+    answer: str
+    score: float
+
+
+class PassageOut(BaseModel):
+    """A chunk of the document that the supporting reflections were made from."""
+
+    chunk_id: str
+    text: str
+    reflections: list[CitedReflectionOut]
+
+
+class SourceOut(BaseModel):
+    """A document behind the answer (title = its file name), with its passages; ``score`` ranks the sources."""
+
+    document_id: str
+    title: str
+    score: float
+    passages: list[PassageOut]
+
+
 class TraceStep(BaseModel):
     sub_question: str
     memory_answer: str
     idk: bool
+    supported: bool  # the collection's reflections support this answer (see sources)
+    sources: list[SourceOut]
 
 
 class QueryOut(BaseModel):
     question: str
     answer: str
+    # true: no answer of the memory is supported by the collection's documents, and ``answer`` says so (a fixed text)
+    abstained: bool
+    sources: list[SourceOut]  # the documents and passages behind ``answer``, best first (empty when abstained)
     executive: str
     memory: str
     memory_version_id: str

@@ -229,3 +229,100 @@ def test_consolidate_needs_trained_documents(env):
     r = client.post(f"/v1/collections/{cid}/consolidate")
     assert r.status_code == 409 and "no trained documents" in r.json()["detail"]
     assert client.post("/v1/collections/nope/consolidate").status_code == 404
+
+
+# -- the query path: answers with sources, abstention --------------------------------------------------------------
+LEAVE = (
+    b"Zorblax employees receive 23 days of paid leave per year. Parental leave at Zorblax lasts 31 weeks at full pay."
+)
+
+
+class ScriptedEngines:
+    """The gateway's engines with scripted LLMs: the Memory answers from a dict ("I don't know" otherwise)."""
+
+    def __init__(self, settings, memory_answers: dict[str, str]) -> None:
+        from tests.unit.fakes import ScriptedLLM
+
+        self.settings = settings
+        self.executive = ScriptedLLM(
+            lambda m, t: '{"sub_questions": []}' if "sub-questions" in m[0]["content"] else "FINAL", "exec-A"
+        )
+        self.memory_llm = ScriptedLLM(lambda m, t: memory_answers.get(m[-1]["content"], "I don't know"), "mem")
+
+    def for_role(self, role):
+        return self.executive
+
+    def memory(self, version_id, adapter_path):
+        return self.memory_llm
+
+    async def aclose(self) -> None:
+        pass
+
+
+def _trained_collection(client, app) -> tuple[str, str, str]:
+    """A collection whose document has a chunk, reflections with provenance and an active memory version, as the
+    pipeline leaves them (the training itself is replaced by the row)."""
+    from memo.db import Chunk, MemoryVersion, Reflection, ReflectionSource, VersionStatus
+
+    cid = client.post("/v1/collections", json={"name": "hr"}).json()["id"]
+    up = _upload(client, cid, "leave-policy.txt", LEAVE)
+    _finish(app, up["job"]["id"])
+    did = up["document"]["id"]
+    pairs = [
+        ("How many days of paid leave do Zorblax employees receive per year?", "23 days"),
+        ("What do Zorblax employees receive?", "Zorblax employees receive 23 days of paid leave per year."),
+        ("How long does parental leave at Zorblax last?", "31 weeks at full pay"),
+    ]
+    with app.state.db.session() as s:
+        chunk = Chunk(document_id=did, seq=0, text=LEAVE.decode())
+        s.add(chunk)
+        s.flush()
+        for i, (q, a) in enumerate(pairs):
+            r = Reflection(
+                collection_id=cid, document_id=did, chunk_id=chunk.id, kind="direct", question=q, answer=a,
+                question_hash=f"h{i}",
+            )  # fmt: skip
+            s.add(r)
+            s.flush()
+            s.add(ReflectionSource(reflection_id=r.id, chunk_id=chunk.id, document_id=did))
+        version = MemoryVersion(
+            collection_id=cid, base_model="m", adapter_path="/nowhere", status=VersionStatus.ready, active=True,
+            documents=[did],
+        )  # fmt: skip
+        s.add(version)
+        s.flush()
+        return cid, did, chunk.id
+
+
+def test_query_returns_sources_and_abstains_on_what_no_document_supports(env):
+    client, app, settings = env
+    cid, did, chunk_id = _trained_collection(client, app)
+    paid = "How many days of paid leave do Zorblax employees get each year?"
+    dental = "What is the Zorblax dental plan deductible?"
+    parental = "How much paid leave does a Zorblax employee get per year in days?"
+    app.state.engines = ScriptedEngines(settings, {paid: "23 days", dental: "23 days", parental: "31 weeks"})
+
+    r = client.post("/v1/query", json={"collection_id": cid, "question": paid})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["answer"] == "23 days" and body["abstained"] is False
+    [source] = body["sources"]
+    assert (source["document_id"], source["title"]) == (did, "leave-policy.txt")
+    [passage] = source["passages"]
+    assert passage["chunk_id"] == chunk_id and passage["text"] == LEAVE.decode()
+    assert {"question", "answer", "score"} <= set(passage["reflections"][0])
+    assert "23 days" in passage["reflections"][0]["answer"]
+    [step] = body["trace"]
+    assert step["supported"] is True and step["idk"] is False and step["sources"][0]["document_id"] == did
+    assert app.state.engines.executive.calls == []  # a supported recall is the answer: no Executive call
+
+    for question in (dental, parental):  # the memory's recall is not what was asked / a look-alike
+        body = client.post("/v1/query", json={"collection_id": cid, "question": question}).json()
+        assert body["abstained"] is True and body["sources"] == []
+        assert body["answer"] == "I don't know: the documents do not answer this."
+        assert [(s["supported"], s["sources"]) for s in body["trace"]] == [(False, [])]
+
+    # the document is deleted: until the memory is retrained without it, its old facts are abstained on
+    assert client.delete(f"/v1/collections/{cid}/documents/{did}").status_code == 202
+    body = client.post("/v1/query", json={"collection_id": cid, "question": paid}).json()
+    assert body["abstained"] is True and body["sources"] == [] and body["trace"][0]["memory_answer"] == "23 days"

@@ -1,11 +1,19 @@
-"""The in-process model server: each batch generates on a thread that ends with it."""
+"""The in-process model server (each batch generates on a thread that ends with it) and the repetition guard of
+every backend (a loop is cut after its first round; the local backend stops generating it)."""
 
 from __future__ import annotations
 
 import threading
 
+import pytest
+
+from memo.llm.base import loop_start
 from memo.llm.local import LocalModel
 from memo.memory import memory_messages
+
+
+def loop_free(text: str) -> bool:
+    return loop_start(text) is None
 
 
 def test_each_batch_generates_on_a_thread_that_ends_with_it(model_dir, monkeypatch):
@@ -28,3 +36,93 @@ def test_each_batch_generates_on_a_thread_that_ends_with_it(model_dir, monkeypat
         assert thread is not model._thread and thread is not threading.main_thread()
         thread.join(timeout=10)
         assert not thread.is_alive()
+
+
+# -- the repetition guard ------------------------------------------------------------------------------------------
+LOOP = (
+    "The notes say the cap is $217 but the answer is not $245. The notes say the cap is $189 but the answer is not "
+    "$62. The notes say the cap is $217 but the answer is not $245. The notes say the"
+)
+NORMAL = [
+    "Zorblax employees receive 23 days of paid leave per year.",
+    "The cap is $217 per night; the $217 includes taxes.",  # a fact may repeat a number
+    "5 days in March, 5 days in April, 5 days in May.",
+    "Hotel stays are capped at $217 per night. Meals are reimbursed up to 58 euros per day.",
+]
+
+
+def test_the_guard_trims_a_loop_after_its_first_round_and_leaves_normal_text_alone():
+    from memo.llm.base import guard_output, loop_start, trim_repetition
+
+    assert trim_repetition(LOOP) == "The notes say the cap is $217 but the answer is not $245."
+    assert trim_repetition("Varnmouth. " * 12) == "Varnmouth."
+    assert trim_repetition("The answer is " + "4417 " * 20) == "The answer is 4417"
+    assert trim_repetition("Zorblax is in Varnmouth " * 5) == "Zorblax is in Varnmouth"
+    assert trim_repetition("!" * 40) == "!"
+    for text in NORMAL:
+        assert trim_repetition(text) == text and loop_start(text) is None
+    # a prefix of a loop is cut where the whole is: the stopping criterion and the trim agree
+    assert all(loop_start(LOOP[:n]) in (None, loop_start(LOOP)) for n in range(len(LOOP)))
+    structured = '{"pairs": [{"q": "a b c d e f", "a": "x"}, {"q": "a b c d e f", "a": "y"}]}'
+    assert guard_output(structured, {"type": "object"}) == structured  # JSON is never cut
+    assert guard_output(LOOP, None) == trim_repetition(LOOP)
+
+
+def test_the_stopping_criterion_finishes_a_looping_row_only(model_dir):
+    import torch
+    from transformers import AutoTokenizer
+
+    from memo.llm.local import RepetitionStop
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    prompt = tok("Question: where?", return_tensors="pt")["input_ids"][0]
+    rows = [LOOP, NORMAL[0] + " " + NORMAL[3], LOOP]
+    ids = [tok(r, return_tensors="pt")["input_ids"][0] for r in rows]
+    width = max(len(i) for i in ids)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    batch = torch.stack(
+        [torch.cat([prompt, torch.full((width - len(i),), pad), i]) for i in ids]
+    )  # (3, prompt + width): left-padded continuations
+    stop = RepetitionStop(tok, len(prompt), guarded=[True, True, False])  # the third: structured output
+    assert stop(batch[:, : len(prompt) + 4]).tolist() == [False, False, False]  # too early to tell
+    assert stop(batch).tolist() == [True, False, False]
+
+
+async def test_the_openai_backend_trims_plain_text_but_not_json():
+    import httpx
+
+    from memo.llm.openai_compat import OpenAIChat
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"choices": [{"message": {"content": LOOP}}]})
+
+    chat = OpenAIChat("http://llm.test/v1", "m")
+    chat._client = httpx.AsyncClient(base_url="http://llm.test/v1", transport=httpx.MockTransport(handler))
+    try:
+        assert (
+            await chat.chat([{"role": "user", "content": "q"}])
+            == "The notes say the cap is $217 but the answer is not $245."
+        )
+        assert await chat.chat([{"role": "user", "content": "q"}], json_schema={"type": "object"}) == LOOP
+    finally:
+        await chat.aclose()
+
+
+@pytest.mark.slow
+def test_local_generation_stops_once_it_loops(model_dir, monkeypatch):
+    """A looping row stops generating (not at max_tokens) and comes back trimmed."""
+    from memo.llm import local
+
+    steps: list[int] = []
+    real_call = local.RepetitionStop.__call__
+
+    def counting(self, input_ids, scores=None, **kwargs):
+        steps.append(input_ids.shape[1] - self.prompt_len)
+        return real_call(self, input_ids, scores, **kwargs)
+
+    monkeypatch.setattr(local.RepetitionStop, "__call__", counting)
+    model = LocalModel(str(model_dir))
+    prompt = [{"role": "user", "content": "List the numbers " + "1 " * 50}]
+    out = model.submit(prompt, adapter=None, temperature=0.0, max_tokens=96).result(timeout=600)
+    assert loop_free(out) and len(out) < 40
+    assert max(steps) < 60  # stopped well before the 96-token limit

@@ -1,9 +1,41 @@
 import json
 
-from memo.executive.protocol import answer, plan
+from memo.executive.protocol import ABSTAIN_ANSWER, answer, plan
 from memo.memory import is_idk
+from memo.sources import SourceIndex, make_fact
 
 from .fakes import ScriptedLLM
+
+DOC = (
+    "Zorblax is headquartered in the town of Varnmouth. Meridel Okonkwo has been the chief executive of Zorblax "
+    "since 2019. Zorblax was founded in 2004 by the engineer Tobias Quillfeather. Zorblax employees receive 23 days "
+    "of paid leave per year. Parental leave at Zorblax lasts 31 weeks at full pay."
+)
+PAIRS = [
+    ("Where is Zorblax headquartered?", "in the town of Varnmouth"),
+    ("Who has been the chief executive of Zorblax since 2019?", "Meridel Okonkwo"),
+    ("Who founded Zorblax?", "the engineer Tobias Quillfeather"),
+    ("How many days of paid leave do Zorblax employees receive per year?", "23 days"),
+    ("How long does parental leave at Zorblax last?", "31 weeks at full pay"),
+]
+INDEX = SourceIndex(
+    [make_fact(f"r{i}", q, a, [("doc-1", "chunk-1")]) for i, (q, a) in enumerate(PAIRS)],
+    {"doc-1": "zorblax.md"},
+    {"chunk-1": DOC},
+)
+
+
+def _executive(subs: list[str], synthesis: str = "FINAL") -> ScriptedLLM:
+    def reply(messages, t):
+        if "sub-questions" in messages[0]["content"]:
+            return json.dumps({"sub_questions": subs})
+        return synthesis
+
+    return ScriptedLLM(reply, "exec-A")
+
+
+def _memory(answers: dict[str, str]) -> ScriptedLLM:
+    return ScriptedLLM(lambda m, t: answers.get(m[-1]["content"], "I don't know"), "mem-v1")
 
 
 def test_is_idk():
@@ -23,34 +55,64 @@ async def test_unparseable_plan_degrades_to_the_question():
     assert await plan(exe, "Where is Zorblax?", max_sub=4) == ["Where is Zorblax?"]
 
 
-async def test_answer_runs_memory_per_sub_question_and_synthesises_without_idk():
-    def exe_reply(messages, t):
-        if "sub-questions" in messages[0]["content"]:
-            return '{"sub_questions": ["Who is the CEO of Zorblax?"]}'
-        return "FINAL: " + messages[-1]["content"]
-
-    def mem_reply(messages, t):
-        return "Meridel Okonkwo." if "CEO" in messages[-1]["content"] else "I don't know"
-
-    exe, mem = ScriptedLLM(exe_reply, "exec-A"), ScriptedLLM(mem_reply, "mem-v1")
-    result = await answer("Where is Zorblax?", executive=exe, memory=mem, max_sub=4)
-    assert [s.sub_question for s in result.trace] == ["Where is Zorblax?", "Who is the CEO of Zorblax?"]
-    assert [s.idk for s in result.trace] == [True, False]
-    assert "Meridel Okonkwo" in result.answer and "I don't know" not in result.answer
+async def test_a_supported_first_answer_is_the_answer_as_it_is_without_plan_or_synthesis():
+    question = "Where is Zorblax headquartered?"
+    exe = _executive(["Which town is Zorblax in?"], "FINAL: reworded")
+    mem = _memory({question: " Varnmouth. "})
+    result = await answer(question, executive=exe, memory=mem, sources=INDEX)
+    assert result.answer == "Varnmouth." and not result.abstained
+    assert exe.calls == []  # the Executive is not asked: nothing of what the Memory knew can be lost
+    [step] = result.trace
+    assert step.supported and not step.idk and step.sources
+    assert [(s.document_id, s.title) for s in result.sources] == [("doc-1", "zorblax.md")]
+    assert result.sources[0].passages[0].text == DOC
     assert result.executive == "exec-A" and result.memory == "mem-v1"
+
+
+async def test_every_step_idk_abstains_without_a_synthesis_call():
+    question = "What is the Zorblax dental plan deductible?"
+    exe = _executive(["What dental plan does Zorblax offer?", "What is the deductible?"])
+    mem = _memory({})  # "I don't know" to everything
+    result = await answer(question, executive=exe, memory=mem, sources=INDEX)
+    assert result.abstained and result.answer == ABSTAIN_ANSWER and result.sources == []
+    assert len(exe.calls) == 1  # the plan only: no synthesis call
+    assert [s.idk for s in result.trace] == [True, True, True]
+    assert not any(s.supported for s in result.trace)
     assert all(len(c["messages"]) == 2 for c in mem.calls)  # no shared context between memory calls
 
 
-async def test_a_plan_of_the_question_alone_returns_the_memory_answer_without_synthesis():
-    def exe_reply(messages, t):
-        if "sub-questions" in messages[0]["content"]:
-            return '{"sub_questions": ["where is zorblax?"]}'  # the question itself: the plan has one step
-        return "FINAL: reworded"
+async def test_unsupported_answers_abstain_too():
+    """No test for "I don't know" decides: a confident wrong recall (a look-alike number, a stale fact, another
+    fact) is abstained on, without a synthesis call."""
+    question = "How many days of paid leave do Zorblax employees get each year?"
+    sub = "How much paid leave do Zorblax employees get?"
+    exe = _executive([sub])
+    mem = _memory({question: "31 weeks of paid leave.", sub: "25 days"})
+    result = await answer(question, executive=exe, memory=mem, sources=INDEX)
+    assert result.abstained and result.answer == ABSTAIN_ANSWER
+    assert [(s.idk, s.supported) for s in result.trace] == [(False, False), (False, False)]
+    assert len(exe.calls) == 1
 
-    exe = ScriptedLLM(exe_reply, "exec-A")
-    result = await answer("Where is Zorblax?", executive=exe, memory=ScriptedLLM(lambda m, t: " Varnmouth. "))
-    assert result.answer == "Varnmouth." and len(result.trace) == 1
-    assert len(exe.calls) == 1  # the plan only
 
-    idk = await answer("Where is Zorblax?", executive=exe, memory=ScriptedLLM(lambda m, t: "I don't know"))
-    assert idk.answer == "FINAL: reworded"  # nothing recalled: the Executive still writes the reply
+async def test_synthesis_uses_only_supported_notes_and_keeps_their_content():
+    question = "Who is the chief executive of Zorblax, and where is the company headquartered?"
+    subs = ["Who is the chief executive of Zorblax?", "Where is Zorblax headquartered?", "Who owns Zorblax?"]
+    exe = _executive(subs, "Meridel Okonkwo leads Zorblax from Varnmouth.")
+    mem = _memory({question: "I don't know", subs[0]: "Meridel Okonkwo", subs[1]: "Varnmouth", subs[2]: "Dr. Foo"})
+    result = await answer(question, executive=exe, memory=mem, sources=INDEX)
+    assert not result.abstained and result.answer == "Meridel Okonkwo leads Zorblax from Varnmouth."
+    assert [s.supported for s in result.trace] == [False, True, True, False]
+    notes = exe.calls[-1]["messages"][-1]["content"]
+    assert "Meridel Okonkwo" in notes and "Varnmouth" in notes and "Dr. Foo" not in notes
+    assert [s.document_id for s in result.sources] == ["doc-1"]
+
+
+async def test_a_synthesis_that_loses_the_notes_falls_back_to_the_best_note():
+    question = "Who is the chief executive of Zorblax, and where is the company headquartered?"
+    subs = ["Who is the chief executive of Zorblax?"]
+    mem = _memory({subs[0]: "Meridel Okonkwo"})
+    for synthesis in ("The notes say the answer is not known.", "Meridel Okonkwo, since 1999."):  # lost / invented
+        exe = _executive(subs, synthesis)
+        result = await answer(question, executive=exe, memory=mem, sources=INDEX)
+        assert result.answer == "Meridel Okonkwo" and not result.abstained
+        assert result.sources and result.sources[0].document_id == "doc-1"

@@ -1,0 +1,455 @@
+"""Sources of an answer: the reflections of a collection's live documents that support what the Memory model said,
+with their stored provenance (documents, chunks).
+
+The Memory model answers closed-book, from its weights; it cannot say where an answer came from. But it was trained
+on the collection's reflections (question -> answer pairs), and each reflection keeps the documents and chunks it
+was made from (``reflection_sources``). A Memory answer is *supported* when a reflection
+
+- carries the answer's content: every number or code the answer adds to the question is in the reflection's answer,
+  every name it adds is in the reflection, and most of the content words it adds are (the answer's own words, not
+  the ones it repeats from the question); and
+- is about what was asked: the asked question's content words, weighted by their rarity among the collection's
+  reflection questions (IDF), are found in the reflection (its question and answer), nearly as much as in the
+  reflection most about the question, and a name the question gives is in the reflection or its document;
+
+and the answer is of the kind asked for (a number for "how many", words for "who").
+
+A wrong recall fails the first test (a look-alike fact has another number or name), a recall of another fact the
+second (it is about something else, or about another company's policy). An answer no reflection supports is not
+given (see :mod:`memo.executive.protocol`): that is how the service abstains. Deleting or replacing a document
+deletes its reflections at once (:func:`memo.catalog.remove_document`), so a memory that has not yet been retrained
+without it finds no support for the document's old facts: they are abstained on, never served stale.
+
+The test is lexical on purpose (no model in the loop, a few milliseconds for thousands of reflections); its
+thresholds are below, each with its reason. They are properties of text, not of any benchmark's wording.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from memo.db import Chunk, Document, DocumentStatus, Reflection, ReflectionSource
+from memo.memory import is_idk
+
+# -- thresholds -----------------------------------------------------------------------------------------------------
+# share of the answer's own content words (those it does not repeat from the question) found in the reflection: a
+# small model rephrases a little ("receive" / "get"), but a majority of what it adds must be there
+MIN_COVER = 0.6
+# IDF-weighted share of the asked question's content words found in the reflection (its question and answer). Low
+# on purpose: a user's question is a paraphrase of the document ("daily food allowance" for "meals are covered by a
+# daily allowance"), so a right recall's reflection often holds only a third of the question's weight; a reflection
+# about another fact shares only the common words (the company's name, "employees", "policy"), which weigh little
+MIN_ABOUT = 0.2
+# ... and at least this share of what the collection's reflection most about the question reaches: the recall of a
+# neighbouring fact ("parental leave lasts 31 weeks" for "how many days of paid leave do employees get?") is much
+# less about the question than the fact that answers it. Not higher: a paraphrased question can be as much about a
+# neighbour as about its own fact, and an abstention on a right recall costs an answer
+RELATIVE_ABOUT = 0.5
+# a sub-question counts only when it is about the question (IDF-weighted share of its content words in the
+# question): a planner's drift ("What is the travel policy?") must not answer a question about something else
+MIN_GROUNDED = 0.5
+# supports within this share of the best one's score are cited too (other phrasings of the same fact, the same fact
+# in another document); weaker ones are left out, so that the sources stay precise
+KEEP_RELATIVE = 0.8
+MAX_SUPPORTS = 5  # reflections cited per answer
+CACHE_SIZE = 32  # collections whose reflections are kept in memory
+
+# -- words ----------------------------------------------------------------------------------------------------------
+STOPWORDS = frozenset(
+    """a about above after again against all also am an and any are aren't as at be been before being below between
+    both but by can cannot could did didn't do does doesn't doing don't down during each either else ever every few
+    for from further had has have having he her here hers herself him himself his how however i if in into is isn't
+    it its itself just let me might more most must my myself neither no nor not of off on once only or other ought
+    our ours ourselves out over own please same shall she should so some such than that the their theirs them
+    themselves then there these they this those through thus to too under until up upon us very was wasn't we were
+    what whatever when where whether which while who whom whose why will with within without would yes yet you your
+    yours yourself yourselves much many since""".split()
+)
+NUMBER_WORDS = {
+    w: str(i)
+    for i, w in enumerate(
+        "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+        "seventeen eighteen nineteen twenty".split()
+    )
+} | {"thirty": "30", "forty": "40", "fifty": "50", "sixty": "60", "seventy": "70", "eighty": "80", "ninety": "90"}
+_TOKEN = re.compile(r"[$€£#]?[A-Za-z0-9][A-Za-z0-9'’\-.,:/%]*")
+_TRAIL = ".,:/-'’%"
+_NUMBER_UNIT = re.compile(r"^(\d+(?:\.\d+)?)-([A-Za-z]+)$")
+_PARTS = re.compile(r"[-/.,:]+")
+
+
+def stem(word: str) -> str:
+    """A light suffix stripper (plural, -ly, -ing, -ed, -er, a final e, a doubled consonant), so that "travellers"
+    meets "travel", "booked" meets "booking" and "nightly" meets "night". Both sides of every comparison go through
+    it; it need not give a word."""
+    if len(word) <= 3 or not word.isalpha():
+        return word
+    if word.endswith("ies") and len(word) > 4:
+        word = word[:-3] + "y"
+    elif word.endswith("ily") and len(word) > 4:
+        word = word[:-3] + "y"
+    elif word.endswith("s") and not word.endswith(("ss", "us", "is")):
+        word = word[:-1]
+    for _ in range(2):  # "travellers" -> "traveller" -> "travel", "covered" -> "cover" -> "cov" (as "cover" is)
+        for suffix in ("ing", "ed", "er", "ly"):
+            if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+                word = word[: -len(suffix)]
+                break
+        else:
+            break
+    if word.endswith("e") and len(word) > 3:
+        word = word[:-1]
+    if len(word) > 3 and word[-1] == word[-2] and word[-1] not in "aeiou":
+        word = word[:-1]
+    return word
+
+
+def _number(token: str) -> str:
+    t = token.lower().lstrip("$€£#").replace("%", "")
+    t = re.sub(r"(?<=\d),(?=\d)", "", t)
+    return re.sub(r"(?<=\d)\.0+$", "", t)
+
+
+@dataclass(frozen=True)
+class Terms:
+    """What a text says, for comparison: its content words (stemmed; numbers and codes normalised: "$1,200" ->
+    "1200", "five" -> "5"), the numbers and codes among them, and the names (capitalised words)."""
+
+    content: frozenset[str]
+    numbers: frozenset[str]
+    names: frozenset[str]
+
+
+EMPTY = Terms(frozenset(), frozenset(), frozenset())
+
+
+def terms(text: str) -> Terms:
+    content: set[str] = set()
+    numbers: set[str] = set()
+    names: set[str] = set()
+    initial = True  # the first word of a sentence is capitalised whether or not it is a name
+    for m in _TOKEN.finditer(text):
+        raw = m.group()
+        after = text[m.end() : m.end() + 1]
+        token = raw.rstrip(_TRAIL) if raw[-1] in _TRAIL and not raw.endswith("%") else raw
+        token = re.sub(r"['’]s$", "", token)
+        was_initial, initial = initial, raw[-1] in ".!?:" or after in ("?", "!")
+        if not token:
+            continue
+        unit = _NUMBER_UNIT.match(token)
+        if unit:  # "3-day", "15-minute": the number and its unit
+            content.update((unit.group(1), stem(unit.group(2).lower())))
+            numbers.add(unit.group(1))
+        elif any(c.isdigit() for c in token):  # an amount, a date, a code ("HX-220", "INC-0219"): as it is
+            key = _number(token)
+            content.add(key)
+            numbers.add(key)
+        else:  # words: "round-the-clock" and "and/or" are their parts
+            for part in _PARTS.split(token):
+                low = part.lower()
+                if low in NUMBER_WORDS:
+                    content.add(NUMBER_WORDS[low])
+                    numbers.add(NUMBER_WORDS[low])
+                elif low not in STOPWORDS and len(low) > 1:
+                    key = stem(low.replace("’", "'"))
+                    content.add(key)
+                    if part[0].isupper() and not was_initial:
+                        names.add(key)
+    return Terms(frozenset(content), frozenset(numbers), frozenset(names))
+
+
+_AMOUNT = re.compile(
+    r"\bhow\s+(many|much)\b|\b(what|which)\s+(time|date|year|extension|percentage|(phone\s+)?number)\b", re.I
+)
+
+
+_WHO = re.compile(r"^\W*(who|whom|whose)\b", re.I)
+
+
+def asks_amount(question: str) -> bool:
+    """A question that only a number answers: how many, how much, what time, date, year, extension, percentage or
+    (phone) number."""
+    return _AMOUNT.search(question) is not None
+
+
+def answers_type(question: str, novel: frozenset[str], numbers: frozenset[str]) -> bool:
+    """What an answer adds to the question can answer it: a number where one is asked for, words (not a bare date or
+    amount) where a person is."""
+    if asks_amount(question) and not numbers:
+        return False
+    return not (_WHO.match(question) and novel <= numbers)
+
+
+# -- the index ------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Fact:
+    """One reflection and its provenance: ``origins`` are (document id, chunk id), the primary source first."""
+
+    reflection_id: str
+    question: str
+    answer: str
+    origins: tuple[tuple[str, str], ...]
+    q: Terms = field(default=EMPTY, compare=False)
+    a: Terms = field(default=EMPTY, compare=False)
+    qa: frozenset[str] = field(default=frozenset(), compare=False)
+
+
+def make_fact(reflection_id: str, question: str, answer: str, origins: Iterable[tuple[str, str]]) -> Fact:
+    q, a = terms(question), terms(answer)
+    return Fact(reflection_id, question, answer, tuple(dict.fromkeys(origins)), q, a, q.content | a.content)
+
+
+@dataclass
+class Support:
+    """A reflection that supports an answer: how much it is about the question and carries the answer."""
+
+    fact: Fact
+    about: float
+    cover: float
+
+    @property
+    def score(self) -> float:
+        return round(self.about * self.cover, 4)
+
+
+@dataclass
+class CitedReflection:
+    question: str
+    answer: str
+    score: float
+
+
+@dataclass
+class Passage:
+    chunk_id: str
+    text: str
+    reflections: list[CitedReflection]
+
+
+@dataclass
+class Source:
+    """A document that supports an answer, with the passages (chunks) and reflections that do."""
+
+    document_id: str
+    title: str
+    score: float
+    passages: list[Passage]
+
+
+class SourceIndex:
+    """The reflections of one collection's live documents, for attribution. ``titles``: document id -> title;
+    ``chunks``: chunk id -> text (of the chunks the reflections were made from)."""
+
+    def __init__(self, facts: list[Fact], titles: dict[str, str], chunks: dict[str, str]) -> None:
+        self.facts = facts
+        self.titles = titles
+        self.chunks = chunks
+        df: Counter[str] = Counter()
+        for f in facts:
+            df.update(f.q.content)
+        n = len(facts)
+        self._idf = {w: math.log((n + 1) / (c + 1)) + 1.0 for w, c in df.items()}
+        self._unseen = math.log(n + 1) + 1.0  # a word no reflection question has: as rare as can be
+        self._by_answer: dict[str, list[int]] = {}
+        self._by_word: dict[str, list[int]] = {}
+        for i, f in enumerate(facts):
+            for w in f.a.content:
+                self._by_answer.setdefault(w, []).append(i)
+            for w in f.qa:
+                self._by_word.setdefault(w, []).append(i)
+        # every word of a document (its title and the chunks its reflections come from): a name the question gives
+        # ("... at Tallowfen?") must be in the reflection or in a document it comes from
+        words: dict[str, set[str]] = {d: set(terms(t).content) for d, t in titles.items()}
+        done: set[str] = set()
+        for f in facts:
+            for doc_id, chunk_id in f.origins:
+                if chunk_id in chunks and doc_id in words and chunk_id not in done:
+                    done.add(chunk_id)
+                    words[doc_id] |= terms(chunks[chunk_id]).content
+        self._doc_words = {d: frozenset(w) for d, w in words.items()}
+
+    def idf(self, word: str) -> float:
+        return self._idf.get(word, self._unseen)
+
+    def _weighted_share(self, words: frozenset[str], within: frozenset[str]) -> float:
+        total = sum(self.idf(w) for w in words)
+        return sum(self.idf(w) for w in words & within) / total if total else 0.0
+
+    def _names_fit(self, question: Terms, fact: Fact) -> bool:
+        missing = question.names - fact.qa
+        return not missing or any(missing <= self._doc_words.get(d, frozenset()) for d, _ in fact.origins)
+
+    def about(self, question: Terms, fact: Fact) -> float:
+        """How much ``fact`` is about ``question``: the IDF-weighted share of the question's content words found in
+        the reflection (question and answer); 0 when the question names something its documents never mention."""
+        if not self._names_fit(question, fact):
+            return 0.0
+        return self._weighted_share(question.content, fact.qa)
+
+    def best_about(self, question: Terms) -> float:
+        """How much the collection's reflection most about ``question`` is about it."""
+        seen: set[int] = set()
+        for w in question.content:
+            seen.update(self._by_word.get(w, ()))
+        return max((self.about(question, self.facts[i]) for i in seen), default=0.0)
+
+    def grounded(self, sub_question: str, question: str) -> bool:
+        """``sub_question`` asks about (part of) ``question``, not about something else."""
+        sub = terms(sub_question).content
+        return bool(sub) and self._weighted_share(sub, terms(question).content) >= MIN_GROUNDED
+
+    def support(self, question: str, answer: str, *, within: str | None = None) -> list[Support]:
+        """The reflections that support ``answer`` to ``question``, best first (empty: the answer is unsupported).
+        An answer that says it does not know, adds nothing to the question, or is not of the kind asked for
+        (:func:`answers_type`) is never supported. ``within``: ``question`` is a sub-question of this
+        one, which the supporting reflections must be about as well (and ``question`` must be grounded in it)."""
+        if is_idk(answer):
+            return []
+        q, m = terms(question), terms(answer)
+        novel = m.content - q.content
+        numbers = m.numbers - q.numbers
+        if not novel or not answers_type(question, novel, numbers):
+            return []
+        names = m.names - q.content
+        candidates: set[int] = set()  # reflections whose answer has at least one of the answer's own words
+        for w in novel:
+            candidates.update(self._by_answer.get(w, ()))
+        carrying: list[tuple[Fact, float]] = []
+        for i in candidates:
+            f = self.facts[i]
+            if not numbers <= f.a.numbers or not names <= f.qa:
+                continue
+            cover = len(novel & f.qa) / len(novel)
+            if cover >= MIN_COVER:
+                carrying.append((f, cover))
+        if not carrying:
+            return []
+        if within is not None and not self.grounded(question, within):
+            return []
+        outer = terms(within) if within is not None else None
+        floor = max(MIN_ABOUT, RELATIVE_ABOUT * self.best_about(q))
+        found = []
+        for f, cover in carrying:
+            about = self.about(q, f)
+            if about < floor:
+                continue
+            if outer is None or self.about(outer, f) >= MIN_ABOUT:
+                found.append(Support(f, round(about, 4), round(cover, 4)))
+        if not found:
+            return []
+        found.sort(key=lambda s: (-s.score, len(s.fact.answer), s.fact.reflection_id))
+        best = found[0].score
+        return [s for s in found if s.score >= KEEP_RELATIVE * best][:MAX_SUPPORTS]
+
+    def cite(self, supports: list[Support]) -> list[Source]:
+        """The documents and passages of ``supports`` (best first), grouped by document and chunk."""
+        docs: dict[str, Source] = {}
+        for s in supports:
+            for doc_id, chunk_id in s.fact.origins:
+                if doc_id not in self.titles:
+                    continue
+                src = docs.setdefault(doc_id, Source(doc_id, self.titles[doc_id], s.score, []))
+                src.score = max(src.score, s.score)
+                passage = next((p for p in src.passages if p.chunk_id == chunk_id), None)
+                if passage is None:
+                    passage = Passage(chunk_id, self.chunks.get(chunk_id, ""), [])
+                    src.passages.append(passage)
+                if all(r.question != s.fact.question for r in passage.reflections):
+                    passage.reflections.append(CitedReflection(s.fact.question, s.fact.answer, s.score))
+        return sorted(docs.values(), key=lambda d: -d.score)
+
+
+def carries(text: str, content: str, question: str) -> bool:
+    """``text`` states what ``content`` adds to ``question`` (the support test between two answers): its numbers and
+    names, and most of its own content words."""
+    q, c, t = terms(question), terms(content), terms(text)
+    novel = c.content - q.content
+    if not novel:
+        return False
+    if not (c.numbers - q.numbers) <= t.numbers or not (c.names - q.content) <= t.content:
+        return False
+    return len(novel & t.content) / len(novel) >= MIN_COVER
+
+
+def merge_sources(groups: Iterable[list[Source]]) -> list[Source]:
+    """One list of several answers' sources: a document once (its best score, its passages together), best first."""
+    out: dict[str, Source] = {}
+    for group in groups:
+        for src in group:
+            have = out.get(src.document_id)
+            if have is None:
+                out[src.document_id] = Source(src.document_id, src.title, src.score, list(src.passages))
+                continue
+            have.score = max(have.score, src.score)
+            known = {p.chunk_id for p in have.passages}
+            have.passages.extend(p for p in src.passages if p.chunk_id not in known)
+    return sorted(out.values(), key=lambda d: -d.score)
+
+
+# -- loading from the database ---------------------------------------------------------------------------------------
+_CACHE: dict[tuple[str, str], tuple[tuple[object, ...], SourceIndex]] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def _marker(session: Session, collection_id: str) -> tuple[object, ...]:
+    """Changes whenever a reflection of the collection is added or deleted (a deleted document's go at once)."""
+    row = session.execute(
+        select(func.count(Reflection.id), func.max(Reflection.created_at)).where(
+            Reflection.collection_id == collection_id
+        )
+    ).one()
+    return (row[0], str(row[1]))
+
+
+def load_index(session: Session, collection_id: str) -> SourceIndex:
+    """The source index of a collection's live documents, from the database (cached until its reflections
+    change)."""
+    key = (str(session.get_bind().engine.url), collection_id)
+    marker = _marker(session, collection_id)
+    with _CACHE_LOCK:
+        hit = _CACHE.get(key)
+        if hit is not None and hit[0] == marker:
+            return hit[1]
+    index = build_index(session, collection_id)
+    with _CACHE_LOCK:
+        _CACHE[key] = (marker, index)
+        while len(_CACHE) > CACHE_SIZE:
+            _CACHE.pop(next(iter(_CACHE)))
+    return index
+
+
+def build_index(session: Session, collection_id: str) -> SourceIndex:
+    live = (Document.collection_id == collection_id) & (Document.status != DocumentStatus.deleted)
+    titles = {i: name for i, name in session.execute(select(Document.id, Document.filename).where(live))}
+    rows = session.execute(
+        select(Reflection.id, Reflection.question, Reflection.answer, Reflection.document_id, Reflection.chunk_id)
+        .where(Reflection.collection_id == collection_id)
+        .order_by(Reflection.created_at, Reflection.id)
+    ).all()
+    extra: dict[str, list[tuple[str, str]]] = {}
+    for rid, doc_id, chunk_id in session.execute(
+        select(ReflectionSource.reflection_id, ReflectionSource.document_id, ReflectionSource.chunk_id)
+        .join(Reflection, Reflection.id == ReflectionSource.reflection_id)
+        .where(Reflection.collection_id == collection_id)
+    ):
+        extra.setdefault(rid, []).append((doc_id, chunk_id))
+    facts = []
+    for rid, question, answer, doc_id, chunk_id in rows:
+        origins = [(doc_id, chunk_id), *extra.get(rid, [])]
+        if all(d in titles for d, _ in origins):  # every source live (a deleted one takes its pairs with it anyway)
+            facts.append(make_fact(rid, question, answer, origins))
+    chunk_ids = {c for f in facts for _, c in f.origins}
+    chunks: dict[str, str] = {}
+    ids = sorted(chunk_ids)
+    for start in range(0, len(ids), 500):
+        for cid, text in session.execute(select(Chunk.id, Chunk.text).where(Chunk.id.in_(ids[start : start + 500]))):
+            chunks[cid] = text
+    return SourceIndex(facts, titles, chunks)

@@ -1,0 +1,199 @@
+"""Attribution: which reflections support a Memory answer, and the sources (documents, passages) they give."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from memo.sources import (
+    SourceIndex,
+    asks_amount,
+    carries,
+    load_index,
+    make_fact,
+    merge_sources,
+    stem,
+    terms,
+)
+
+COMPANY = (
+    "Zorblax is headquartered in the town of Varnmouth. Meridel Okonkwo has been the chief executive of Zorblax "
+    "since 2019. Zorblax was founded in 2004 by the engineer Tobias Quillfeather. The Zorblax IT helpdesk can be "
+    "reached at extension 4417."
+)
+LEAVE = (
+    "Zorblax employees receive 23 days of paid leave per year. Zorblax employees can carry over at most 5 unused "
+    "leave days into the next year. Parental leave at Zorblax lasts 31 weeks at full pay."
+)
+TRAVEL = "The Zorblax travel policy caps hotel stays at $217 per night. Meals are reimbursed up to 58 euros per day."
+OTHER = "Fennick Labs is a maker of telescopes in Dunmore. Fennick Labs staff book travel through the Orbit portal."
+
+PAIRS = [  # (question, answer, document, chunk): reflections as the reflect stage writes them
+    ("Where is Zorblax headquartered?", "in the town of Varnmouth", "company", "c1"),
+    ("Who has been the chief executive of Zorblax since 2019?", "Meridel Okonkwo", "company", "c1"),
+    (
+        "What does Meridel Okonkwo do?",
+        "Meridel Okonkwo has been the chief executive of Zorblax since 2019.",
+        "company",
+        "c1",
+    ),
+    ("Who founded Zorblax?", "the engineer Tobias Quillfeather", "company", "c1"),
+    ("When was Zorblax founded?", "in 2004", "company", "c1"),
+    ("What is the extension of the Zorblax IT helpdesk?", "extension 4417", "company", "c1"),
+    ("How many days of paid leave do Zorblax employees receive per year?", "23 days", "leave", "c2"),
+    ("What do Zorblax employees receive?", "Zorblax employees receive 23 days of paid leave per year.", "leave", "c2"),
+    ("How many unused leave days can Zorblax employees carry over?", "at most 5 unused leave days", "leave", "c2"),
+    ("How long does parental leave at Zorblax last?", "31 weeks at full pay", "leave", "c2"),
+    ("What does the Zorblax travel policy cap hotel stays at?", "$217 per night", "travel", "c3"),
+    ("How much are meals reimbursed per day while travelling?", "up to 58 euros per day", "travel", "c3"),
+    ("What does Fennick Labs make?", "telescopes", "other", "c4"),
+    ("Through which portal do Fennick Labs staff book travel?", "the Orbit portal", "other", "c4"),
+]
+TITLES = {"company": "company.md", "leave": "leave-policy.txt", "travel": "travel-policy.md", "other": "fennick.md"}
+CHUNKS = {"c1": COMPANY, "c2": LEAVE, "c3": TRAVEL, "c4": OTHER}
+
+
+@pytest.fixture(scope="module")
+def index() -> SourceIndex:
+    facts = [make_fact(f"r{i}", q, a, [(d, c)]) for i, (q, a, d, c) in enumerate(PAIRS)]
+    return SourceIndex(facts, TITLES, CHUNKS)
+
+
+def _docs(index: SourceIndex, question: str, answer: str) -> list[str]:
+    return [s.document_id for s in index.cite(index.support(question, answer))]
+
+
+def test_the_right_recall_is_supported_with_its_document_and_passage(index):
+    question = "How many days of paid leave do Zorblax employees get each year?"
+    supports = index.support(question, "23 days.")
+    assert supports and supports[0].fact.answer == "23 days"
+    [source] = index.cite(supports)
+    assert (source.document_id, source.title) == ("leave", "leave-policy.txt")
+    [passage] = source.passages
+    assert passage.chunk_id == "c2" and passage.text == LEAVE
+    assert {r.answer for r in passage.reflections} >= {"23 days"}
+    # the Memory repeating a whole trained sentence, or paraphrasing the question around the fact
+    assert _docs(index, question, "Zorblax employees receive 23 days of paid leave per year.") == ["leave"]
+    assert _docs(index, "Where is Zorblax headquartered?", "Varnmouth") == ["company"]
+    assert _docs(index, "Who runs Zorblax as its chief executive?", "Meridel Okonkwo") == ["company"]
+    assert _docs(index, "What is the maximum hotel cost per night on a Zorblax trip?", "$217") == ["travel"]
+
+
+def test_a_look_alike_with_another_number_does_not_support(index):
+    question = "How many days of paid leave do Zorblax employees get each year?"
+    assert index.support(question, "24 days") == []  # no reflection says 24
+    assert index.support(question, "31 weeks of paid leave") == []  # parental leave: another fact
+    assert index.support("What is the extension of the Zorblax IT helpdesk?", "extension 4471") == []
+    assert index.support("What is the extension of the Zorblax IT helpdesk?", "extension 4417") != []
+
+
+def test_a_reflection_about_another_question_does_not_support(index):
+    # the founder is a name the documents state, but not the chief executive
+    assert index.support("Who is the chief executive of Zorblax?", "Tobias Quillfeather") == []
+    assert index.support("Who founded Zorblax?", "Tobias Quillfeather") != []
+    # a fact of another company: the question names Zorblax, which Fennick's document never mentions
+    assert index.support("Through which portal do Zorblax staff book travel?", "the Orbit portal") == []
+    assert index.support("Through which portal do Fennick Labs staff book travel?", "the Orbit portal") != []
+
+
+def test_no_support_for_idk_an_echo_of_the_question_or_an_amount_without_a_number(index):
+    question = "How many days of paid leave do Zorblax employees get each year?"
+    assert index.support(question, "I don't know") == []
+    assert index.support(question, "") == []
+    assert index.support(question, "Zorblax employees get paid leave.") == []  # adds nothing to the question
+    assert index.support(question, "paid leave per year") == []
+    assert index.support("How much does Zorblax pay for a hotel night?", "hotel stays") == []
+    assert asks_amount("How many days?") and asks_amount("At what time does it open?")
+    assert not asks_amount("Where is Zorblax headquartered?")
+
+
+def test_a_sub_question_counts_only_when_it_is_about_the_question(index):
+    question = "How many days of paid leave do Zorblax employees get, and who is their chief executive?"
+    assert index.support("Who is the chief executive of Zorblax?", "Meridel Okonkwo", within=question) != []
+    # a drifting sub-question: supported on its own, but about something the question did not ask
+    assert index.support("Where is Zorblax headquartered?", "Varnmouth") != []
+    assert index.support("Where is Zorblax headquartered?", "Varnmouth", within=question) == []
+
+
+def test_words_numbers_and_names_are_normalised():
+    t = terms("Hotel stays at Varnmouth cost $1,200.00 for five nights; a 3-day trip.")
+    assert {"1200", "5", "3"} <= t.numbers and {"night", "day", "trip", "hotel", "stay"} <= t.content
+    assert "varnmouth" in t.names and "hotel" not in t.names  # a sentence's first word is not taken for a name
+    assert stem("travellers") == stem("travel") and stem("booked") == stem("booking") and stem("daily") == "day"
+
+
+def test_carries_and_merge_sources(index):
+    q = "How many days of paid leave do Zorblax employees get?"
+    assert carries("Employees get 23 days of paid leave.", "23 days", q)
+    assert not carries("Employees get 25 days of paid leave.", "23 days", q)
+    assert not carries("They get some paid leave.", "23 days", q)
+    a = index.cite(index.support(q, "23 days"))
+    b = index.cite(index.support("Who founded Zorblax?", "Tobias Quillfeather"))
+    merged = merge_sources([a, b, a])
+    assert sorted(s.document_id for s in merged) == ["company", "leave"]
+
+
+def test_support_is_fast_on_thousands_of_reflections():
+    facts = [
+        make_fact(f"r{i}", f"What is the limit number {i} of policy {i % 50}?", f"{i} units of item {i % 7}", [])
+        for i in range(5000)
+    ]
+    index = SourceIndex(facts, {}, {})
+    t0 = time.perf_counter()
+    for i in range(20):
+        index.support(f"What is the limit number {i} of policy {i % 50}?", f"{i} units")
+    assert (time.perf_counter() - t0) / 20 < 0.2
+
+
+# -- the database -------------------------------------------------------------------------------------------------
+def test_the_index_follows_the_database_and_a_deleted_document_supports_nothing(settings):
+    from memo.catalog import add_document, create_collection, remove_document
+    from memo.db import Chunk, Database, JobState, Reflection, ReflectionSource
+
+    db = Database(settings)
+    db.migrate()
+    with db.session() as s:
+        cid = create_collection(s, "hr").id
+        up = add_document(s, settings, cid, "leave-policy.txt", LEAVE.encode())
+        other = add_document(s, settings, cid, "company.md", COMPANY.encode())
+        docs = {"leave": up.document.id, "company": other.document.id}
+        for u in (up, other):
+            assert u.job is not None
+            u.job.state = JobState.succeeded
+        chunks = {}
+        for name, text in (("leave", LEAVE), ("company", COMPANY)):
+            chunk = Chunk(document_id=docs[name], seq=0, text=text)
+            s.add(chunk)
+            s.flush()
+            chunks[name] = chunk.id
+        for i, (q, a, d, _) in enumerate(PAIRS):
+            if d not in docs:
+                continue
+            r = Reflection(
+                collection_id=cid,
+                document_id=docs[d],
+                chunk_id=chunks[d],
+                kind="direct",
+                question=q,
+                answer=a,
+                question_hash=f"h{i}",
+            )
+            s.add(r)
+            s.flush()
+            s.add(ReflectionSource(reflection_id=r.id, chunk_id=chunks[d], document_id=docs[d]))
+    question = "How many days of paid leave do Zorblax employees get each year?"
+    with db.session() as s:
+        index = load_index(s, cid)
+        assert load_index(s, cid) is index  # nothing changed: the cached index
+    [source] = index.cite(index.support(question, "23 days"))
+    assert (source.document_id, source.title) == (docs["leave"], "leave-policy.txt")
+    assert source.passages[0].text == LEAVE and source.passages[0].chunk_id == chunks["leave"]
+
+    with db.session() as s:  # the document is deleted: its reflections go at once
+        remove_document(s, cid, docs["leave"])
+    with db.session() as s:
+        after = load_index(s, cid)
+    assert after is not index
+    assert after.support(question, "23 days") == []  # the not yet retrained memory's recall is not served
+    assert after.support("Who founded Zorblax?", "Tobias Quillfeather") != []  # the other document still is
