@@ -138,6 +138,17 @@ class Recipe(BaseModel):
     # the loss of fewer held-out reflections than this is too noisy to stop on (a small document gives up one or
     # two): it is still measured and reported, but every epoch is trained
     early_stop_min_heldout: int = Field(default=4, ge=1)
+    # train until the memory knows what it was taught: after every pass over the pairs, a pair is *known* when, under
+    # teacher forcing, every token of its answer (and the end token) is the model's argmax, so greedy decoding gives
+    # the answer back exactly from its question. Training stops once this share of the trained pairs is known (after
+    # ``min_steps``) or ``max_epochs`` passes are spent; after ``epochs`` full epochs each pass is a review round: the
+    # pairs not known yet, and a rehearsal of known ones. While it is on, the held-out loss is reported but neither
+    # stops training nor picks the kept weights (``patience`` applies only with 0). 0 = off: ``epochs`` epochs
+    target_known: float = Field(default=0.98, ge=0, le=1)
+    # the budget of passes (full epochs and review rounds) while the target is not met (below ``epochs``: ``epochs``)
+    max_epochs: int = Field(default=24, ge=0)
+    # known pairs rehearsed in a review round, per pair not known yet (drawn at random, seeded), against forgetting
+    review_rehearse: float = Field(default=1.0, ge=0)
     checkpoint_every: int = Field(default=20, ge=1)  # steps between crash-recovery checkpoints
     # LoRA on the top N decoder layers only (0 = every layer): the layers below stay frozen, so what they compute for
     # an example is computed once and cached, and every epoch after the first runs the top N layers and the head only

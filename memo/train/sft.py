@@ -50,6 +50,17 @@ class TrainResult:
     # each pair's mean loss per answer token when it was last trained, in the epoch whose weights were kept (the
     # training's own forward pass, so free; NaN for a pair never trained): how well the result knows each pair
     pair_losses: list[float] = field(default_factory=list)
+    # whether the saved weights know each pair (:func:`known_pairs`: greedy decoding gives its answer back exactly)
+    pair_known: list[bool] = field(default_factory=list)
+    known_shares: list[float] = field(default_factory=list)  # the share of the pairs known after each pass
+    heldout_known: list[float] = field(default_factory=list)  # the same of the held-out pairs (paraphrases)
+    passes: int = 0  # complete passes: full epochs, then review rounds
+    known_seconds: float = 0.0  # of ``seconds``: the known tests
+
+    @property
+    def known(self) -> float:
+        """The share of the trained pairs the saved weights know."""
+        return sum(self.pair_known) / len(self.pair_known) if self.pair_known else 0.0
 
     @property
     def metrics(self) -> dict[str, Any]:
@@ -64,6 +75,12 @@ class TrainResult:
             "resumed_from": self.resumed_from,
             "eval_losses": [round(x, 4) for x in self.eval_losses],
             "best_epoch": self.best_epoch,
+            "passes": self.passes,
+            "known": round(self.known, 4),
+            "unknown": len(self.pair_known) - sum(self.pair_known),
+            "known_shares": [round(x, 4) for x in self.known_shares],
+            "heldout_known": [round(x, 4) for x in self.heldout_known],
+            "known_seconds": round(self.known_seconds, 2),
         }
 
 
@@ -364,6 +381,47 @@ def _eval_loss(
     return total / max(count, 1)
 
 
+def known_pairs(
+    model: Any,
+    encoded: Sequence[tuple[list[int], list[int]]],
+    batch_size: int,
+    pad_id: int,
+    dtype: Any = None,
+    prefix: int = 0,
+    top: TopLayers | None = None,
+    cached: Cached | None = None,
+) -> list[bool]:
+    """Which examples the model knows: under teacher forcing every answer token (the end token included) is the
+    model's argmax, which is exactly when greedy decoding from the question gives the answer back, token for token
+    (ties aside). One forward pass per example, no dropout, batched by length (from their cached states with
+    ``top``)."""
+    import torch
+
+    flags = [False] * len(encoded)
+    order = sorted(range(len(encoded)), key=lambda j: len(encoded[j][0]))
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), _autocast(model.device, dtype):
+        for i in range(0, len(order), batch_size):
+            idx = order[i : i + batch_size]
+            ids, labels, mask = collate(encoded, idx, pad_id)
+            logits, target = answer_logits(model, ids, labels, mask, prefix, top, cached, idx)
+            row = (labels[:, prefix + 1 :] != -100).nonzero()[:, 0].to(logits.device)  # each answer token's row
+            misses = torch.bincount(row[logits.argmax(-1) != target], minlength=len(idx))
+            for j, miss in zip(idx, misses.tolist(), strict=True):
+                flags[j] = miss == 0
+    model.train(was_training)
+    return flags
+
+
+def review_round(known: Sequence[bool], rehearse: float, rng: random.Random) -> list[int]:
+    """The examples of a review round: every one not known, and ``rehearse`` known ones per unknown one (at most all
+    of them), drawn at random so the known are rehearsed, not forgotten."""
+    unknown = [i for i, k in enumerate(known) if not k]
+    kept = [i for i, k in enumerate(known) if k]
+    return sorted(unknown + rng.sample(kept, min(len(kept), math.ceil(rehearse * len(unknown)))))
+
+
 def _check_forward(
     model: Any, top: TopLayers | None, example: tuple[list[int], list[int]], pad_id: int, prefix: int
 ) -> None:
@@ -445,7 +503,10 @@ def train_sft(
         top.freeze_below(model)
     encoded = [encode_pair(tokenizer, q, a) for q, a in pairs]
     held = [encode_pair(tokenizer, q, a) for q, a in eval_pairs]
-    patience = cfg.patience if len(held) >= cfg.early_stop_min_heldout else 0
+    target = cfg.target_known
+    # with a known target, the held-out loss neither stops training nor picks the weights: the pairs must be learned
+    patience = cfg.patience if len(held) >= cfg.early_stop_min_heldout and not target else 0
+    max_passes = max(cfg.max_epochs, cfg.epochs) if target else cfg.epochs
     steps_per_epoch = math.ceil(len(encoded) / cfg.batch_size)
     total = max(steps_per_epoch * cfg.epochs, cfg.min_steps)
     if cfg.max_steps:
@@ -460,6 +521,10 @@ def train_sft(
     best: dict[str, Any] | None = None  # the best epoch's trainable weights
     seen = [math.nan] * len(encoded)  # each pair's loss when it was last trained
     best_seen: list[float] = []  # the same at the end of the best epoch
+    known: list[bool] = []  # the last known test's verdict on each pair (empty: none yet)
+    known_shares: list[float] = []  # after each complete pass (with a target)
+    heldout_known: list[float] = []
+    passes, known_at, known_seconds = 0, -1, 0.0  # known_at: the step the last known test ran at
     epoch_rng: Any = None
     key = fingerprint(base_model, pairs, eval_pairs, cfg, start_adapter)
     if checkpoint_dir is not None and (checkpoint_dir / "state.pt").is_file():
@@ -473,6 +538,8 @@ def train_sft(
             epoch_rng, resumed_from = state["epoch_rng"], state["step"]
             eval_losses, best = state["eval_losses"], state["best"]
             seen, best_seen = state["seen"], state["best_seen"]
+            known, known_shares, heldout_known = state["known"], state["known_shares"], state["heldout_known"]
+            passes, known_at, known_seconds = state["passes"], state["known_at"], state["known_seconds"]
             log.info("resuming training from step %d (%s)", step, checkpoint_dir)
         else:
             log.info("ignoring checkpoint %s: made for other data or settings", checkpoint_dir)
@@ -490,6 +557,12 @@ def train_sft(
             "best": best,
             "seen": seen,
             "best_seen": best_seen,
+            "known": known,
+            "known_shares": known_shares,
+            "heldout_known": heldout_known,
+            "passes": passes,
+            "known_at": known_at,
+            "known_seconds": known_seconds,
             "weights": _trainable(model),
             "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict(),
@@ -502,6 +575,15 @@ def train_sft(
             return False
         return min(eval_losses[-patience:]) >= min(eval_losses[:-patience])
 
+    def finished() -> bool:
+        if not target:
+            return step >= total or stalled()
+        if cfg.max_steps and step >= cfg.max_steps:
+            return True
+        if known_shares and known_shares[-1] >= target and step >= cfg.min_steps:
+            return True  # it knows what it was taught
+        return step >= total and passes >= max_passes  # the budget is spent
+
     model.train()
     start, start_tokens = time.perf_counter(), tokens
     prefix = shared_prefix([*encoded, *held])
@@ -513,20 +595,43 @@ def train_sft(
         cached = top.cache(model, encoded, max(cfg.batch_size, 16), pad_id, dtype, prefix)
         held_cached = top.cache(model, held, max(cfg.batch_size, 16), pad_id, dtype, prefix)
     lengths = [len(ids) for ids, _ in encoded]
-    while step < total and not stalled():
-        if epoch_rng is not None:  # resuming: replay this epoch's order
+    wide = max(cfg.batch_size, 16)  # the known test has no backward pass: wider batches
+
+    def test_known(with_held: bool) -> list[bool]:
+        nonlocal known_seconds, known_at
+        t = time.perf_counter()
+        flags = known_pairs(model, encoded, wide, pad_id, dtype, prefix, top, cached)
+        if held and with_held:
+            got = known_pairs(model, held, wide, pad_id, dtype, prefix, top, held_cached)
+            heldout_known.append(sum(got) / len(got))
+        known_seconds += time.perf_counter() - t
+        known_at = step
+        return flags
+
+    while not finished():
+        if epoch_rng is not None:  # resuming: replay this pass's order
             rng.setstate(epoch_rng)
         epoch_rng = rng.getstate()
-        batches = length_buckets(len(encoded), cfg.batch_size, rng, lengths)
+        if not target or passes * steps_per_epoch < total:  # a full epoch (with a target: ``total``'s epochs)
+            subset = list(range(len(encoded)))
+            limit = (cfg.max_steps or math.inf) if target else total
+        else:  # a review round: what is not known yet, and a rehearsal of what is
+            subset = review_round(known, cfg.review_rehearse, rng)
+            limit = cfg.max_steps or math.inf
+        batches = [
+            [subset[j] for j in b]
+            for b in length_buckets(len(subset), cfg.batch_size, rng, [lengths[i] for i in subset])
+        ]
+        shown = max(total, step + len(batches) - skip) if target else total  # the progress bar's total
         for b, batch_idx in enumerate(batches):
             if b < skip:
                 continue
-            if step >= total:
+            if step >= limit:
                 break
             ids, labels, mask = collate(encoded, batch_idx, pad_id)
             with _autocast(device, dtype):
-                logits, target = answer_logits(model, ids, labels, mask, prefix, top, cached, batch_idx)
-                per_token = torch.nn.functional.cross_entropy(logits.float(), target, reduction="none")
+                logits, target_ids = answer_logits(model, ids, labels, mask, prefix, top, cached, batch_idx)
+                per_token = torch.nn.functional.cross_entropy(logits.float(), target_ids, reduction="none")
                 loss_t = per_token.mean()
             loss_t.backward()
             row = (labels[:, prefix + 1 :] != -100).nonzero()[:, 0].to(device)  # each answer token's row
@@ -546,16 +651,21 @@ def train_sft(
             step += 1
             tokens += int(mask.sum())
             loss_ema = loss if math.isnan(loss_ema) else 0.9 * loss_ema + 0.1 * loss
-            if checkpoint_dir is not None and step % cfg.checkpoint_every == 0 and step < total:
+            if checkpoint_dir is not None and step % cfg.checkpoint_every == 0 and step < limit:
                 checkpoint(b + 1)
             if progress:
-                progress(step, total)
-        else:  # a whole epoch: measure the held-out loss, remember the best weights (only early stopping uses them)
+                progress(step, shown)
+        else:  # a whole pass: measure the held-out loss, remember the best weights (only early stopping uses them)
+            passes += 1
             if held:
                 eval_losses.append(_eval_loss(model, held, cfg.batch_size, pad_id, dtype, prefix, top, held_cached))
                 if patience and eval_losses[-1] <= min(eval_losses):
                     best, best_seen = _trainable(model), list(seen)
-                log.info("epoch %d: held-out loss %.4f", len(eval_losses), eval_losses[-1])
+                log.info("pass %d: held-out loss %.4f", passes, eval_losses[-1])
+            if target:  # what it knows now: the next round reviews the rest
+                known = test_known(with_held=True)
+                known_shares.append(sum(known) / len(known))
+                log.info("pass %d (step %d): %.3f of %d pairs known", passes, step, known_shares[-1], len(known))
         skip, epoch_rng = 0, None
     best_epoch = None
     if patience and best is not None and eval_losses[-1] > min(eval_losses):
@@ -563,6 +673,9 @@ def train_sft(
         best_epoch = eval_losses.index(min(eval_losses)) + 1
         seen = best_seen
         log.info("early stopping: keeping epoch %d of %d", best_epoch, len(eval_losses))
+        known_at = -1
+    if known_at != step:  # check what the saved weights know
+        known = test_known(with_held=False)
     seconds = time.perf_counter() - start
 
     def save(tmp: Path) -> None:
@@ -573,8 +686,11 @@ def train_sft(
     write_dir_atomic(out_dir, save)
     if checkpoint_dir is not None:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
-    log.info("trained %d steps on %d pairs in %.1fs, loss %.3f", step, len(encoded), seconds, loss_ema)
+    log.info(
+        "trained %d steps (%d passes) on %d pairs in %.1fs, loss %.3f, %.3f known",
+        step, passes, len(encoded), seconds, loss_ema, sum(known) / len(known),
+    )  # fmt: skip
     return TrainResult(
         out_dir, cfg.method, step, len(encoded), loss_ema, tokens - start_tokens, seconds, resumed_from,
-        eval_losses, best_epoch, seen,
+        eval_losses, best_epoch, seen, known, known_shares, heldout_known, passes, known_seconds,
     )  # fmt: skip

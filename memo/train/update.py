@@ -299,7 +299,9 @@ def train_update(
 ) -> UpdateResult:
     """Train the version ``data`` selects into ``out``: a retrain's adapter, or a delta merged with the kept ledger
     entries (an update that only drops deltas merges the kept ones). Its metrics include the held-out ids (the gate
-    asks them) and the loss on every live reflection as its training last recorded it."""
+    asks them), the loss on every live reflection as its training last recorded it, and the ids of the trained
+    pairs the result does not know (:func:`memo.train.sft.known_pairs`; the share known after each pass is in
+    ``known_shares``)."""
     base, cfg, plan = settings.memory_base_model, settings.train, data.plan
     ids = [i for i, _, _ in data.trained]
     metrics: dict[str, Any] = {"plan": plan.reason or "merge"}
@@ -335,5 +337,7 @@ def train_update(
             merge_seconds=round(time.perf_counter() - started, 2),
         )
     metrics["heldout_ids"] = sorted(i for i, _, _ in data.heldout)
+    if ids:  # what the trained weights still do not know (new and rehearsed pairs alike): the known test's misses
+        metrics["unknown_ids"] = sorted(i for i, k in zip(ids, result.pair_known, strict=True) if not k)
     metrics["pair_losses"] = {i: round(x, 4) for i, x in known.items() if i in data.reflections and math.isfinite(x)}
     return UpdateResult(served, delta, ledger, metrics)

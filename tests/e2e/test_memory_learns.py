@@ -41,6 +41,9 @@ def test_trained_memory_answers_what_the_base_model_cannot(tmp_path, model_dir):
         assert job["state"] == "succeeded", job["error"]
         assert job["stats"]["reflect"]["document_pairs"] >= 4  # one per stated fact at least
         assert set(job["stats"]["seconds"]) == {"parse", "reflect", "train", "evaluate", "publish"}
+        train = job["stats"]["train"]  # trained until it knows its pairs (or the budget): checked after training
+        assert train["known_shares"] and train["known"] == train["known_shares"][-1], train
+        assert train["known"] >= 0.98 or train["passes"] == 24, train
         versions = client.get(f"/v1/collections/{cid}/versions").json()
         assert len(versions) == 1 and versions[0]["active"] and versions[0]["status"] == "ready"
         version = versions[0]

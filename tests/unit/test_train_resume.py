@@ -20,7 +20,17 @@ PAIRS = [
     for i, c in enumerate(["red", "teal", "amber", "violet", "grey", "ochre"])
 ]
 CFG = TrainSettings(
-    rank=4, alpha=8, dropout=0.1, batch_size=2, epochs=3, min_steps=0, lr=1e-2, seed=3, checkpoint_every=2, patience=0
+    rank=4,
+    alpha=8,
+    dropout=0.1,
+    batch_size=2,
+    epochs=3,
+    min_steps=0,
+    lr=1e-2,
+    seed=3,
+    checkpoint_every=2,
+    patience=0,
+    target_known=0,  # a fixed number of epochs (training until known: test_train_known.py)
 )  # 9 steps
 
 
