@@ -202,7 +202,7 @@ def stage_train(ctx: Context, job_id: str) -> None:
         v.ledger = [e.to_dict() for e in result.ledger]
         v.n_reflections = sum(e.examples for e in result.ledger)  # what its task vectors were trained on
         v.metrics = result.metrics
-    figures = {k: x for k, x in result.metrics.items() if k not in ("heldout_ids", "pair_losses")}
+    figures = {k: x for k, x in result.metrics.items() if k not in ("heldout_ids", "pair_losses", "unknown_ids")}
     _add_stats(ctx, job_id, "train", figures)
 
 

@@ -80,7 +80,7 @@ class VersionOut(BaseModel):
     def _summary(cls, metrics: dict[str, Any]) -> dict[str, Any]:
         # the per-reflection training losses (what the next update rehearses) would make a large collection's
         # version list huge: they stay in the database
-        return {k: v for k, v in metrics.items() if k != "pair_losses"}
+        return {k: v for k, v in metrics.items() if k not in ("pair_losses", "unknown_ids")}
 
 
 class QueryIn(BaseModel):
