@@ -27,8 +27,8 @@ class SlotMemoryConfig:
     d_model: int
     n_slots: int = 32
     n_heads: int = 4
-    # slot self-attention blocks after the read. Default none: in the 16x-compression recall benchmark one block
-    # kept the slots from learning (0.06 after 900 steps, below truncation; 1.00 without it, results/core)
+    # slot self-attention blocks after the read. Default none: a block after the read kept the slots from learning
+    # in the compression recall benchmark
     n_self_layers: int = 0
     mlp_expansion: int = 4
     # > 0: the write scores are s * cos(q_j, k_t) with a learned s initialised here (sharp, content-selective

@@ -104,8 +104,7 @@ class LocalModel:
     def _run_batch(self, batch: list[_Request]) -> None:
         """Generate one batch on a thread that ends with it. A thread that has run torch's parallel CPU kernels keeps
         an OpenMP team for as long as it lives; with more OpenMP threads than cores, libgomp spin-waits less and
-        every other parallel region of the process gets slower (measured: 10 training steps in a worker took 11 s,
-        then 18 s once a long-lived thread had generated)."""
+        every other parallel region of the process (training included) gets slower."""
 
         def run() -> None:
             try:
