@@ -9,6 +9,24 @@ least one stored reflection of its document. Resumable: finished documents are k
     python -m benchmarks.bench_reflect coverage --dataset ../shared/data/narrativeqa_dev \\
         --base-url http://127.0.0.1:8300/v1 --out results/reflect/coverage
 
+Besides coverage (some stored answer holds the reference, whatever its question), ``match@k``: the document's
+questions matched against the questions of every stored pair of the collection (BM25 over content words), covered
+when one of the k best-matching pairs' answers recalls a reference. A paraphrased question has to find its fact by
+its words, and a look-alike of another document or section (a second hotel cap, a second phone extension) ranks
+above it when the pairs' questions do not name their subject: a proxy of what a closed-book memory can tell apart.
+Figures are split by the question's ``kind`` when the benchmark has one (handbook_dev: single, two-fact, cross-doc;
+unanswerable questions are left out), and a cross-document question counts the pairs of all its documents.
+
+estimate: the same figures without a generator, in seconds: every document through the pipeline's parse and chunk
+functions and the direct stage with a generator that writes nothing (so every sentence gets the parse's question,
+as when the generator fails), the verification rules, and deduplication. A lower bound of the pipeline, for
+iterating on the rules of :mod:`memo.reflect.syntax` and :mod:`memo.reflect.structured`.
+
+    python -m benchmarks.bench_reflect estimate --dataset ../shared/data/handbook_dev --out /tmp/estimate
+
+rescore: the match@k figures of a finished coverage run, from its work directory's database (a run made before
+they existed): ``rescore --dataset D --work-dir RUN/work --out RUN``.
+
 throughput: per document, the whole reflect stage (:class:`memo.reflect.run.DocumentReflector`, every request
 recorded), then the same requests replayed against the same server as a plain burst (all at once, same client cap,
 no JSON schema, each forced to the length it had: ``max_tokens = min_tokens`` = its recorded output tokens,
@@ -25,6 +43,7 @@ import argparse
 import asyncio
 import json
 import logging
+import math
 import os
 import re
 import shlex
@@ -41,13 +60,13 @@ from sqlalchemy import select
 from benchmarks.dataset import Benchmark, document_file, load_benchmark
 from benchmarks.metrics import recalled
 from benchmarks.report import machine
-from memo import catalog
-from memo.db import Database, Job, Reflection, ReflectionSource
-from memo.errors import InvalidInput
+from memo.batch import ingest_files
+from memo.db import Database, Reflection, ReflectionSource
 from memo.ingest.chunk import token_counter
 from memo.llm.base import LLM, Message
 from memo.llm.openai_compat import OpenAIChat
-from memo.pipeline import Context, stage_parse, stage_reflect
+from memo.pipeline import DOCUMENT_STAGES
+from memo.questions import content_words
 from memo.reflect.prompts import PROMPT_VERSION
 from memo.reflect.run import DocumentReflector
 from memo.settings import ChunkSettings, LLMRole, Settings, get_settings
@@ -70,23 +89,6 @@ def _load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def _collection(db: Database, name: str) -> str:
-    with db.session() as s:
-        found = catalog.collection_by_name(s, name)
-        return found.id if found else catalog.create_collection(s, name).id
-
-
-def _job_for(db: Database, settings: Settings, coll: str, name: str, data: bytes) -> tuple[str, str]:
-    """(job id, document id) of this upload: a new job, or the existing document's latest (a resumed run)."""
-    with db.session() as s:
-        up = catalog.add_document(s, settings, coll, name, data)
-        if up.job is not None:
-            return up.job.id, up.document.id
-        job = s.scalars(select(Job).where(Job.document_id == up.document.id).order_by(Job.created_at.desc())).first()
-        assert job is not None
-        return job.id, up.document.id
-
-
 def _answers(db: Database, doc_id: str) -> list[tuple[str, str, str]]:
     """(kind, question, answer) of every reflection that has this document among its sources."""
     with db.session() as s:
@@ -100,6 +102,86 @@ def _answers(db: Database, doc_id: str) -> list[tuple[str, str, str]]:
 
 
 # -- coverage ---------------------------------------------------------------------------------------------------------
+Pair = tuple[str, str, str]  # (kind, question, answer)
+
+
+def question_kinds(dataset: Path) -> dict[str, str]:
+    """qid -> the benchmark's ``kind`` of the question (single, two-fact, ...), when it has one."""
+    path = dataset / "questions.jsonl"
+    out = {}
+    for line in path.read_text(encoding="utf-8").splitlines() if path.is_file() else []:
+        if line.strip():
+            row = json.loads(line)
+            if row.get("kind"):
+                out[row["qid"]] = row["kind"]
+    return out
+
+
+class PairIndex:
+    """BM25 over the content words (:func:`memo.questions.content_words`) of pairs' questions."""
+
+    def __init__(self, pairs: list[Pair], k1: float = 1.2, b: float = 0.75) -> None:
+        self.pairs = pairs
+        self.docs = [content_words(q) for _, q, _ in pairs]
+        self.df: Counter[str] = Counter(w for d in self.docs for w in d)
+        self.avg = sum(len(d) for d in self.docs) / max(1, len(self.docs))
+        self.k1, self.b = k1, b
+
+    def top(self, question: str, k: int) -> list[Pair]:
+        words = content_words(question)
+        n = len(self.docs)
+        scored = []
+        for i, d in enumerate(self.docs):
+            shared = words & d
+            if not shared:
+                continue
+            norm = self.k1 * (1 - self.b + self.b * len(d) / (self.avg or 1))
+            score = sum(math.log(1 + (n - self.df[w] + 0.5) / (self.df[w] + 0.5)) * (self.k1 + 1) / (1 + norm)
+                        for w in shared)  # fmt: skip
+            scored.append((score, i))
+        scored.sort(key=lambda x: (-x[0], x[1]))
+        return [self.pairs[i] for _, i in scored[:k]]
+
+
+MATCH_K = (1, 3, 10)
+
+
+def evaluate(bench: Benchmark, kinds: dict[str, str], pairs: dict[str, list[Pair]]) -> dict[str, Any]:
+    """Per question: the pair kinds that cover it (answers of its documents' pairs) and match@k (answers of the k
+    pairs of the whole collection whose questions best match it); the figures overall and per question kind."""
+    index = PairIndex([p for doc in pairs for p in pairs[doc]])
+    rows = []
+    for q in bench.questions:
+        kind = kinds.get(q.qid, "")
+        if kind == "unanswerable" or not all(d in pairs for d in q.doc_ids):
+            continue
+        own = [p for d in q.doc_ids for p in pairs[d]]
+        hits = [p for p in own if any(recalled(p[2], ref) for ref in q.answers)]
+        ranked = index.top(q.question, max(MATCH_K))
+        first = next((i for i, p in enumerate(ranked) if any(recalled(p[2], ref) for ref in q.answers)), None)
+        row: dict[str, Any] = {
+            "qid": q.qid,
+            "kind": kind,
+            "question": q.question,
+            "answers": q.answers,
+            "kinds": sorted({k for k, _, _ in hits}),
+            "example": {"kind": hits[0][0], "question": hits[0][1], "answer": hits[0][2]} if hits else None,
+            "match_rank": None if first is None else first + 1,
+            "best_match": {"question": ranked[0][1], "answer": ranked[0][2]} if ranked else None,
+        }
+        rows.append(row)
+
+    def figures(rs: list[dict[str, Any]]) -> dict[str, Any]:
+        n = len(rs) or 1
+        out: dict[str, Any] = {"questions": len(rs), "coverage": round(sum(bool(r["kinds"]) for r in rs) / n, 4)}
+        for k in MATCH_K:
+            out[f"match@{k}"] = round(sum(r["match_rank"] is not None and r["match_rank"] <= k for r in rs) / n, 4)
+        return out
+
+    by_kind = {k: figures([r for r in rows if r["kind"] == k]) for k in sorted({r["kind"] for r in rows}) if k}
+    return {"all": figures(rows), "by_kind": by_kind, "questions": rows}
+
+
 def coverage(args: argparse.Namespace) -> dict[str, Any]:
     bench = load_benchmark(args.dataset, max_docs=args.docs)
     out: Path = args.out
@@ -108,8 +190,7 @@ def coverage(args: argparse.Namespace) -> dict[str, Any]:
     settings = bench_settings(args, work)
     db = Database(settings)
     db.migrate()
-    ctx = Context(db, settings)
-    coll = _collection(db, f"coverage-{PROMPT_VERSION}")
+    coll = f"coverage-{PROMPT_VERSION}"
     records_path = out / "records.jsonl"
     done = {json.loads(line)["doc_id"] for line in records_path.open()} if records_path.exists() else set()
     by_doc: dict[str, list[Any]] = {}
@@ -118,17 +199,12 @@ def coverage(args: argparse.Namespace) -> dict[str, Any]:
     for i, doc in enumerate(bench.documents, 1):
         if doc.doc_id in done:
             continue
-        name, data = document_file(doc)
-        job_id, doc_id = _job_for(db, settings, coll, name, data)
         load_before = _load()
-        t0 = time.perf_counter()
-        stage_parse(ctx, job_id)
-        t1 = time.perf_counter()
-        try:
-            stage_reflect(ctx, job_id)
-        except InvalidInput as exc:  # no pair survived: the document counts, with nothing covered
-            log.warning("%s: %s", doc.doc_id, exc)
-        t2 = time.perf_counter()
+        # a resumed run goes on with the document's earlier job
+        ingested = ingest_files(db, settings, coll, [document_file(doc)], stages=DOCUMENT_STAGES, resume=True)
+        for _, error in ingested.failed:  # e.g. no pair survived: the document counts, with nothing covered
+            log.warning("%s: %s", doc.doc_id, error)
+        doc_id = ingested.document_ids[0]
         stats = DocumentReflector(db, settings, doc_id).summary()
         pairs = _answers(db, doc_id)
         questions = []
@@ -146,8 +222,8 @@ def coverage(args: argparse.Namespace) -> dict[str, Any]:
         rec = {
             "doc_id": doc.doc_id,
             "words": len(doc.text.split()),
-            "parse_s": round(t1 - t0, 2),
-            "reflect_s": round(t2 - t1, 2),
+            "parse_s": round(ingested.seconds["parse"], 2),
+            "reflect_s": round(ingested.seconds["reflect"], 2),
             "load": [load_before, _load()],
             "pairs": len(pairs),
             "kinds": dict(Counter(k for k, _, _ in pairs)),
@@ -158,6 +234,8 @@ def coverage(args: argparse.Namespace) -> dict[str, Any]:
             "dropped_in_verification": stats.get("dropped_in_verification", 0),
             "questions": questions,
         }
+        with (out / "pairs.jsonl").open("a") as f:
+            f.write(json.dumps({"doc_id": doc.doc_id, "pairs": pairs}) + "\n")
         with records_path.open("a") as f:
             f.write(json.dumps(rec) + "\n")
         covered = sum(bool(q["kinds"]) for q in questions)
@@ -168,8 +246,113 @@ def coverage(args: argparse.Namespace) -> dict[str, Any]:
         )
     db.dispose()
     summary = coverage_summary(bench, [json.loads(line) for line in records_path.open()], settings, args)
+    pairs_path = out / "pairs.jsonl"
+    if pairs_path.exists():
+        stored = {row["doc_id"]: [tuple(p) for p in row["pairs"]] for row in map(json.loads, pairs_path.open())}
+        summary["match"] = _match_summary(bench, args.dataset, stored, out)
     (out / "coverage.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "coverage.md").write_text(coverage_table(summary))
+    return summary
+
+
+def _match_summary(bench: Benchmark, dataset: Path, pairs: dict[str, list[Pair]], out: Path) -> dict[str, Any]:
+    """:func:`evaluate`'s figures; every question's row to ``questions.jsonl`` under ``out``."""
+    result = evaluate(bench, question_kinds(dataset), pairs)
+    with (out / "questions.jsonl").open("w") as f:
+        for row in result["questions"]:
+            f.write(json.dumps(row) + "\n")
+    return {"all": result["all"], "by_kind": result["by_kind"]}
+
+
+def rescore(args: argparse.Namespace) -> dict[str, Any]:
+    """coverage and match@k of a finished coverage run from its work directory's database (every document's stored
+    pairs, the document found by its upload name): for a run made before these figures existed."""
+    from memo.db import Document
+
+    bench = load_benchmark(args.dataset, max_docs=args.docs)
+    settings = get_settings(data_dir=args.work_dir)
+    db = Database(settings)
+    wanted = {document_file(d)[0]: d.doc_id for d in bench.documents}
+    with db.session() as s:
+        docs = {row.id: wanted[row.filename] for row in s.scalars(select(Document)) if row.filename in wanted}
+    pairs: dict[str, list[Pair]] = {doc_id: [] for doc_id in docs.values()}
+    for doc, doc_id in docs.items():
+        pairs[doc_id] = _answers(db, doc)
+    db.dispose()
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "pairs.jsonl").open("w") as f:
+        for doc_id, ps in pairs.items():
+            f.write(json.dumps({"doc_id": doc_id, "pairs": ps}) + "\n")
+    summary = {"pairs": {d: len(p) for d, p in pairs.items()}, "match": _match_summary(bench, args.dataset, pairs, out)}
+    path = out / "coverage.json"
+    if path.exists():
+        summary = {**json.loads(path.read_text()), **summary}
+    path.write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+class _NoGenerator:
+    """A generator that writes nothing: every sentence falls back to the parse's question."""
+
+    name = "none"
+
+    async def chat(self, messages: list[Message], **_: Any) -> str:
+        return ""
+
+
+def estimate(args: argparse.Namespace) -> dict[str, Any]:
+    """Coverage and match@k of the generator-free pairs (see the module docstring)."""
+    from memo.ingest.chunk import chunk_text, chunk_tokens
+    from memo.ingest.parse import parse
+    from memo.questions import standalone_violations, ungrounded
+    from memo.reflect.dedup import Deduplicator
+    from memo.reflect.direct import direct_facts
+    from memo.reflect.syntax import KIND_ATOMIC, KIND_SEQUENCE
+
+    bench = load_benchmark(args.dataset, max_docs=args.docs)
+    settings = get_settings()
+    cfg = settings.chunk
+    count = token_counter(args.tokenizer or str(settings.default_model_dir))
+    dedup = Deduplicator(settings.reflect.near_duplicate_threshold)
+    pairs: dict[str, list[Pair]] = {}
+    t0 = time.perf_counter()
+    for doc in bench.documents:
+        name, data = document_file(doc)
+        text = parse(data, "text/markdown")
+        if cfg.unit == "tokens":
+            chunks = chunk_tokens(text, tokens=cfg.tokens, overlap=cfg.token_overlap, count=count)
+        else:
+            chunks = chunk_text(text, words=cfg.words, overlap=cfg.overlap)
+        got: list[Pair] = []
+        for chunk in chunks:
+            made, _ = asyncio.run(direct_facts(_NoGenerator(), chunk, variants=1, attempts=1))
+            for p in made:
+                short = p.kind in (KIND_ATOMIC, KIND_SEQUENCE)
+                if standalone_violations(p.question, p.answer, short_answer=short) or ungrounded(
+                    p.answer, chunk, p.kind
+                ):
+                    continue  # verification would rewrite it with the generator: counted as lost
+                if dedup.check(p.question) == "new":
+                    dedup.add(p.question)
+                    got.append((p.kind, p.question, p.answer))
+        pairs[doc.doc_id] = got
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "pairs.jsonl").open("w") as f:
+        for doc_id, ps in pairs.items():
+            f.write(json.dumps({"doc_id": doc_id, "pairs": ps}) + "\n")
+    summary = {
+        "dataset": str(args.dataset),
+        "documents": len(pairs),
+        "pairs": {d: len(p) for d, p in pairs.items()},
+        "pair_kinds": dict(Counter(k for ps in pairs.values() for k, _, _ in ps)),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "match": _match_summary(bench, args.dataset, pairs, out),
+        "prompt_version": PROMPT_VERSION,
+        "command": "python -m benchmarks.bench_reflect " + shlex.join(sys.argv[1:]),
+    }
+    (out / "estimate.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 
@@ -233,6 +416,12 @@ def coverage_table(s: dict[str, Any]) -> str:
     ]
     for k, v in sorted(s["per_kind"].items(), key=lambda kv: -kv[1]["covered_alone"]):
         lines.append(f"| {k} | {v['pairs']} | {v['covered_alone']} | {v['only_this_kind']} |")
+    if s.get("match"):
+        lines += ["", "| questions | n | coverage | " + " | ".join(f"match@{k}" for k in MATCH_K) + " |"]
+        lines.append("|---" * (3 + len(MATCH_K)) + "|")
+        for name, f in [("all", s["match"]["all"]), *s["match"]["by_kind"].items()]:
+            row = " | ".join(str(f[f"match@{k}"]) for k in MATCH_K)
+            lines.append(f"| {name} | {f['questions']} | {f['coverage']} | {row} |")
     d = s["per_document"]
     lines += [
         "",
@@ -329,14 +518,11 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
         settings = bench_settings(args, Path(tmp))
         db = Database(settings)
         db.migrate()
-        ctx = Context(db, settings)
-        coll = _collection(db, "throughput")
         count = token_counter(settings.tokenizer_path)
         rows = []
         for doc in bench.documents:
-            name, data = document_file(doc)
-            job_id, doc_id = _job_for(db, settings, coll, name, data)
-            stage_parse(ctx, job_id)
+            parsed = ingest_files(db, settings, "throughput", [document_file(doc)], stages=("parse",), resume=True)
+            doc_id = parsed.document_ids[0]
 
             async def run_stage(doc_id: str = doc_id) -> tuple[Recorder, float]:
                 client = OpenAIChat(args.base_url, args.model, max_concurrency=args.concurrency, timeout_s=args.timeout)
@@ -402,6 +588,16 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    res = sub.add_parser("rescore")
+    res.add_argument("--dataset", type=Path, required=True)
+    res.add_argument("--docs", type=int, default=None, help="the first N documents (default: all)")
+    res.add_argument("--work-dir", type=Path, required=True, help="the coverage run's data directory")
+    res.add_argument("--out", type=Path, required=True, help="the coverage run's output directory")
+    est = sub.add_parser("estimate")
+    est.add_argument("--dataset", type=Path, required=True)
+    est.add_argument("--docs", type=int, default=None, help="the first N documents (default: all)")
+    est.add_argument("--tokenizer", default=None, help="local tokenizer directory (default: the prepared model)")
+    est.add_argument("--out", type=Path, default=Path("results/reflect/estimate"))
     for name in ("coverage", "throughput"):
         p = sub.add_parser(name)
         p.add_argument("--dataset", type=Path, required=True)
@@ -419,7 +615,8 @@ def main(argv: list[str] | None = None) -> None:
     thr.add_argument("--sequential", type=int, default=24, help="requests replayed one at a time")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    summary = coverage(args) if args.command == "coverage" else throughput(args)
+    run = {"coverage": coverage, "throughput": throughput, "estimate": estimate, "rescore": rescore}[args.command]
+    summary = run(args)
     print(json.dumps({k: v for k, v in summary.items() if k not in ("rows", "machine", "reflect_settings")}, indent=2))
 
 

@@ -33,10 +33,16 @@ STOP_WORDS = FUNCTION_WORDS | frozenset(
 # a third-person personal pronoun anywhere: a question with one is not self-contained
 PERSONAL_PRONOUN = re.compile(r"\b(he|she|they|him|his|hers|their|them)\b", re.I)
 # any pronoun (and pro-form of place and time) a parsed question must not carry; a reflexive may: its antecedent is
-# the question's own subject
+# the question's own subject. "IT" and "US" in capitals are names ("the IT helpdesk"), not pronouns
 UNRESOLVED = re.compile(
-    r"\b(he|she|they|him|his|hers|their|theirs|them|her|it|its|i|me|my|we|us|our|you|your|there|then)\b",
-    re.I,
+    r"\b(?!(?:IT|US)\b)(?i:he|she|they|him|his|hers|their|theirs|them|her|it|its|i|me|my|we|us|our|you|your|there"
+    r"|then)\b"
+)
+# the same without the reader and the writer ("you", "your", "we", "our"): a company's policy speaks as the company to
+# its reader ("Submit claims within 30 days", "our headquarters"), and its questions, which name the document, may too
+# ("When should you submit claims?"); in a story "you" and "we" are someone the question must name
+UNRESOLVED_BUT_READER = re.compile(
+    r"\b(?!(?:IT|US)\b)(?i:he|she|they|him|his|hers|their|theirs|them|her|it|its|i|me|my|there|then)\b"
 )
 # a reference to the source instead of its content (verification refuses it in any pair)
 VAGUE = re.compile(
@@ -50,6 +56,17 @@ SOURCE_PRONOUN_START = re.compile(r"^[\"'(]?(he|she|it|they|his|her|its|their|th
 # a pair's question or answer that opens with a pronoun or a demonstrative (object pronouns and "that" too)
 PAIR_PRONOUN_START = re.compile(r"^(he|she|it|they|him|her|his|hers|its|their|them|this|that|these|those)\b", re.I)
 NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
+
+
+# the context a structured document's question names in front of it ("Acme - Travel Policy > Hotels > What is the
+# cap?", memo.reflect.structured): deduplication compares questions of the same context by their own words
+CONTEXT_SEP = " > "
+
+
+def split_context(question: str) -> tuple[str, str]:
+    """(context, the question itself) of a question with its context in front; ("", question) without."""
+    context, sep, own = question.rpartition(CONTEXT_SEP)
+    return (context, own) if sep else ("", question)
 
 
 # -- identity -------------------------------------------------------------------------------------------------------
@@ -131,18 +148,21 @@ def clean_generated_question(text: str, fact: str) -> str | None:
 
 
 # -- a question the dependency parse made (clause facts) ----------------------------------------------------------
-def usable_parsed_question(q: str) -> bool:
+def usable_parsed_question(q: str, *, structured: bool = False) -> bool:
     """Short enough, no unresolved pronoun, no reference to the source, and specific: it names something (a name
-    after its first word) or carries at least two content words ("Who is lazy?" fits any lazy person)."""
+    after its first word) or carries at least two content words ("Who is lazy?" fits any lazy person). With
+    ``structured`` (a structured document: a policy speaks to its reader, and every question is asked with the
+    document's headings in front) "you", "your", "we" and "our" may stay, and one content word is enough ("What is
+    the depth?" under "HX-220 Specification > Physical design")."""
     words = q.rstrip("?").split()
     named = any(w[:1].isupper() for w in words[1:])
     content = [w for w in words if w.lower() not in FUNCTION_WORDS]
     return (
         MIN_QUESTION_WORDS <= len(words) <= MAX_PARSED_QUESTION_WORDS
         and q.endswith("?")
-        and not UNRESOLVED.search(q)
+        and not (UNRESOLVED_BUT_READER if structured else UNRESOLVED).search(q)
         and not VAGUE.search(q)
-        and (named or len(content) >= 2)
+        and (named or len(content) >= (1 if structured else 2))
     )
 
 

@@ -13,7 +13,10 @@ import math
 import re
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+
+from memo.ingest.structure import paragraphs, plain, read_block
 
 log = logging.getLogger(__name__)
 
@@ -26,18 +29,21 @@ _SENTENCE_END = re.compile(
 Counter = Callable[[str], int]  # text -> its size (words or tokens)
 
 
+def split_paragraph(para: str) -> list[str]:
+    """Sentences of one paragraph, whitespace normalised; without final punctuation (a title, a list item) it gets a
+    full stop, so the boundary survives re-joining."""
+    para = " ".join(para.split())
+    if not para:
+        return []
+    if para[-1] not in ".!?:;\"')]":
+        para += "."
+    return [s.strip() for s in _SENTENCE_END.split(para) if s.strip()]
+
+
 def split_sentences(text: str) -> list[str]:
-    """Sentences of ``text``; whitespace normalised. A paragraph break ends a sentence: a paragraph without
-    final punctuation (a title, a list item) gets a full stop, so the boundary survives re-joining."""
-    out: list[str] = []
-    for para in re.split(r"\n\s*\n", text):
-        para = " ".join(para.split())
-        if not para:
-            continue
-        if para[-1] not in ".!?:;\"')]":
-            para += "."
-        out.extend(s.strip() for s in _SENTENCE_END.split(para) if s.strip())
-    return out
+    """Sentences of ``text``, without the structural marks of parsed Markdown (``#``, ``- ``, ``1. ``,
+    :mod:`memo.ingest.structure`). A paragraph break ends a sentence."""
+    return [s for para in paragraphs(text) for s in split_paragraph(plain(para))]
 
 
 def _split_long(words: list[str], size: int, count: Counter) -> list[list[str]]:
@@ -58,38 +64,86 @@ def _split_long(words: list[str], size: int, count: Counter) -> list[list[str]]:
     return out
 
 
+@dataclass(frozen=True)
+class _Piece:
+    text: str  # a sentence (or a part of an overlong one), the first of its paragraph with the paragraph's mark
+    size: int
+    para: int  # its paragraph
+    headings: tuple[str, ...]  # the heading lines in force before it (``## Booking``), outermost first
+
+
+def _pieces(text: str, size: int, count: Counter) -> list[_Piece]:
+    out: list[_Piece] = []
+    path: list[tuple[int, str]] = []
+    for n, para in enumerate(paragraphs(text)):
+        block = read_block(para)
+        if block.kind == "heading":
+            path = [(lvl, h) for lvl, h in path if lvl < block.level]
+            out.append(_Piece(para, count(para), n, tuple(h for _, h in path)))
+            path.append((block.level, para))
+            continue
+        mark = para[: len(para) - len(block.text)]
+        headings = tuple(h for _, h in path)
+        for j, s in enumerate(split_paragraph(block.text)):
+            s = mark + s if j == 0 else s
+            if count(s) <= size:
+                out.append(_Piece(s, count(s), n, headings))
+            else:
+                for part in _split_long(s.split(), size, count):
+                    p = " ".join(part)
+                    out.append(_Piece(p, count(p), n, headings))
+    return out
+
+
+def _join(pieces: list[_Piece]) -> str:
+    """Pieces as text: sentences of one paragraph joined by a space, paragraphs by a blank line."""
+    out = ""
+    for i, p in enumerate(pieces):
+        out += ("" if i == 0 else " " if p.para == pieces[i - 1].para else "\n\n") + p.text
+    return out
+
+
 def _pack(text: str, size: int, overlap: int, count: Counter) -> list[str]:
     """Greedy sentence packing into chunks of at most ``size`` (by ``count``), repeating about ``overlap``
-    (whole sentences) at the start of the next chunk. A single sentence longer than ``size`` is split."""
+    (whole sentences) at the start of the next chunk. A single sentence longer than ``size`` is split. A chunk of a
+    text with headings opens with the headings it sits under (its first sentence's), so that every chunk says what
+    it is about."""
     if size < 1 or not 0 <= overlap < size:
         raise ValueError(f"need 0 <= overlap < size, got size={size} overlap={overlap}")
-    pieces: list[tuple[str, int]] = []
-    for s in split_sentences(text):
-        n = count(s)
-        if n <= size:
-            pieces.append((s, n))
-        else:
-            for part in _split_long(s.split(), size, count):
-                p = " ".join(part)
-                pieces.append((p, count(p)))
+    pieces = _pieces(text, size, count)
+
+    def crumbs(first: _Piece) -> list[_Piece]:
+        return [_Piece(h, count(h), -1 - k, ()) for k, h in enumerate(first.headings)]
+
+    def fits(crumb: list[_Piece], body: list[_Piece]) -> bool:
+        # the sum of the pieces first (cheap), then the joined text itself (separators and merges at the joins)
+        return sum(p.size for p in crumb + body) <= size and count(_join(crumb + body)) <= size
+
     chunks: list[str] = []
-    cur: list[tuple[str, int]] = []
-    used = 0
+    cur: list[_Piece] = []
+    crumb: list[_Piece] = []
     for piece in pieces:
-        if cur and used + piece[1] > size:
-            chunks.append(" ".join(p for p, _ in cur))
-            keep: list[tuple[str, int]] = []
+        if cur and not fits(crumb, cur + [piece]):
+            chunks.append(_join(crumb + cur))
+            keep: list[_Piece] = []
             kept = 0
             for prev in reversed(cur):
-                if kept + prev[1] > overlap:
+                if kept + prev.size > overlap:
                     break
                 keep.insert(0, prev)
-                kept += prev[1]
-            cur, used = keep, kept
+                kept += prev.size
+            # the headings of the new chunk's first sentence; overlap is dropped (from the front) if they do not fit
+            while True:
+                crumb = crumbs(keep[0] if keep else piece)
+                if fits(crumb, keep + [piece]) or not keep:
+                    break
+                keep.pop(0)
+            if not fits(crumb, keep + [piece]):
+                crumb = []
+            cur = keep
         cur.append(piece)
-        used += piece[1]
     if cur:
-        chunks.append(" ".join(p for p, _ in cur))
+        chunks.append(_join(crumb + cur))
     return chunks
 
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-import re
 from pathlib import PurePath
 
 from memo.errors import InvalidInput, UnsupportedMediaType
+from memo.ingest.structure import normalise_markdown
 
 SUPPORTED = {".txt": "text/plain", ".md": "text/markdown", ".markdown": "text/markdown"}
 
@@ -37,19 +37,11 @@ def validate_upload(filename: str, data: bytes) -> str:
     return media_type
 
 
-_MD_NOISE = [
-    (re.compile(r"```.*?```", re.S), " "),  # code blocks carry no prose facts
-    (re.compile(r"!\[[^\]]*\]\([^)]*\)"), " "),  # images
-    (re.compile(r"\[([^\]]*)\]\([^)]*\)"), r"\1"),  # links -> their text
-    (re.compile(r"^\s{0,3}#{1,6}\s*(.*)$", re.M), r"\n\1\n"),  # headings: own paragraph, no marks
-    (re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+(.*)$", re.M), r"\n\1\n"),  # list items: one paragraph each
-    (re.compile(r"[*_`]{1,3}"), ""),  # emphasis, inline code
-]
-
-
 def parse(data: bytes, media_type: str) -> str:
-    text = data.decode("utf-8")
+    """The text of an upload. Markdown keeps its structure in a normal form (headings, list items, table rows as
+    labelled items: :func:`memo.ingest.structure.normalise_markdown`), so that the reflect stage can ask a list
+    item's or a table cell's fact with the heading it sits under."""
+    text = data.decode("utf-8").replace("\r\n", "\n")
     if media_type == "text/markdown":
-        for pattern, repl in _MD_NOISE:
-            text = pattern.sub(repl, text)
-    return text.replace("\r\n", "\n").strip()
+        text = normalise_markdown(text)
+    return text.strip()

@@ -5,7 +5,7 @@ The Memory model's chat format is in :mod:`memo.memory`, the Executive's prompts
 
 from __future__ import annotations
 
-PROMPT_VERSION = "4"
+PROMPT_VERSION = "5"  # 5: structured documents (headings as context, lists, tables), imperative and measure rules
 
 # -- reflections: direct facts (MeMo stage 1) -------------------------------------------------------------------
 DIRECT_SYSTEM = (

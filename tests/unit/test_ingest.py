@@ -3,6 +3,7 @@ import pytest
 from memo.errors import InvalidInput, UnsupportedMediaType
 from memo.ingest.chunk import chunk_text, split_sentences
 from memo.ingest.parse import parse, validate_upload
+from memo.ingest.structure import is_structured, read_sentences, split_label
 
 
 def test_split_sentences_keeps_abbreviation_free_sentences_apart():
@@ -30,11 +31,89 @@ def test_overlong_sentence_is_split():
     assert [len(c.split()) for c in chunks] == [40, 40, 15]
 
 
-def test_markdown_is_flattened():
+def test_markdown_keeps_its_structure_in_a_normal_form():
     md = b"# Title\n\nSome **bold** text with a [link](http://x).\n\n- item one\n\n```\ncode\n```\n"
     text = parse(md, "text/markdown")
-    assert "Title" in text and "bold" in text and "link" in text and "item one" in text
-    assert "**" not in text and "http://x" not in text and "code" not in text and "#" not in text
+    assert text == "# Title\n\nSome bold text with a link.\n\n- item one"
+    assert "**" not in text and "http://x" not in text and "code" not in text
+    # the plain sentences have no marks
+    assert split_sentences(text) == ["Title.", "Some bold text with a link.", "item one."]
+
+
+def test_tables_become_items_labelled_by_their_headers():
+    md = (
+        b"## Limits\n\n| City | Hotel cap | Notes |\n|---|:---:|---|\n| Port Emberly | $245 | higher prices |\n"
+        b"| Varnholt | $189 | |\n\nAfter the table.\n"
+    )
+    text = parse(md, "text/markdown")
+    assert text.split("\n\n") == [
+        "## Limits",
+        "- Port Emberly hotel cap: $245; Port Emberly: higher prices.",
+        "- Varnholt hotel cap: $189.",
+        "After the table.",
+    ]
+
+
+def test_underlined_headings_and_rules():
+    md = b"Acme Policy\n===========\n\nIntro text.\n\n---\n\nHotels\n------\nCaps apply.\n"
+    assert parse(md, "text/markdown").split("\n\n") == ["# Acme Policy", "Intro text.", "## Hotels", "Caps apply."]
+
+
+def test_list_items_and_their_continuation_lines_stay_one_paragraph():
+    md = b"Intro:\n* first item\n  continues here\n2) second item\n\nAfter.\n"
+    assert parse(md, "text/markdown").split("\n\n") == [
+        "Intro:",
+        "- first item continues here",
+        "2. second item",
+        "After.",
+    ]
+
+
+def test_sentences_are_read_back_with_their_headings_and_item_labels():
+    md = (
+        b"# Acme - Leave Policy\n\n## Other leave\n\n- Bereavement: 5 days. Ask your manager first.\n\n"
+        b"- Send the form to HR. Owner: Jo Park.\n\n## Pay\n\nSalaries are paid monthly.\n"
+    )
+    got = [(s.text, s.context, s.kind) for s in read_sentences(parse(md, "text/markdown"))]
+    assert got == [
+        ("Acme - Leave Policy", (), "heading"),
+        ("Other leave", ("Acme - Leave Policy",), "heading"),
+        ("Bereavement: 5 days.", ("Acme - Leave Policy", "Other leave", "Bereavement"), "item"),
+        ("Ask your manager first.", ("Acme - Leave Policy", "Other leave", "Bereavement"), "item"),
+        ("Send the form to HR.", ("Acme - Leave Policy", "Other leave"), "item"),
+        # a later sentence of an unlabelled item is about its first one
+        ("Owner: Jo Park.", ("Acme - Leave Policy", "Other leave", "Send the form to HR"), "item"),
+        ("Pay", ("Acme - Leave Policy",), "heading"),
+        ("Salaries are paid monthly.", ("Acme - Leave Policy", "Pay"), "text"),
+    ]
+    assert is_structured(parse(md, "text/markdown"))
+    assert not is_structured(parse(b"# A story\n\nTom walked home. He slept.\n", "text/markdown"))
+    assert is_structured(parse(b"# Hotels\n\nCaps apply.\n\n# Meals\n\n$40 a day.\n", "text/markdown"))
+
+
+def test_labels_are_short_and_not_clock_times():
+    assert split_label("Severity: SEV-2.") == ("Severity", "SEV-2.")
+    assert split_label("pH range: 0 to 14") == ("pH range", "0 to 14")
+    assert split_label("06:42 UTC was the start.") is None
+    assert split_label("The one exception, which is rare, is this: none") is None
+
+
+def test_every_chunk_of_a_structured_text_opens_with_its_headings():
+    sections = "\n\n".join(
+        f"## Section {i}\n\n" + " ".join(f"Rule {i}.{j} of the Zorblax policy applies today." for j in range(6))
+        for i in range(6)
+    )
+    text = parse(f"# Zorblax Policy\n\n{sections}".encode(), "text/markdown")
+    chunks = chunk_text(text, words=60, overlap=10)
+    assert len(chunks) > 4
+    for c in chunks:
+        assert c.startswith("# Zorblax Policy\n\n")
+        assert len(c.split()) <= 60
+        first = [s for s in read_sentences(c) if s.kind != "heading"][0]
+        section = first.text.split()[1].split(".")[0]
+        assert first.headings == ("Zorblax Policy", f"Section {section}")
+    covered = {s for c in chunks for s in split_sentences(c)}
+    assert covered == set(split_sentences(text))  # nothing lost
 
 
 @pytest.mark.parametrize("name", ["report.pdf", "noext", "image.PNG"])
