@@ -2,8 +2,8 @@
 
 Every method that writes a final answer does it with the SAME Executive (the one in force for the service):
 
-- ``memo``: the service itself, through the real query path (:func:`memo.query.ask`: the Executive plans, the trained
-  Memory model answers sub-questions closed-book, the Executive synthesises);
+- ``memo``: the service itself, through the real query path (:func:`memo.query.ask`: the protocol of
+  :mod:`memo.executive.protocol`), with its ``abstained`` flag and its ``sources``;
 - ``memory-only``: the trained Memory model alone on the question, no Executive;
 - ``closed-book``: the Executive alone, no memory and no documents;
 - ``bm25`` / ``dense``: the Executive reading the top-k passages that BM25 / all-MiniLM-L6-v2 retrieve from the corpus;
@@ -21,8 +21,10 @@ from typing import Any, Protocol
 
 from benchmarks.dataset import Doc, Question
 from benchmarks.retrieval import Passage
+from memo.executive.protocol import Answer
 from memo.llm import LLM, Message
 from memo.memory import memory_messages
+from memo.sources import Source
 
 METHODS = ("memo", "memory-only", "closed-book", "bm25", "dense", "gold")
 MEMORY_METHODS = {"memo", "memory-only"}  # need the trained collection
@@ -131,12 +133,49 @@ def memory_only(memory: LLM, max_tokens: int) -> Answerer:
     return run
 
 
-def memo_service(ask: Callable[[str], Awaitable[Any]]) -> Answerer:
-    """``ask(question) -> (memo.executive.protocol.Answer, version id)``: the service's query path."""
+DocName = Callable[[str, str], str]
+"""``(service document id, title) -> benchmark doc_id`` of a returned source."""
+
+
+def _sources(sources: list[Source], doc_name: DocName) -> list[dict[str, Any]]:
+    return [
+        {
+            "doc_id": doc_name(s.document_id, s.title),
+            "document_id": s.document_id,
+            "title": s.title,
+            "score": s.score,
+            "passages": [
+                {"chunk_id": p.chunk_id, "reflections": [f"{r.question} -> {r.answer}" for r in p.reflections]}
+                for p in s.passages
+            ],
+        }
+        for s in sources
+    ]
+
+
+def memo_service(ask: Callable[[str], Awaitable[Any]], doc_name: DocName = lambda doc_id, title: title) -> Answerer:
+    """``ask(question) -> (memo.executive.protocol.Answer, version id)``: the service's query path. The reply keeps
+    the service's structured abstention flag and its sources (named by benchmark doc_id through ``doc_name``)."""
 
     async def run(q: Question) -> Reply:
         result, version = await ask(q.question)
-        trace = [{"sub_question": s.sub_question, "memory_answer": s.memory_answer, "idk": s.idk} for s in result.trace]
-        return Reply(result.answer, {"memory_version": version, "trace": trace})
+        assert isinstance(result, Answer)
+        trace = [
+            {
+                "sub_question": s.sub_question,
+                "memory_answer": s.memory_answer,
+                "idk": s.idk,
+                "supported": s.supported,
+                "sources": [doc_name(src.document_id, src.title) for src in s.sources],
+            }
+            for s in result.trace
+        ]
+        extra = {
+            "memory_version": version,
+            "abstained": result.abstained,
+            "sources": _sources(result.sources, doc_name),
+            "trace": trace,
+        }
+        return Reply(result.answer, extra)
 
     return run

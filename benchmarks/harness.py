@@ -8,8 +8,12 @@
    generator, memory base model, prompt version, gate), so a rerun with the same corpus and settings reuses its
    active version: changing only the Executive, a baseline or the scoring never reflects or trains again;
 3. answer every question with every method (:mod:`benchmarks.baselines`), metering each LLM call's tokens;
-4. score (exact match, token F1, ROUGE-L, optionally an LLM judge) and write results.json, results.md,
-   records.jsonl and plots (:mod:`benchmarks.report`).
+4. when the benchmark has ``updates.jsonl`` and ``memo`` is among the methods: the update run on a copy of the
+   trained collection (:mod:`benchmarks.updates`: revised documents through the replace route, a deletion through
+   the delete route, the changed questions asked while their jobs are queued and after they published);
+5. score (exact match, token F1, ROUGE-L, accuracy and abstention per question kind, optionally an LLM judge; the
+   sources of ``memo``'s answers; whether ``memo`` keeps what ``memory-only`` got right; the time from upload to an
+   answering version) and write results.json, results.md, records.jsonl and plots (:mod:`benchmarks.report`).
 
 The gate runs and records its figures, but by default does not block (``gate=True`` keeps the service's thresholds):
 the harness measures the memory, whatever it learned.
@@ -31,12 +35,12 @@ from sqlalchemy import func, select
 from tqdm import tqdm
 
 from benchmarks import baselines, report
-from benchmarks.dataset import Benchmark, document_file, load_benchmark
+from benchmarks.dataset import KINDLESS, Benchmark, Question, document_file, load_benchmark
 from benchmarks.metering import CURRENT, Meter, MeteredEngines, counter_for
-from benchmarks.metrics import score_answer
+from benchmarks.metrics import abstains, correct, score_answer
 from memo import catalog
 from memo.batch import ingest_files
-from memo.db import Database, Job, JobState, MemoryVersion, Reflection
+from memo.db import Database, Document, DocumentStatus, Job, JobState, MemoryVersion, Reflection
 from memo.errors import InvalidInput
 from memo.executive import config as executive_config
 from memo.progress import bar_runner
@@ -54,6 +58,7 @@ class EvalConfig:
     methods: list[str] = field(default_factory=lambda: list(baselines.METHODS))
     max_docs: int | None = None
     max_questions: int | None = None
+    max_per_kind: int | None = None  # at most N questions of each kind (and N changed questions per revised document)
     max_doc_words: int | None = None  # truncate every document (smoke runs on a small machine)
     distractors: bool = False
     top_k: int = 3
@@ -63,6 +68,7 @@ class EvalConfig:
     judge: LLMRole | None = None
     compare: Path | None = None  # an earlier results.json: report the change per method
     gate: bool = False  # keep the service's gate thresholds (a rejected memory fails the run)
+    updates: bool = True  # the update run, when the benchmark has updates.jsonl and memo is evaluated
     command: str = ""
 
     def __post_init__(self) -> None:
@@ -73,6 +79,8 @@ class EvalConfig:
             raise InvalidInput("no method to evaluate")
         if self.top_k < 1 or self.max_tokens < 1 or self.concurrency < 1:
             raise InvalidInput("top_k, max_tokens and concurrency must be at least 1")
+        if self.max_per_kind is not None and self.max_per_kind < 1:
+            raise InvalidInput("max_per_kind must be at least 1")
 
 
 def eval_settings(settings: Settings, cfg: EvalConfig) -> Settings:
@@ -171,16 +179,80 @@ def ensure_memory(settings: Settings, db: Database, bench: Benchmark) -> Memory:
         )
 
 
+def document_names(db: Database, collection_id: str, bench: Benchmark) -> dict[str, str]:
+    """The collection's live documents by service id -> benchmark doc_id (through the uploaded file's name)."""
+    by_file = {document_file(d)[0]: d.doc_id for d in bench.documents}
+    with db.session() as s:
+        rows = s.execute(
+            select(Document.id, Document.filename).where(
+                Document.collection_id == collection_id, Document.status != DocumentStatus.deleted
+            )
+        ).all()
+    return {doc_id: by_file[name] for doc_id, name in rows if name in by_file}
+
+
+def time_to_answerable(
+    db: Database, memory: Memory, bench: Benchmark, records: list[dict[str, Any]], names: dict[str, str]
+) -> dict[str, Any] | None:
+    """Per evidence document: the wall time from its upload (the document row) to the publication of the version
+    ``memo`` answered with (the earliest finish of a job that published it), and whether that version answers it
+    (a ``single`` question of its own answered right; without kinds, a question on it alone). A batch ingestion
+    publishes one version for all its documents, so their times differ only by their upload times."""
+    rows = [r for r in report.main_records(records) if r["method"] == "memo"]
+    if not rows:
+        return None
+    kind = "single" if any(q.kind == "single" for q in bench.questions) else KINDLESS
+    bench_of = {v: k for k, v in names.items()}
+    with db.session() as s:
+        published = s.scalar(
+            select(func.min(Job.updated_at)).where(
+                Job.memory_version_id == memory.version_id, Job.state == JobState.succeeded
+            )
+        )
+        uploads = {
+            doc_id: created
+            for doc_id, created in s.execute(
+                select(Document.id, Document.created_at).where(Document.id.in_(list(names)))
+            )
+        }
+    documents: dict[str, dict[str, Any]] = {}
+    for d in bench.documents:
+        if d.distractor:
+            continue
+        qs = [r for r in rows if r["doc_ids"] == [d.doc_id] and r.get("kind", KINDLESS) == kind]
+        right = sum(report.is_correct(r) for r in qs)
+        upload = uploads.get(bench_of.get(d.doc_id, ""))
+        seconds = round((published - upload).total_seconds(), 2) if published and upload else None
+        documents[d.doc_id] = {
+            "questions": len(qs),
+            "right": right,
+            "upload_to_publish_seconds": seconds,
+            "seconds": seconds if right else None,  # None: the version published after its upload does not answer it
+        }
+    answered = [f["seconds"] for f in documents.values() if f["seconds"] is not None]
+    return {
+        "version_id": memory.version_id,
+        "kind": kind,
+        "documents_total": len(documents),
+        "answerable_documents": len(answered),
+        "mean_seconds": round(sum(answered) / len(answered), 2) if answered else None,
+        "max_seconds": max(answered) if answered else None,
+        "documents": documents,
+    }
+
+
 async def _answer_all(
     method: str,
     answerer: baselines.Answerer,
-    bench: Benchmark,
+    questions: list[Question],
     concurrency: int,
+    phase: str = report.MAIN,
 ) -> tuple[list[dict[str, Any]], float]:
     sem = asyncio.Semaphore(concurrency)
-    bar = tqdm(total=len(bench.questions), desc=method, unit="q", leave=False)
+    label = method if phase == report.MAIN else f"{method} ({phase})"
+    bar = tqdm(total=len(questions), desc=label, unit="q", leave=False)
 
-    async def one(q: Any) -> dict[str, Any]:
+    async def one(q: Question) -> dict[str, Any]:
         async with sem:
             meter = Meter()
             CURRENT.set(meter)  # this task's own copy of the context
@@ -193,22 +265,32 @@ async def _answer_all(
                 reply, error = baselines.Reply(""), f"{type(exc).__name__}: {exc}"
             seconds = time.perf_counter() - t0
             bar.update(1)
+            extra = dict(reply.extra)
+            # the service's structured flag where the method has one, else the benchmark's textual detector
+            flag = extra.pop("abstained", None)
+            abstained = False if error else bool(flag) if flag is not None else abstains(reply.answer)
             return {
                 "method": method,
+                "phase": phase,
                 "qid": q.qid,
+                "kind": q.kind,
+                "doc_ids": q.doc_ids,
                 "question": q.question,
                 "answers": q.answers,
                 "prediction": reply.answer.strip(),
                 "scores": score_answer(reply.answer, q.answers),
+                "abstained": abstained,
+                "abstained_by": "service" if flag is not None else "text",
+                "correct": not error and correct(reply.answer, q.answers, q.kind, abstained),
                 "cost": meter.as_dict(),
                 "seconds": round(seconds, 3),
                 "error": error,
-                **reply.extra,
+                **extra,
             }
 
     started = time.perf_counter()
     try:
-        records = list(await asyncio.gather(*(asyncio.create_task(one(q)) for q in bench.questions)))
+        records = list(await asyncio.gather(*(asyncio.create_task(one(q)) for q in questions)))
     finally:
         bar.close()
     return records, time.perf_counter() - started
@@ -252,6 +334,7 @@ def run_eval(settings: Settings, cfg: EvalConfig) -> dict[str, Any]:
         cfg.dataset,
         max_docs=cfg.max_docs,
         max_questions=cfg.max_questions,
+        max_per_kind=cfg.max_per_kind,
         distractors=cfg.distractors,
         max_doc_words=cfg.max_doc_words,
     )
@@ -264,9 +347,12 @@ def run_eval(settings: Settings, cfg: EvalConfig) -> dict[str, Any]:
     setup: dict[str, float] = {}
 
     memory = None
+    names: dict[str, str] = {}
     if baselines.MEMORY_METHODS & set(methods):
         memory = ensure_memory(settings, db, bench)
         setup["memo"] = setup["memory-only"] = memory.ingest_seconds
+        names = document_names(db, memory.collection_id, bench)
+    run_updates = cfg.updates and bool(bench.updates) and "memo" in methods
 
     indexes: dict[str, baselines.Index] = {}
     if baselines.RETRIEVAL_METHODS & set(methods):
@@ -286,8 +372,14 @@ def run_eval(settings: Settings, cfg: EvalConfig) -> dict[str, Any]:
     counter = counter_for(settings, exec_role)
     records: list[dict[str, Any]] = []
     wall: dict[str, float] = {}
+    updates: dict[str, Any] | None = None
+    by_file = {document_file(d)[0]: d.doc_id for d in bench.documents}
+
+    def doc_name(document_id: str, title: str) -> str:
+        return names.get(document_id) or by_file.get(title) or title
 
     async def run_all() -> None:
+        nonlocal updates
         from memo.query import ask
 
         engines = MeteredEngines(settings, counter)
@@ -297,7 +389,7 @@ def run_eval(settings: Settings, cfg: EvalConfig) -> dict[str, Any]:
                 answerer: baselines.Answerer
                 if m == "memo":
                     assert memory is not None
-                    answerer = baselines.memo_service(partial(ask, db, engines, memory.collection_id))
+                    answerer = baselines.memo_service(partial(ask, db, engines, memory.collection_id), doc_name)
                 elif m == "memory-only":
                     assert memory is not None
                     llm = engines.memory(memory.version_id, memory.adapter_path)
@@ -308,12 +400,40 @@ def run_eval(settings: Settings, cfg: EvalConfig) -> dict[str, Any]:
                     answerer = baselines.retrieval(executive, indexes[m], cfg.top_k, cfg.max_tokens)
                 else:
                     answerer = baselines.gold(executive, bench.by_id, cfg.max_tokens)
-                got, seconds = await _answer_all(m, answerer, bench, cfg.concurrency)
+                got, seconds = await _answer_all(m, answerer, bench.questions, cfg.concurrency)
                 records.extend(got)
                 wall[m] = seconds
                 log.info("%s: %d answers in %.1f s", m, len(got), seconds)
-            if cfg.judge is not None:
-                await _judge_all(engines, cfg.judge, records, cfg.concurrency)
+            if cfg.judge is not None:  # the benchmark's questions (not the update run's)
+                await _judge_all(engines, cfg.judge, list(records), cfg.concurrency)
+            if run_updates:
+                from benchmarks.updates import run_updates as update_run
+
+                assert memory is not None
+
+                async def answer_phase(
+                    method: str, answerer: baselines.Answerer, questions: list[Question], phase: str
+                ) -> list[dict[str, Any]]:
+                    return (await _answer_all(method, answerer, questions, cfg.concurrency, phase))[0]
+
+                started = time.perf_counter()
+                try:
+                    updates, got = await update_run(
+                        db,
+                        settings,
+                        engines,
+                        bench,
+                        memory.collection_id,
+                        memory.name,
+                        names,
+                        answer_phase,
+                        memory_only_tokens=cfg.max_tokens if "memory-only" in methods else None,
+                    )
+                except Exception as exc:  # the benchmark's answers are kept and written; the failure is reported
+                    log.exception("the update run failed")
+                    updates, got = {"error": f"{type(exc).__name__}: {exc}"}, []
+                updates["wall_seconds"] = round(time.perf_counter() - started, 2)
+                records.extend(got)
         finally:
             await engines.aclose()
 
@@ -324,6 +444,10 @@ def run_eval(settings: Settings, cfg: EvalConfig) -> dict[str, Any]:
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "benchmark": {**bench.summary(), "dataset": str(cfg.dataset)},
         "methods": figures,
+        "executive_keeps": report.executive_keeps(records),
+        "sources": report.sources(records),
+        "updates": updates,
+        "time_to_answerable": time_to_answerable(db, memory, bench, records, names) if memory is not None else None,
         "setup_seconds": setup,
         "collection": asdict(memory) if memory is not None else None,
         "models": {
@@ -342,12 +466,15 @@ def run_eval(settings: Settings, cfg: EvalConfig) -> dict[str, Any]:
             "methods": methods,
             "max_docs": cfg.max_docs,
             "max_questions": cfg.max_questions,
+            "max_per_kind": cfg.max_per_kind,
             "max_doc_words": cfg.max_doc_words,
             "distractors": cfg.distractors,
             "top_k": cfg.top_k,
             "max_tokens": cfg.max_tokens,
             "concurrency": cfg.concurrency,
             "gate_blocks": cfg.gate,
+            "updates": run_updates,
+            "update_mode": settings.train.update,
             "work_dir": str(settings.data_dir),
             "chunk": settings.chunk.model_dump(),
             "reflect": settings.model_dump().get("reflect"),

@@ -1,13 +1,64 @@
 """Benchmark scoring on top of memo.scoring's SQuAD normalisation: exact match, token F1 and ROUGE-L, each the best
-over a question's reference answers."""
+over a question's reference answers; accuracy (the answer states a reference: :func:`memo.scoring.recalled`, the
+normalised reference inside the normalised answer or token F1 >= 0.5); and, for methods without a structured
+abstention signal, a textual detector of answers that say they do not know (:func:`abstains`)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 
 from memo.scoring import normalise, recalled, token_f1
 
-__all__ = ["best_over", "exact_match", "normalise", "recalled", "rouge_l", "score_answer", "token_f1"]
+__all__ = [
+    "UNANSWERABLE",
+    "abstains",
+    "best_over",
+    "correct",
+    "exact_match",
+    "normalise",
+    "recalled",
+    "rouge_l",
+    "score_answer",
+    "states_any",
+    "token_f1",
+]
+
+UNANSWERABLE = "unanswerable"  # the kind whose right answer is an abstention
+
+# what an answer that declines says ("I don't know", "The document does not state...", "Unknown.", "not mentioned in
+# the passages", "cannot be determined"): the benchmark's reading of baselines that have no abstention flag. The
+# service's own answers are judged by its structured signal (memo.executive.protocol.Answer.abstained), not by this
+_ABSTAIN = re.compile(
+    r"\b(?:"
+    r"(?:do|does|did)\s*(?:n[o']?t|not)\s+(?:know|say|state|mention|specify|provide|give|contain|answer|include)"
+    r"|don'?t\s+know|dunno|unknown|not\s+known"
+    r"|(?:is|are|was|were|been)?\s*not\s+(?:stated|mentioned|specified|given|provided|listed|included|available|"
+    r"found|clear|indicated|disclosed|described|covered|addressed)"
+    r"|no\s+(?:information|mention|details?|data|answer|indication|record)"
+    r"|(?:cannot|can'?t|can\s+not|unable\s+to)\s+(?:be\s+)?(?:determine|determined|answer|answered|tell|find|found|"
+    r"say|know|provide|identify|infer)"
+    r"|not\s+(?:sure|certain)"
+    r"|(?:there\s+is|there'?s)\s+no\s+(?:way|answer)"
+    r")\b",
+    re.IGNORECASE,
+)
+
+
+def abstains(text: str) -> bool:
+    """The answer declines to answer (an empty answer too): a textual detector for methods with no abstention flag."""
+    t = " ".join(text.replace("\u2019", "'").split())
+    return not t or _ABSTAIN.search(t) is not None
+
+
+def states_any(prediction: str, references: Sequence[str]) -> bool:
+    """The prediction states one of the references (:func:`memo.scoring.recalled`)."""
+    return any(recalled(prediction, r) for r in references)
+
+
+def correct(prediction: str, references: Sequence[str], kind: str, abstained: bool) -> bool:
+    """Accuracy of one answer: on an ``unanswerable`` question, that it abstained; else that it states a reference."""
+    return abstained if kind == UNANSWERABLE else states_any(prediction, references)
 
 
 def exact_match(prediction: str, reference: str) -> float:

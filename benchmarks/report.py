@@ -1,5 +1,11 @@
 """The harness's outputs: per-method figures from per-question records, results.json, results.md, records.jsonl and
-matplotlib plots (accuracy per method; accuracy against cost in tokens and in wall time)."""
+matplotlib plots (accuracy per method; accuracy against cost in tokens and in wall time).
+
+Figures of the whole run (``methods[m]``: em, f1, rouge_l, judge) are in %, as they always were; the per-kind,
+abstention, sources, updates and "executive keeps" figures are shares in [0, 1] (the issue's targets are written so).
+Records carry a ``phase``: ``main`` (every method on the benchmark's questions: the only records the per-method
+figures count) or a phase of the update run (:data:`UPDATE_PHASES`).
+"""
 
 from __future__ import annotations
 
@@ -12,19 +18,81 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from benchmarks.dataset import KINDLESS
+from benchmarks.metrics import UNANSWERABLE, abstains, correct, states_any
+
 log = logging.getLogger(__name__)
 
 METRICS = ("em", "f1", "rouge_l", "judge")
 LABELS = {"em": "EM", "f1": "F1", "rouge_l": "ROUGE-L", "judge": "judge"}
+MAIN = "main"
+# the update run (memo.harness -> benchmarks.updates): the changed questions asked while the replace job is queued
+# and after it published (and of the Memory alone after it), the deleted document's questions likewise
+UPDATE_PHASES = ("replace-pending", "replace", "replace-memory-only", "delete-pending", "delete")
 
 
 def _mean(xs: list[float]) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
 
-def summarise(records: list[dict[str, Any]], methods: list[str], wall: dict[str, float]) -> dict[str, dict[str, Any]]:
-    """Per method: mean of each metric (in %), tokens and calls in all and per question, wall seconds."""
+def _share(flags: list[bool]) -> float | None:
+    return round(sum(flags) / len(flags), 4) if flags else None
+
+
+def main_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in records if r.get("phase", MAIN) == MAIN]
+
+
+def abstained(r: dict[str, Any]) -> bool:
+    """A record's abstention: the service's structured flag, or the textual detector (records of older runs too)."""
+    if r.get("error"):
+        return False
+    if r.get("abstained") is not None:
+        return bool(r["abstained"])
+    return abstains(r.get("prediction", ""))
+
+
+def is_correct(r: dict[str, Any]) -> bool:
+    if r.get("error"):
+        return False
+    if r.get("correct") is not None:
+        return bool(r["correct"])
+    return correct(r.get("prediction", ""), r["answers"], r.get("kind", KINDLESS), abstained(r))
+
+
+def by_kind(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per kind (in order of appearance): questions, accuracy, EM, F1 and the share abstained (on ``unanswerable``
+    the right answer; on the other kinds a wrong one), shares in [0, 1]."""
+    kinds = list(dict.fromkeys(r.get("kind", KINDLESS) for r in rows))
     out: dict[str, dict[str, Any]] = {}
+    for k in kinds:
+        group = [r for r in rows if r.get("kind", KINDLESS) == k]
+        fig: dict[str, Any] = {
+            "questions": len(group),
+            "accuracy": _share([is_correct(r) for r in group]),
+            "em": round(_mean([r["scores"]["em"] for r in group]) or 0.0, 4),
+            "f1": round(_mean([r["scores"]["f1"] for r in group]) or 0.0, 4),
+            "abstained": _share([abstained(r) for r in group]),
+        }
+        judged = [r.get("judge") or 0.0 for r in group if r.get("judge_raw") is not None]
+        if judged:
+            fig["judge"] = round(sum(judged) / len(judged), 4)
+        out[k] = fig
+    return out
+
+
+def abstention(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The share abstained on ``unanswerable`` questions (right) and on the others (wrong)."""
+    unanswerable = [abstained(r) for r in rows if r.get("kind") == UNANSWERABLE]
+    answerable = [abstained(r) for r in rows if r.get("kind") != UNANSWERABLE]
+    return {"unanswerable": _share(unanswerable), "answerable": _share(answerable)}
+
+
+def summarise(records: list[dict[str, Any]], methods: list[str], wall: dict[str, float]) -> dict[str, dict[str, Any]]:
+    """Per method: mean of each metric (in %), tokens and calls in all and per question, wall seconds; ``by_kind``
+    and ``abstention`` shares. Only the ``main`` phase's records count."""
+    out: dict[str, dict[str, Any]] = {}
+    records = main_records(records)
     for m in methods:
         rows = [r for r in records if r["method"] == m]
         n = len(rows)
@@ -41,12 +109,101 @@ def summarise(records: list[dict[str, Any]], methods: list[str], wall: dict[str,
             fig[f"{k}_per_question"] = round(total / n, 1) if n else None
         fig["wall_seconds"] = round(wall.get(m, 0.0), 2)
         fig["seconds_per_question"] = round(_mean([r["seconds"] for r in rows]) or 0.0, 2)
+        fig["by_kind"] = by_kind(rows)
+        fig["abstention"] = abstention(rows)
         out[m] = fig
     return out
 
 
+def executive_keeps(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """On the questions ``memory-only`` answers right, the share ``memo`` answers right too (the Executive must not
+    lose what the Memory knew); and how many ``memo`` gets right that ``memory-only`` does not. None unless both
+    answered."""
+    rows = main_records(records)
+    memo = {r["qid"]: is_correct(r) for r in rows if r["method"] == "memo"}
+    alone = {r["qid"]: is_correct(r) for r in rows if r["method"] == "memory-only"}
+    both = [q for q in alone if q in memo]
+    if not both:
+        return None
+    known = [q for q in both if alone[q]]
+    return {
+        "questions": len(both),
+        "memory_only_right": len(known),
+        "memo_also_right": sum(memo[q] for q in known),
+        "share": _share([memo[q] for q in known]),
+        "memo_right_memory_only_wrong": sum(memo[q] and not alone[q] for q in both),
+    }
+
+
+def _source_figures(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    include = [bool(set(r["doc_ids"]) & {s["doc_id"] for s in r.get("sources") or []}) for r in rows]
+    returned = [s["doc_id"] in r["doc_ids"] for r in rows for s in r.get("sources") or []]
+    return {
+        "questions": len(rows),
+        "include": _share(include),  # the question's document is among the sources
+        "precision": _share(returned),  # of all source documents returned, the share that are the question's
+        "with_sources": _share([bool(r.get("sources")) for r in rows]),
+    }
+
+
+def sources(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """``memo``'s sources on the questions it answered (did not abstain on): on ``single`` questions when the data
+    has them (else on every answerable question), whether the question's document is among the returned sources
+    (``include``) and the share of returned source documents that are the question's (``precision``); the same on
+    the questions it answered right (``on_correct``) and per kind. None unless ``memo`` answered with sources."""
+    rows = [r for r in main_records(records) if r["method"] == "memo" and "sources" in r and not r.get("error")]
+    if not rows:
+        return None
+    answered = [r for r in rows if not abstained(r) and r.get("kind") != UNANSWERABLE]
+    kinds = list(dict.fromkeys(r.get("kind", KINDLESS) for r in answered))
+    headline = "single" if any(r.get("kind") == "single" for r in rows) else None
+    chosen = [r for r in answered if headline is None or r.get("kind") == headline]
+    return {
+        "kind": headline or "answerable",
+        "answered_share": _share([not abstained(r) for r in rows if headline is None or r.get("kind") == headline]),
+        **_source_figures(chosen),
+        "on_correct": _source_figures([r for r in chosen if is_correct(r)]),
+        "by_kind": {k: _source_figures([r for r in answered if r.get("kind", KINDLESS) == k]) for k in kinds},
+    }
+
+
+def _change_figures(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "questions": len(rows),
+        "new": _share([not r.get("error") and states_any(r["prediction"], r["answers"]) for r in rows]),
+        "stale": _share([not r.get("error") and states_any(r["prediction"], r["stale_answers"]) for r in rows]),
+        "abstained": _share([abstained(r) for r in rows]),
+    }
+
+
+def _delete_figures(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "questions": len(rows),
+        "still_answered": _share([not abstained(r) and is_correct(r) for r in rows]),  # the deleted fact, stated
+        "answered": _share([not r.get("error") and not abstained(r) for r in rows]),  # anything but an abstention
+    }
+
+
+def update_figures(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Shares of the update run's phases: the changed questions (new value stated, stale value stated, abstained)
+    while the replace job was queued (``pending``), after it published (``after``) and of the Memory alone after it
+    (``memory_only_after``); the deleted document's ``single`` questions still answered with its facts while its
+    remove job was queued and after it published."""
+    phase = {p: [r for r in records if r.get("phase") == p] for p in UPDATE_PHASES}
+    out: dict[str, Any] = {
+        "pending": _change_figures(phase["replace-pending"]),
+        "after": _change_figures(phase["replace"]),
+    }
+    if phase["replace-memory-only"]:
+        out["memory_only_after"] = _change_figures(phase["replace-memory-only"])
+    if phase["delete-pending"] or phase["delete"]:
+        out["delete"] = {"pending": _delete_figures(phase["delete-pending"]), "after": _delete_figures(phase["delete"])}
+    return out
+
+
 def compare(current: dict[str, dict[str, Any]], previous: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Change of every metric per method present in both runs (current - previous, points)."""
+    """Change of every metric per method present in both runs (current - previous, points), and of the per-kind
+    shares where both runs have them."""
     delta: dict[str, dict[str, Any]] = {}
     for m, fig in current.items():
         if m not in previous:
@@ -56,6 +213,17 @@ def compare(current: dict[str, dict[str, Any]], previous: dict[str, dict[str, An
             for k in METRICS
             if fig.get(k) is not None and previous[m].get(k) is not None
         }
+        kinds = {}
+        for kind, now in (fig.get("by_kind") or {}).items():
+            before = (previous[m].get("by_kind") or {}).get(kind)
+            if before:
+                kinds[kind] = {
+                    k: round(now[k] - before[k], 4)
+                    for k in ("accuracy", "f1", "abstained")
+                    if now.get(k) is not None and before.get(k) is not None
+                }
+        if kinds:
+            delta[m]["by_kind"] = kinds
     return delta
 
 
@@ -124,6 +292,7 @@ def markdown(results: dict[str, Any]) -> str:
             f"{_fmt(f['wall_seconds'], 1)} | "
             f"{_fmt(f['seconds_per_question'], 1)} | {_fmt(setup, 1)} |"
         )
+    lines += _kind_tables(methods)
     if results.get("comparison"):
         comp = results["comparison"]
         lines += [
@@ -148,8 +317,140 @@ def markdown(results: dict[str, Any]) -> str:
             f"ingestion {ingest}"
             + (f"; {left_out} document(s) yielded no reflection and were left out." if left_out else "."),
         ]
+    lines += _trust_tables(results)
     lines += ["", f"Command: `{results['command']}`", ""]
     return "\n".join(lines)
+
+
+def _share_fmt(v: Any) -> str:
+    return "—" if v is None else f"{v:.2f}"
+
+
+def _kind_tables(methods: dict[str, dict[str, Any]]) -> list[str]:
+    """Accuracy per kind (the headline, one row per method), then every per-kind figure."""
+    kinds = list(dict.fromkeys(k for f in methods.values() for k in f.get("by_kind") or {}))
+    if not kinds:
+        return []
+    answerable = [k for k in kinds if k != UNANSWERABLE]
+    head = [f"{k} acc" for k in answerable] + (["unanswerable: abstained"] if UNANSWERABLE in kinds else [])
+    lines = [
+        "",
+        "Per kind (shares 0-1; accuracy: the answer states a reference answer, normalised reference inside the "
+        "normalised answer or token F1 >= 0.5; on `unanswerable`, that it abstained; abstention: `memo`'s "
+        "`abstained` flag, a textual detector of declining answers for the other methods):",
+        "",
+        "| method | " + " | ".join(head) + " | wrongly abstained (answerable) |",
+        "|---|" + "---|" * (len(head) + 1),
+    ]
+    for m, f in methods.items():
+        bk = f.get("by_kind") or {}
+        cells = [_share_fmt((bk.get(k) or {}).get("accuracy")) for k in answerable]
+        if UNANSWERABLE in kinds:
+            cells.append(_share_fmt((bk.get(UNANSWERABLE) or {}).get("abstained")))
+        cells.append(_share_fmt((f.get("abstention") or {}).get("answerable")))
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lines += ["", "| method | kind | questions | accuracy | EM | F1 | abstained |", "|---|---|---|---|---|---|---|"]
+    for m, f in methods.items():
+        for k, g in (f.get("by_kind") or {}).items():
+            lines.append(
+                f"| {m} | {k} | {g['questions']} | {_share_fmt(g['accuracy'])} | {_share_fmt(g['em'])} | "
+                f"{_share_fmt(g['f1'])} | {_share_fmt(g['abstained'])} |"
+            )
+    return lines
+
+
+def _trust_tables(results: dict[str, Any]) -> list[str]:
+    """Executive keeps, sources, updates and time to answerable, where the run has them."""
+    lines: list[str] = []
+    keeps = results.get("executive_keeps")
+    if keeps:
+        lines += [
+            "",
+            f"Executive keeps: on the {keeps['memory_only_right']} questions `memory-only` answers right, `memo` "
+            f"answers {keeps['memo_also_right']} right (share {_share_fmt(keeps['share'])}); `memo` right where "
+            f"`memory-only` is wrong: {keeps['memo_right_memory_only_wrong']}.",
+        ]
+    src = results.get("sources")
+    if src:
+        lines += [
+            "",
+            f"Sources of `memo`'s answers (questions it did not abstain on; `{src['kind']}` questions answered: "
+            f"{_share_fmt(src['answered_share'])}): include = the question's document is among the sources, "
+            "precision = share of the returned source documents that are the question's.",
+            "",
+            "| `memo`'s answers to | questions | include | precision | with sources |",
+            "|---|---|---|---|---|",
+        ]
+        rows = [(f"{src['kind']}", src), (f"{src['kind']}, answered right", src["on_correct"])]
+        rows += [(k, f) for k, f in src.get("by_kind", {}).items() if k != src["kind"]]
+        for label, f in rows:
+            lines.append(
+                f"| {label} | {f['questions']} | {_share_fmt(f['include'])} | {_share_fmt(f['precision'])} | "
+                f"{_share_fmt(f['with_sources'])} |"
+            )
+    upd = results.get("updates")
+    if upd and upd.get("error"):
+        lines += ["", f"The update run failed: {upd['error']}"]
+    elif upd:
+        lines += [
+            "",
+            f"Updates (`memo`, update mode `{upd.get('mode')}`, on a copy `{upd.get('collection')}` of the trained "
+            "collection): the revised documents through the replace path (`PUT .../documents/{id}`), the changed "
+            "questions asked while the replace job was queued and after it published.",
+            "",
+            "| when | questions | new value | stale value | abstained |",
+            "|---|---|---|---|---|",
+        ]
+        for key, label in (
+            ("pending", "replace job queued"),
+            ("after", "after the replace job"),
+            ("memory_only_after", "memory-only, after"),
+        ):
+            f = upd.get(key)
+            if f:
+                lines.append(
+                    f"| {label} | {f['questions']} | {_share_fmt(f['new'])} | {_share_fmt(f['stale'])} | "
+                    f"{_share_fmt(f['abstained'])} |"
+                )
+        for doc, r in (upd.get("replaced") or {}).items():
+            err = f", error: {r['error']}" if r.get("error") else ""
+            lines.append(f"\nReplaced `{doc}`: upload to published version {_fmt(r.get('seconds'), 1)} s{err}.")
+        dele = upd.get("delete")
+        if dele:
+            err = f", error: {dele['error']}" if dele.get("error") else ""
+            lines += [
+                "",
+                f"Deleted `{dele.get('doc_id')}` (`DELETE .../documents/{{id}}`, remove job "
+                f"{_fmt(dele.get('seconds'), 1)} s{err}); its `single` questions:",
+                "",
+                "| when | questions | still answered (its fact stated) | answered at all (not abstained) |",
+                "|---|---|---|---|",
+            ]
+            for key, label in (("pending", "remove job queued"), ("after", "after the remove job")):
+                f = dele.get(key)
+                if f:
+                    lines.append(
+                        f"| {label} | {f['questions']} | {_share_fmt(f['still_answered'])} | "
+                        f"{_share_fmt(f['answered'])} |"
+                    )
+    tta = results.get("time_to_answerable")
+    if tta and tta.get("documents"):
+        lines += [
+            "",
+            f"Time to answerable (upload to the published version `{tta.get('version_id')}`; a batch ingestion "
+            f"publishes one version for all its documents): {tta['answerable_documents']} of "
+            f"{tta['documents_total']} documents answered (a `{tta['kind']}` question of theirs right), mean "
+            f"{_fmt(tta.get('mean_seconds'), 1)} s, max {_fmt(tta.get('max_seconds'), 1)} s.",
+            "",
+            "| document | questions | right | upload to publish s | answerable after s |",
+            "|---|---|---|---|---|",
+        ]
+        for doc, f in tta["documents"].items():
+            lines.append(
+                f"| {doc} | {f['questions']} | {f['right']} | {_fmt(f['upload_to_publish_seconds'], 1)} | "
+                f"{_fmt(f['seconds'], 1)} |"
+            )
+    return lines
 
 
 def plots(results: dict[str, Any], out: Path) -> list[Path]:
@@ -223,7 +524,10 @@ def combine(runs: list[Path], out: Path) -> dict[str, Any]:
             ("benchmark", lambda r: r["benchmark"]),
             ("executive", lambda r: r["models"]["roles"]["executive"]),
         ):
-            if get(results) != get(first):
+            here, there = get(results), get(first)
+            if what == "benchmark":  # a run of an older harness lacks the newer summary keys
+                here, there = ({k: d[k] for k in here.keys() & there.keys()} for d in (here, there))
+            if here != there:
                 raise InvalidInput(f"{run} differs from {loaded[0][0]} in its {what}; its figures are not comparable")
     answered = [m for _, results, _ in loaded for m in results["methods"]]
     twice = sorted({m for m in answered if answered.count(m) > 1})
@@ -240,6 +544,12 @@ def combine(runs: list[Path], out: Path) -> dict[str, Any]:
     merged["combined_from"] = [{"run": str(run), "created_at": r["created_at"]} for run, r, _ in loaded]
     merged.pop("comparison", None)
     records = [rec for m in merged["methods"] for _, _, recs in loaded for rec in recs if rec["method"] == m]
+    # figures of several methods are computed again on the merged records; those of the update run and of the
+    # memory's ingestion come from the run that had them
+    merged["executive_keeps"] = executive_keeps(records)
+    merged["sources"] = sources(records)
+    for key in ("updates", "time_to_answerable"):
+        merged[key] = next((r[key] for _, r, _ in loaded if r.get(key)), None)
     write(out, merged, records)
     return merged
 

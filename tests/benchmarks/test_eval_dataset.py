@@ -70,6 +70,13 @@ def test_truncation_and_upload_file():
     assert bench.by_id["a"].text == "Alpha was founded"
     name, data = document_file(bench.by_id["a"])
     assert name == "a.md" and data.decode() == "# Alpha\n\nAlpha was founded\n"
+    assert select(DOCS, QUESTIONS, max_doc_words=5).by_id["a"].text == "Alpha was founded in 1901"
+    kept = select(
+        [{"doc_id": "m", "title": "", "text": "# T\n\nOne two.\n\nThree four five"}],
+        [QUESTIONS[0] | {"doc_ids": ["m"]}],
+        max_doc_words=4,
+    )
+    assert kept.by_id["m"].text == "# T\n\nOne two."  # truncation keeps the line breaks
 
 
 def test_bad_input_is_rejected(tmp_path):

@@ -21,3 +21,7 @@ class ScriptedLLM:
     async def chat(self, messages, *, temperature=0.0, max_tokens=256, json_schema=None):  # type: ignore[no-untyped-def]
         self.calls.append({"messages": messages, "temperature": temperature, "json_schema": json_schema})
         return self.reply(messages, temperature)
+
+
+class Crash(RuntimeError):
+    """A simulated kill in the middle of a job."""

@@ -4,16 +4,15 @@ resumes to the same weights."""
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from memo.memory import memory_messages
 from memo.settings import TrainSettings
 from memo.train.sft import encode_pair, known_pairs, review_round, shared_prefix, train_sft
+from tests.unit.fakes import Crash
 
 PAIRS = [
     (f"What is fact number {i} of Zorblax?", f"Fact {i} of Zorblax is the colour {c}.")
@@ -22,31 +21,6 @@ PAIRS = [
 CFG = TrainSettings(
     rank=4, alpha=8, dropout=0.0, batch_size=2, epochs=2, min_steps=0, lr=1e-2, seed=3, checkpoint_every=2, patience=0
 )  # 3 steps an epoch
-
-
-class Crash(RuntimeError):
-    pass
-
-
-@pytest.fixture(scope="module")
-def tiny_base(model_dir, tmp_path_factory) -> str:
-    """A tiny random Llama with the real SmolLM2 tokenizer and chat template."""
-    root = tmp_path_factory.mktemp("tiny-base")
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=49152,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        tie_word_embeddings=True,
-    )
-    LlamaForCausalLM(cfg).save_pretrained(root)
-    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
-        shutil.copy(model_dir / name, root / name)
-    return str(root)
 
 
 def _greedy(model, tok, questions: list[str], max_new_tokens: int = 64) -> list[tuple[list[int], bool]]:

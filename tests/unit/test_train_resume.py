@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from memo.errors import TrainingDiverged
 from memo.settings import TrainSettings
 from memo.train.sft import train_sft
+from tests.unit.fakes import Crash
 
 PAIRS = [
     (f"What is fact number {i} of Zorblax?", f"Fact {i} of Zorblax is the colour {c}.")
@@ -32,31 +32,6 @@ CFG = TrainSettings(
     patience=0,
     target_known=0,  # a fixed number of epochs (training until known: test_train_known.py)
 )  # 9 steps
-
-
-class Crash(RuntimeError):
-    pass
-
-
-@pytest.fixture(scope="module")
-def tiny_base(model_dir, tmp_path_factory) -> str:
-    """A tiny random Llama with the real SmolLM2 tokenizer and chat template."""
-    root = tmp_path_factory.mktemp("tiny-base")
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=49152,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        tie_word_embeddings=True,
-    )
-    LlamaForCausalLM(cfg).save_pretrained(root)
-    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
-        shutil.copy(model_dir / name, root / name)
-    return str(root)
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
