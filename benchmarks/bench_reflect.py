@@ -75,7 +75,7 @@ log = logging.getLogger(__name__)
 
 
 def bench_settings(args: argparse.Namespace, data_dir: Path) -> Settings:
-    """The environment's settings (MEMO_REFLECT__*, MEMO_REFLECT_CONCURRENCY...) with the generator on the server."""
+    """The environment's settings (MEMO_REFLECT__*, MEMO_REFLECT__CONCURRENCY...) with the generator on the server."""
     base = get_settings()
     tokenizer = args.tokenizer or str(base.default_model_dir)
     return get_settings(
@@ -398,7 +398,7 @@ def coverage_summary(
         "stages": settings.reflect.stages,
         "reflect_settings": settings.reflect.model_dump(),
         "generator": {"base_url": args.base_url, "model": args.model, "max_concurrency": args.concurrency},
-        "reflect_concurrency": settings.reflect_concurrency,
+        "reflect_concurrency": settings.reflect.concurrency,
         "machine": machine(),
         "command": "python -m benchmarks.bench_reflect " + shlex.join(sys.argv[1:]),
     }
@@ -571,7 +571,7 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
         "prompt_version": PROMPT_VERSION,
         "stages": settings.reflect.stages,
         "generator_max_concurrency": args.concurrency,
-        "reflect_concurrency": settings.reflect_concurrency,
+        "reflect_concurrency": settings.reflect.concurrency,
         "machine": machine(),
         "command": "python -m benchmarks.bench_reflect " + shlex.join(sys.argv[1:]),
     }

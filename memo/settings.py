@@ -91,6 +91,7 @@ class ReflectSettings(BaseModel):
     cross_batch: int = Field(default=20, ge=1, le=50)  # pairs of other documents per request
     near_duplicate_threshold: float = Field(default=0.85, gt=0, le=1)  # shingle Jaccard (MinHash); 1 = exact only
     max_tokens: int = Field(default=384, ge=32)  # per structured request
+    concurrency: int = Field(default=8, ge=1)  # units of work generating at once
 
     @field_validator("stages", mode="before")
     @classmethod
@@ -246,7 +247,6 @@ class Settings(BaseSettings):
     train: TrainSettings = TrainSettings()
     gate: GateSettings = GateSettings()
     max_sub_questions: int = Field(default=4, ge=1)
-    reflect_concurrency: int = Field(default=8, ge=1)
     # documents of one batch (memo ingest, memo eval) parsed and reflected at once: a short document's reflection is a
     # few requests with a long tail, so one at a time leaves a batching generator idle. Like Celery workers ingesting
     # one collection, documents reflected together do not see each other's near-duplicates (exact ones are refused)

@@ -4,9 +4,10 @@ the Memory answers each (in parallel, no shared context), and the Executive writ
 answers (its notes) alone. When no answer is supported, the service abstains: a fixed reply and ``abstained``, without
 a synthesis call.
 
-Why the Memory's own answer is not reworded: a small Executive's rewording can only lose what the Memory recalled. Why support and not a test for "I don't know":
-the Memory model does not know what it does not know (it answers an unanswerable question with a neighbouring fact),
-and a memory not yet retrained after a document was replaced still says the old fact, whose reflections are gone.
+Why the Memory's own answer is not reworded: a small Executive's rewording can only lose what the Memory recalled.
+Why support and not a test for "I don't know": the Memory model does not know what it does not know (it answers an
+unanswerable question with a neighbouring fact), and a memory not yet retrained after a document was replaced still
+says the old fact, whose reflections are gone.
 """
 
 from __future__ import annotations

@@ -384,7 +384,7 @@ class DocumentReflector:
         """The selected stages with as few barriers as their inputs allow: the per-chunk stages (direct, indirect,
         entities) run together; consolidation starts once direct and indirect facts are stored (entity pairs may
         still be in flight); cross-document synthesis, which anchors on every per-chunk kind, starts last."""
-        sem = asyncio.Semaphore(self.settings.reflect_concurrency)
+        sem = asyncio.Semaphore(self.settings.reflect.concurrency)
         stages = self.cfg.stages
         related: list[tuple[str, float]] = []
         try:
