@@ -118,7 +118,8 @@ class Removal:
 
 def remove_document(session: Session, collection_id: str, document_id: str) -> Removal:
     """Delete a document's chunks and reflections, keep its row as a tombstone, and queue a ``remove`` job that
-    rebuilds the memory without it (until that job publishes, the active version still knows the document)."""
+    rebuilds the memory without it. Until that job publishes, the active version still knows the document, but its
+    answers from it find no supporting reflection and are abstained on (memo.sources)."""
     doc = get_document(session, collection_id, document_id)
     busy = _busy(session, collection_id)
     if busy is not None:
@@ -144,6 +145,24 @@ def remove_document(session: Session, collection_id: str, document_id: str) -> R
     ).first()
     session.flush()
     return Removal(doc, job, None if others else doc.content_hash)
+
+
+def replace_document(
+    session: Session, settings: Settings, collection_id: str, document_id: str, filename: str, data: bytes
+) -> tuple[Upload, str | None]:
+    """Replace a document with new bytes: the old one is removed (its reflections at once) and the new one queued
+    with one ingest job, whose training drops the old knowledge and learns the new (one new memory version). Every
+    check runs before anything is written. Returns the upload and a blob to delete after the commit (or None)."""
+    get_document(session, collection_id, document_id)
+    validate_upload(filename, data)  # a bad file is refused before anything changes
+    removal = remove_document(session, collection_id, document_id)
+    if removal.job is not None:  # the new file's ingest job rebuilds without the old one
+        session.delete(removal.job)
+    up = add_document(session, settings, collection_id, filename, data)
+    if up.duplicate:
+        raise Conflict(f"these bytes are already document {up.document.id} of this collection")
+    orphan = removal.orphan_blob if removal.orphan_blob != up.document.content_hash else None
+    return up, orphan
 
 
 def consolidate(session: Session, collection_id: str) -> Job:

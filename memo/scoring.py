@@ -25,6 +25,7 @@ def token_f1(prediction: str, reference: str) -> float:
 
 
 def recalled(prediction: str, reference: str, f1_threshold: float = 0.5) -> bool:
-    """The reference is contained in the prediction, or they share enough tokens."""
+    """The reference's words stand in the prediction in order (whole words: "8 days" is not in "18 days"), or they
+    share enough tokens."""
     ref = normalise(reference)
-    return bool(ref) and (ref in normalise(prediction) or token_f1(prediction, reference) >= f1_threshold)
+    return bool(ref) and (f" {ref} " in f" {normalise(prediction)} " or token_f1(prediction, reference) >= f1_threshold)

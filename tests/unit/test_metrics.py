@@ -17,6 +17,8 @@ def test_recalled():
     assert recalled("The Zorblax cap is $217 per night.", "$217 per night")
     assert not recalled("I don't know.", "217")
     assert not recalled("anything", "")
+    assert not recalled("Employees get 18 days, 2 of them paid.", "8 days")  # whole words, not a substring
+    assert recalled("It is 8 days.", "8 days")
 
 
 def test_exact_match_uses_squad_normalisation():

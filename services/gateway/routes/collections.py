@@ -8,8 +8,7 @@ from sqlalchemy import select
 from memo import catalog
 from memo.blobs import BlobStore
 from memo.db import Document, MemoryVersion
-from memo.errors import Conflict, NotFound, PayloadTooLarge
-from memo.ingest.parse import validate_upload
+from memo.errors import NotFound, PayloadTooLarge
 from memo.serving.publish import switch_served_version
 from memo.settings import Settings
 from services.gateway.deps import DispatcherDep, SessionDep, SettingsDep
@@ -89,7 +88,7 @@ def delete_document(
 ) -> RemovalOut:
     """Forget a document: its chunks, reflections and file are removed at once, and a ``remove`` job rebuilds the
     memory without it (merge mode: the ledger without its delta; otherwise a retrain). Until that job publishes,
-    the active version still answers from it."""
+    the active version's answers from it find no supporting reflection and are abstained on."""
     removal = catalog.remove_document(session, collection_id, document_id)
     session.commit()
     if removal.orphan_blob:
@@ -112,19 +111,13 @@ async def replace_document(
     file: Annotated[UploadFile, File(description="the new version of the document, .txt or .md")],
 ) -> UploadOut:
     """Replace a document with a new file: the old one is removed and the new one ingested by one job, whose
-    training drops the old document's knowledge and learns the new (one new memory version)."""
+    training drops the old document's knowledge and learns the new (one new memory version). Until it publishes,
+    answers from the old document are abstained on: its reflections are gone at once."""
     data = await _read(file, settings)
-    catalog.get_document(session, collection_id, document_id)
-    validate_upload(file.filename or "", data)  # a bad file is refused before anything changes
-    removal = catalog.remove_document(session, collection_id, document_id)
-    if removal.job is not None:  # the ingest job of the new file rebuilds without the old one
-        session.delete(removal.job)
-    up = catalog.add_document(session, settings, collection_id, file.filename or "", data)
-    if up.duplicate:
-        raise Conflict(f"these bytes are already document {up.document.id} of this collection")
+    up, orphan = catalog.replace_document(session, settings, collection_id, document_id, file.filename or "", data)
     session.commit()
-    if removal.orphan_blob and removal.orphan_blob != up.document.content_hash:
-        BlobStore(settings.blob_dir).delete(removal.orphan_blob)
+    if orphan:
+        BlobStore(settings.blob_dir).delete(orphan)
     assert up.job is not None
     dispatcher.submit(up.job.id)
     return UploadOut(
