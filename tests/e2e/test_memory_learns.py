@@ -1,4 +1,5 @@
-"""The whole loop on the real packaged SmolLM2: upload -> reflections -> LoRA -> answers it could not give before."""
+"""The whole loop on the real packaged SmolLM2: upload -> reflections -> LoRA -> answers it could not give before;
+the document replaced -> the new value served, never the old."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import asyncio
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
-from memo.db import Database
+from memo.db import Database, Reflection
 from memo.llm import Engines
 from memo.memory import memory_messages
 from services.gateway.app import create_app
@@ -75,3 +77,27 @@ def test_trained_memory_answers_what_the_base_model_cannot(tmp_path, model_dir):
     # must be recalled that the base model cannot produce (figures over runs: see the issue's closing note)
     assert sum(trained_hits) >= 1, trained
     assert body["memory"] == f"local:{version['id']}"  # the query path asked the trained version
+
+    # the document is replaced with a revision that changes the hotel cap: the fact is served with its new value,
+    # never its old one
+    revised = DOC.replace(b"$217", b"$349")
+    with TestClient(create_app(settings)) as client:
+        doc_id = client.get(f"/v1/collections/{cid}/documents").json()[0]["id"]
+        put = client.put(
+            f"/v1/collections/{cid}/documents/{doc_id}", files={"file": ("travel-policy.md", revised, "text/markdown")}
+        )
+        assert put.status_code == 202, put.text
+        job = wait_for_job(lambda j: client.get(f"/v1/jobs/{j}").json(), put.json()["job"]["id"])
+        assert job["state"] == "succeeded", job["error"]
+        with Database(settings).session() as s:
+            rows = s.scalars(select(Reflection).where(Reflection.collection_id == cid)).all()
+            assert rows and not any("217" in r.question + r.answer for r in rows)  # the old document's pairs are gone
+            asked = [r.question for r in rows if "349" in r.answer]
+        assert asked, [(r.question, r.answer) for r in rows]
+        answers = [
+            client.post("/v1/query", json={"collection_id": cid, "question": q}).json() for q in [*asked, PROBES[0][0]]
+        ]
+    print("after the replacement:", [(a["question"], a["answer"], a["abstained"]) for a in answers])
+    assert not any("217" in a["answer"] for a in answers)
+    # the memory was trained until it knew its pairs: asked them, it gives the new value
+    assert any("349" in a["answer"] and not a["abstained"] for a in answers[:-1])
