@@ -11,6 +11,8 @@ from memo.errors import InvalidInput, NotReady
 from memo.executive import config as executive_config
 from memo.executive.protocol import Answer, answer
 from memo.llm import Engines
+from memo.llm.metered import ObservedLLM
+from memo.metrics import QUERY_STAGE_SECONDS
 from memo.serving.publish import active_version
 from memo.settings import LLMRole, Settings
 from memo.sources import SourceIndex, load_index
@@ -26,14 +28,16 @@ async def ask(db: Database, engines: Engines, collection_id: str, question: str)
     if len(question) > MAX_QUESTION_CHARS:
         raise InvalidInput(f"the question is longer than {MAX_QUESTION_CHARS} characters")
     # off the event loop: a collection whose reflections changed has its source index built again
-    version, exec_role, sources = await asyncio.to_thread(_read, db, engines.settings, collection_id)
-    result = await answer(
-        question,
-        executive=engines.for_role(exec_role),
-        memory=engines.memory(version.id, version.adapter_path),
-        sources=sources,
-        max_sub=engines.settings.max_sub_questions,
-    )
+    with QUERY_STAGE_SECONDS.labels("read").time():
+        version, exec_role, sources = await asyncio.to_thread(_read, db, engines.settings, collection_id)
+    with QUERY_STAGE_SECONDS.labels("answer").time():  # the LLM calls within: memo_llm_call_seconds, per role
+        result = await answer(
+            question,
+            executive=ObservedLLM(engines.for_role(exec_role), "executive"),
+            memory=ObservedLLM(engines.memory(version.id, version.adapter_path), "memory"),
+            sources=sources,
+            max_sub=engines.settings.max_sub_questions,
+        )
     return result, version.id
 
 

@@ -236,6 +236,7 @@ class Settings(BaseSettings):
     broker_url: str | None = None  # unset = pipeline tasks run in-process
     admin_token: str | None = None  # set = /v1/admin/* needs "Authorization: Bearer <token>"
     max_upload_bytes: int = 20 * 1024 * 1024
+    log_json: bool = False  # log lines as JSON objects (with the request id) instead of text
 
     memory_train_base: str | None = None
     generator: LLMRole = LLMRole()

@@ -21,13 +21,11 @@ log = logging.getLogger("memo")
 
 
 def _setup(verbose: bool = False) -> Settings:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    for noisy in ("httpx", "transformers", "peft", "alembic.runtime.migration"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    return get_settings()
+    from services.logs import configure_logging
+
+    settings = get_settings()
+    configure_logging(settings, verbose)
+    return settings
 
 
 def _fail(message: str) -> NoReturn:
@@ -72,7 +70,9 @@ def serve(
 
     settings = _setup()
     Database(settings).migrate()
-    uvicorn.run(create_app(settings), host=host, port=port)
+    # uvicorn's records go to the root handler (text or JSON, with the request id); the gateway logs each request
+    # itself (memo.access), so uvicorn's access log is off
+    uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -1,12 +1,15 @@
-"""An LLM that counts its calls and their tokens: the reflect stage's job figures, the benchmarks' cost per question."""
+"""LLMs that count their calls: in tokens (the reflect stage's job figures, the benchmarks' cost per question) and in
+the process's Prometheus metrics (per role: calls, errors, latency)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from memo.llm.base import LLM, Message
+from memo.metrics import LLM_CALL_SECONDS, LLM_CALLS
 
 
 @dataclass
@@ -54,3 +57,35 @@ class MeteredLLM:
             usage.tokens_in += self.count_prompt(messages)
             usage.tokens_out += self.count(out)
         return out
+
+
+class ObservedLLM:
+    """Passes every call on to ``inner`` and records it in the process's Prometheus metrics under ``role``
+    (:mod:`memo.metrics`): its outcome and its wall time."""
+
+    def __init__(self, inner: LLM, role: str) -> None:
+        self.inner, self.role = inner, role
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    async def chat(
+        self,
+        messages: list[Message],
+        *,
+        temperature: float = 0.0,
+        max_tokens: int = 256,
+        json_schema: dict[str, Any] | None = None,
+    ) -> str:
+        start = time.perf_counter()
+        outcome = "error"
+        try:
+            out = await self.inner.chat(
+                messages, temperature=temperature, max_tokens=max_tokens, json_schema=json_schema
+            )
+            outcome = "ok"
+            return out
+        finally:
+            LLM_CALL_SECONDS.labels(self.role).observe(time.perf_counter() - start)
+            LLM_CALLS.labels(self.role, outcome).inc()

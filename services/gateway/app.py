@@ -12,7 +12,8 @@ from memo.db import Database
 from memo.errors import MemoError
 from memo.llm import Engines
 from memo.settings import Settings, get_settings
-from services.gateway.routes import admin, collections, jobs, query
+from services.gateway.middleware import RequestMiddleware
+from services.gateway.routes import admin, collections, jobs, ops, query
 from services.worker.dispatch import Dispatcher
 
 
@@ -45,10 +46,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def _memo_error(_request: Request, exc: MemoError) -> JSONResponse:
         return JSONResponse(status_code=exc.status_code, content={"detail": exc.message})
 
-    @app.get("/healthz", tags=["ops"])
-    def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    for module in (collections, jobs, query, admin):
+    # the request id is set before any route runs; every response is counted (an unhandled error's 500 is answered
+    # by the middleware itself, so it has the id too)
+    app.add_middleware(RequestMiddleware)
+    for module in (ops, collections, jobs, query, admin):
         app.include_router(module.router)
     return app

@@ -1,0 +1,61 @@
+"""The gateway's request middleware: a request id on every response and log record, the HTTP metrics, an access log."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from services.gateway.metrics import UNMATCHED_ROUTE, observe_request
+from services.logs import request_id_from, request_id_var
+
+access_log = logging.getLogger("memo.access")
+
+
+class RequestMiddleware:
+    """Pure ASGI, not BaseHTTPMiddleware: it only wraps ``send``, so a streamed body passes through untouched and the
+    request id's context variable is the endpoint's own (and its threads')."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        header = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), None)
+        request_id = request_id_from(header)
+        token = request_id_var.set(request_id)
+        status = 0  # until the response starts
+        start = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            if status == 0:  # an error no handler answered: a JSON 500 with the request id (the server logs the error)
+                await JSONResponse({"detail": "internal server error"}, status_code=500)(scope, receive, send_with_id)
+            # the id stays set, so the server's record of the traceback, logged in this context, carries it too
+            raise
+        finally:
+            seconds = time.perf_counter() - start
+            # the matched route's template ("/v1/jobs/{job_id}"), set in the scope by the router: ids stay out of labels
+            route = getattr(scope.get("route"), "path_format", None) or UNMATCHED_ROUTE
+            observe_request(route, scope["method"], status, seconds)
+            access_log.info(
+                "%s %s %d %.1f ms",
+                scope["method"],
+                scope["path"],
+                status,
+                seconds * 1000,
+                extra={"method": scope["method"], "path": scope["path"], "route": route, "status": status},
+            )
+        request_id_var.reset(token)  # after the access log, which carries it
