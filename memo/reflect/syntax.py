@@ -389,11 +389,13 @@ def tensed_head(verb: Any) -> Any:
     return None
 
 
-def clause_questions(sent: Any, names: dict[int, str], structured: bool = False) -> list[tuple[str, str, str]]:
+def clause_questions(
+    sent: Any, names: dict[int, str], structured: bool = False, counted: bool = False
+) -> list[tuple[str, str, str]]:
     """(question, answer, rule) for the spans of each finite clause of a parsed sentence, and its appositions. In a
     ``structured`` text a clause inside "X, where ..." is asked with "in X" ("the cap is $245" under "Port Emberly,
-    where ..."), and an object that opens with a number is also asked with "How many" ("How many days of paid
-    leave do employees receive?" -> "23 days")."""
+    where ..."). With ``counted`` a subject or object that opens with a number is also
+    asked with "How many" ("How many days of paid leave do employees receive?" -> "23 days")."""
     out: list[tuple[str, str, str]] = []
     for verb in sent:
         if verb.pos_ not in ("VERB", "AUX") or verb.dep_ in ("aux", "auxpass", "amod"):
@@ -425,9 +427,9 @@ def clause_questions(sent: Any, names: dict[int, str], structured: bool = False)
                                         rest(trailing, names)] if x)  # fmt: skip
             answer = render(np_core(subj) if subj is not subject_of(verb) else subtree(subj), {})
             out.append((finish(f"{wh_np(subj, names)} {pred}?"), answer, "subject"))
-            counted = counted_np(subj, names) if structured else None
-            if counted is not None:  # "How many Hydrowick gateways were unable to upload readings?"
-                out.append((finish(f"{counted[0]} {pred}?"), counted[1], "subject"))
+            how_many = counted_np(subj, names) if counted else None
+            if how_many is not None:  # "How many Hydrowick gateways were unable to upload readings?"
+                out.append((finish(f"{how_many[0]} {pred}?"), how_many[1], "subject"))
         for c in comps:
             wh, answer, stranded = None, render(subtree(c), {}), ""
             if c.dep_ in ("dobj", "attr", "dative", "oprd"):
@@ -451,9 +453,9 @@ def clause_questions(sent: Any, names: dict[int, str], structured: bool = False)
             others = rest(trailing, names, exclude=c)
             neg = " not" if negated else ""
             asks = [(wh, answer)]
-            counted = counted_np(c, names) if structured and c.dep_ in ("dobj", "attr") else None
-            if counted is not None:  # also "How many days of paid annual leave do full-time employees receive?"
-                asks.append(counted)
+            how_many = counted_np(c, names) if counted and c.dep_ in ("dobj", "attr") else None
+            if how_many is not None:  # also "How many days of paid annual leave do full-time employees receive?"
+                asks.append(how_many)
             for wh, answer in asks:
                 # a stranded preposition stays next to its verb: "What did Lisbeth move to because ...?"
                 if verb.lemma_ == "be" and not auxes:
@@ -798,7 +800,9 @@ def parse_facts(text: str, *, structured: bool = False, starts: list[int] | None
     for sent in doc.sents:
         previous = before
         chains, before = chain_questions(sent, names, before) if narrative else ([], None)
-        found = clause_questions(sent, names, structured) + circumstance_questions(sent, names) + chains
+        # a "How many" question for a counted amount in any text that is not a story (a policy in plain text too)
+        found = clause_questions(sent, names, structured, counted=structured or not narrative)
+        found += circumstance_questions(sent, names) + chains
         if structured:
             found += structured_questions(sent, names)
         for q, a, rule in found:

@@ -192,3 +192,10 @@ def test_short_questions_of_one_section_are_not_near_duplicates_by_their_shared_
     assert d.check(ctx + "What kind of housing is machined from titanium in the old plant by the rivers?") == "near"
     other = "Other Probe - Product Specification > Physical design > "
     assert d.check(other + "What kind of housing is machined from titanium in the old plant by the rivers?") == "new"
+
+
+def test_a_counted_amount_is_asked_with_how_many_in_plain_text_but_not_in_a_story():
+    policy = {p.question: p.answer for p in parse_facts("Staff receive 25 days of paid leave per year.").pairs}
+    assert policy["How many days of paid leave per year do staff receive?"] == "25 days"
+    story = parse_facts("Tom walked 12 miles to the village. He bought 3 loaves of bread there.").pairs
+    assert not any(p.question.startswith("How many") for p in story)
