@@ -554,6 +554,46 @@ def combine(runs: list[Path], out: Path) -> dict[str, Any]:
     return merged
 
 
+def rescore(run: Path) -> dict[str, Any]:
+    """Score a finished run's answers again with the current scorer (benchmarks.metrics) and rewrite its figures in
+    place; the answers, costs and timings are the run's own."""
+    from memo.errors import InvalidInput
+
+    path = run / "results.json"
+    if not path.is_file() or not (run / "records.jsonl").is_file():
+        raise InvalidInput(f"{run} holds no results.json and records.jsonl of a memo eval run")
+    results = json.loads(path.read_text())
+    records = [json.loads(line) for line in (run / "records.jsonl").read_text().splitlines() if line.strip()]
+    for r in records:
+        r["correct"] = not r.get("error") and correct(
+            r.get("prediction", ""), r["answers"], r.get("kind", KINDLESS), abstained(r)
+        )
+        if "stale_answers" in r:
+            r["new"] = not r.get("error") and states_any(r["prediction"], r["answers"])
+            r["stale"] = not r.get("error") and states_any(r["prediction"], r["stale_answers"])
+    rows = main_records(records)
+    for m, fig in results["methods"].items():
+        fig["by_kind"] = by_kind([r for r in rows if r["method"] == m])
+        fig["abstention"] = abstention([r for r in rows if r["method"] == m])
+    results["executive_keeps"] = executive_keeps(records)
+    results["sources"] = sources(records)
+    if results.get("updates"):
+        results["updates"].update(update_figures(records))
+    tta = results.get("time_to_answerable")
+    if tta:
+        memo_rows = [r for r in rows if r["method"] == "memo"]
+        for doc_id, fig in tta["documents"].items():
+            qs = [r for r in memo_rows if r["doc_ids"] == [doc_id] and r.get("kind", KINDLESS) == tta["kind"]]
+            fig["right"] = sum(is_correct(r) for r in qs)
+            fig["seconds"] = fig["upload_to_publish_seconds"] if fig["right"] else None
+        answered = [f["seconds"] for f in tta["documents"].values() if f["seconds"] is not None]
+        tta["answerable_documents"] = len(answered)
+        tta["mean_seconds"] = round(sum(answered) / len(answered), 2) if answered else None
+        tta["max_seconds"] = max(answered) if answered else None
+    write(run, results, records)
+    return results
+
+
 def write(out: Path, results: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Path]:
     """Write every output file into ``out`` (``results`` gains the list of their names)."""
     out.mkdir(parents=True, exist_ok=True)

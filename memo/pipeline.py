@@ -37,7 +37,7 @@ from memo.reflect.run import DocumentReflector
 from memo.serving.publish import active_version, load_into_server, switch_served_version
 from memo.settings import Settings
 from memo.train.gate import judge, recall
-from memo.train.update import select_training, train_update
+from memo.train.update import live_documents, select_training, train_update
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +171,11 @@ def stage_train(ctx: Context, job_id: str) -> None:
             if prev is not None:  # a crashed attempt: keep the record, mark it failed
                 prev.status = VersionStatus.failed
         previous = active_version(s, job.collection_id)
+        if job.kind == JobKind.remove and not live_documents(s, job.collection_id):
+            if previous is not None:  # the last document went: nothing is left to know, the memory is retired
+                previous.active = False
+            log.info("job %s: no document left in the collection; its memory is retired", job_id)
+            return
         consolidate = job.kind == JobKind.consolidate
         data = select_training(s, ctx.settings, job.collection_id, previous, consolidate=consolidate)
         if data.plan.mode == "retrain":
@@ -213,6 +218,8 @@ def stage_evaluate(ctx: Context, job_id: str) -> None:
     cfg = ctx.settings.gate
     with ctx.db.session() as s:
         version = s.get(MemoryVersion, job.memory_version_id) if job.memory_version_id else None
+        if version is None and job.kind == JobKind.remove:
+            return  # the collection's last document was removed: no version to evaluate
         if version is None:
             raise NotFound(f"job {job_id} has no trained memory version to evaluate")
         if "gate" in version.metrics or not cfg.enabled:
@@ -270,6 +277,8 @@ def stage_publish(ctx: Context, job_id: str) -> None:
 
     with ctx.db.session() as s:
         version = s.get(MemoryVersion, job.memory_version_id) if job.memory_version_id else None
+        if version is None and job.kind == JobKind.remove:
+            return  # the collection's last document was removed: nothing to publish
         if version is None:
             raise NotFound(f"job {job_id} has no trained memory version to publish")
         switch_served_version(s, ctx.settings, version.id, mark_trained)

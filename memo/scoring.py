@@ -24,8 +24,17 @@ def token_f1(prediction: str, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+def _numbers(normalised: str) -> set[str]:
+    return {t for t in normalised.split() if any(c.isdigit() for c in t)}
+
+
 def recalled(prediction: str, reference: str, f1_threshold: float = 0.5) -> bool:
     """The reference's words stand in the prediction in order (whole words: "8 days" is not in "18 days"), or they
-    share enough tokens."""
-    ref = normalise(reference)
-    return bool(ref) and (f" {ref} " in f" {normalise(prediction)} " or token_f1(prediction, reference) >= f1_threshold)
+    share enough tokens and every number of the reference ("7 days" shares half of "14 days" but states another
+    number)."""
+    ref, pred = normalise(reference), normalise(prediction)
+    if not ref:
+        return False
+    if f" {ref} " in f" {pred} ":
+        return True
+    return token_f1(prediction, reference) >= f1_threshold and _numbers(ref) <= _numbers(pred)

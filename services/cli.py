@@ -291,6 +291,22 @@ def eval_combine(
     typer.echo(f"written to {out}/")
 
 
+@app.command("eval-rescore")
+def eval_rescore(
+    run: Annotated[Path, typer.Argument(help="Result folder of a memo eval run.")],
+) -> None:
+    """Score a run's answers again with the current scorer and rewrite its figures (answers and timings kept)."""
+    from benchmarks import report
+    from memo.errors import MemoError
+
+    _setup()
+    try:
+        report.rescore(run)
+    except MemoError as exc:
+        _fail(exc.message)
+    typer.echo((run / "results.md").read_text())
+
+
 def _eval_command(ctx: typer.Context) -> list[str]:
     """The options of this run as a command line (every option that differs from its default; no API key)."""
     words = ["memo", "eval"]

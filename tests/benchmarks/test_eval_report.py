@@ -149,3 +149,17 @@ def test_bm25_finds_the_passage_with_the_words():
     assert index.search("Who sells rye bread?", 1)[0].doc_id == "b"
     assert index.search("lighthouse tower", 1)[0].doc_id == "a"
     assert index.search("the of and", 2) == []
+
+
+def test_rescore_scores_the_answers_again_and_keeps_them(tmp_path):
+    run = _run(tmp_path, "run", ["memory-only"])
+    lines = (run / "records.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    for r in records:  # scored by an older scorer that let "7 days" recall "14 days"
+        r.update(answers=["14 days"], prediction="7 days", correct=True, kind="single", doc_ids=["d"])
+    (run / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    results = report.rescore(run)
+    assert results["methods"]["memory-only"]["by_kind"]["single"]["accuracy"] == 0.0
+    again = [json.loads(line) for line in (run / "records.jsonl").read_text().splitlines()]
+    assert [r["correct"] for r in again] == [False, False] and [r["prediction"] for r in again] == ["7 days"] * 2
+    assert "| memory-only | single | 2 | 0.00 |" in (run / "results.md").read_text()

@@ -323,6 +323,16 @@ def test_query_returns_sources_and_abstains_on_what_no_document_supports(env):
         assert [(s["supported"], s["sources"]) for s in body["trace"]] == [(False, [])]
 
     # the document is deleted: until the memory is retrained without it, its old facts are abstained on
-    assert client.delete(f"/v1/collections/{cid}/documents/{did}").status_code == 202
+    removal = client.delete(f"/v1/collections/{cid}/documents/{did}")
+    assert removal.status_code == 202
     body = client.post("/v1/query", json={"collection_id": cid, "question": paid}).json()
     assert body["abstained"] is True and body["sources"] == [] and body["trace"][0]["memory_answer"] == "23 days"
+
+    # it was the collection's last document: its remove job retires the memory (nothing is left to learn from)
+    from memo.pipeline import Context, run_pipeline
+
+    run_pipeline(Context(app.state.db, settings), removal.json()["job"]["id"])
+    assert client.get(f"/v1/jobs/{removal.json()['job']['id']}").json()["state"] == "succeeded"
+    assert [v["active"] for v in client.get(f"/v1/collections/{cid}/versions").json()] == [False]
+    r = client.post("/v1/query", json={"collection_id": cid, "question": paid})
+    assert r.status_code == 409 and "no trained memory" in r.json()["detail"]

@@ -19,6 +19,12 @@ def test_recalled():
     assert not recalled("anything", "")
     assert not recalled("Employees get 18 days, 2 of them paid.", "8 days")  # whole words, not a substring
     assert recalled("It is 8 days.", "8 days")
+    # token F1 >= 0.5 counts only with every number of the reference: another number is a wrong answer
+    assert not recalled("7 days", "14 days")
+    assert not recalled("within 10 business days", "within 30 days")
+    assert not recalled("$705 per mile", "$0.64 per mile")
+    assert recalled("at least 14 days before", "14 days ahead")
+    assert recalled("the Wayfarer booking portal", "the Wayfarer portal")
 
 
 def test_exact_match_uses_squad_normalisation():
