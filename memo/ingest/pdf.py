@@ -93,7 +93,7 @@ def _cells(line: Line) -> list[str]:
 
 
 def _place(line: Line) -> tuple[str, int]:
-    return re.sub(r"\d+", "#", line.text), round(line.top / 6)
+    return re.sub(r"^\d+\s+|\s+\d+$", "#", line.text), round(line.top / 6)  # a page number at either end aside
 
 
 def _drop_page_furniture(lines: list[Line], pages: int) -> list[Line]:
