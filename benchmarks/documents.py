@@ -81,6 +81,15 @@ def policy(copies: int = 1) -> list[Block]:
     return blocks
 
 
+def notice() -> list[Block]:
+    """A short notice: a heading, a few labelled items, a line."""
+    return [
+        heading("IT notice"),
+        bullets("VPN gateway: vpn.zorblax.example.", "Helpdesk: extension 4417.", "Printer queue: PRN-07."),
+        text("Call the helpdesk before you reinstall anything."),
+    ]
+
+
 def to_markdown(blocks: list[Block]) -> str:
     out: list[str] = []
     for b in blocks:
@@ -104,9 +113,9 @@ def expected_text(blocks: list[Block]) -> str:
     return normalise_markdown(to_markdown(blocks))
 
 
-def build_html(blocks: list[Block], title: str = "Zorblax intranet") -> bytes:
-    """A page as an intranet serves it: the outline in <main>, with a style sheet, scripts, navigation and a
-    footer that are not the document."""
+def build_html(blocks: list[Block], title: str = "Zorblax intranet", landmark: bool = True) -> bytes:
+    """A page as an intranet serves it: the outline in <main> (in a plain <div> without ``landmark``), with a style
+    sheet, scripts, navigation and a footer that are not the document."""
     e = html.escape
     body: list[str] = []
     for b in blocks:
@@ -127,9 +136,11 @@ def build_html(blocks: list[Block], title: str = "Zorblax intranet") -> bytes:
         f"<title>{e(title)}</title>"
         "<style>body { font-family: sans-serif } .hidden-style-rule { color: red }</style>"
         "<script>var trackingCode = 'script-must-not-leak';</script></head>\n<body>"
-        "<nav><a href='/'>Home</a> <a href='/hr'>HR portal</a></nav>\n<main>"
+        "<nav><a href='/'>Home</a> <a href='/hr'>HR portal</a></nav>\n"
+        + ("<main>" if landmark else "<div>")
         + "\n".join(body)
-        + "</main>\n<footer>Intranet footer: all rights reserved</footer>"
+        + ("</main>" if landmark else "</div>")
+        + "\n<footer>Intranet footer: all rights reserved</footer>"
         "<script>document.write('script-must-not-leak');</script></body></html>"
     )
     return page.encode()
