@@ -41,7 +41,7 @@ def main() -> None:
         db = Database(settings)
         db.migrate()
         seconds = {"migrate": time.perf_counter() - t0}
-        done = ingest_files(db, settings, "smoke", find_documents([args.corpus]))
+        done = ingest_files(db, settings, "smoke", find_documents([args.corpus], settings.max_unpacked_bytes))
         jobs, coll_id = done.job_ids, done.collection_id
         seconds.update(done.seconds)
         with db.session() as s:

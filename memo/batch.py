@@ -11,13 +11,14 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from sqlalchemy import select
 
 from memo import catalog
 from memo.db import Database, Document, Job, JobKind, JobState
 from memo.errors import InvalidInput, MemoError
+from memo.ingest.archive import open_zip
 from memo.ingest.parse import SUPPORTED
 from memo.pipeline import DOCUMENT_STAGES, STAGES, Context, run_stage
 from memo.settings import Settings
@@ -104,18 +105,30 @@ def run_batch(
     return seconds
 
 
-def find_documents(paths: Iterable[Path]) -> list[Path]:
-    """The files to ingest: each file given, and every supported file (.txt, .md) under each directory, sorted."""
-    files: list[Path] = []
+def find_documents(paths: Iterable[Path], max_unpacked: int) -> list[Path | tuple[str, bytes]]:
+    """The files to ingest: each file given, every supported file under each directory (sorted), and every
+    supported file in each ``.zip`` given (as (its path in the zip, bytes), read with bounded decompression:
+    ``max_unpacked`` bytes in all)."""
+    files: list[Path | tuple[str, bytes]] = []
     for p in paths:
         if p.is_dir():
             files += sorted(f for f in p.rglob("*") if f.suffix.lower() in SUPPORTED)
+        elif p.is_file() and p.suffix.lower() == ".zip":
+            with open_zip(p.read_bytes(), max_unpacked, str(p)) as archive:
+                members = [
+                    m.filename
+                    for m in archive.infolist()
+                    if not m.is_dir()
+                    and PurePosixPath(m.filename).suffix.lower() in SUPPORTED
+                    and not m.filename.startswith("__MACOSX/")
+                ]
+                files += [(name, archive.read(name)) for name in sorted(members)]
         elif p.is_file():
             files.append(p)
         else:
             raise InvalidInput(f"{p} does not exist")
     if not files:
-        raise InvalidInput("no .txt or .md files found")
+        raise InvalidInput(f"no documents found (supported: {', '.join(SUPPORTED)}, in folders or a .zip)")
     return files
 
 

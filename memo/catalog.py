@@ -61,14 +61,43 @@ class Upload:
 
 
 def add_document(session: Session, settings: Settings, collection_id: str, filename: str, data: bytes) -> Upload:
-    """Validate and store an upload and queue its job. The same bytes twice in a collection are one document.
+    """Validate and store an upload and queue its job (:func:`add_documents` of one file)."""
+    return add_documents(session, settings, collection_id, [(filename, data)])[0]
 
-    Every check runs before anything is written, so a rejected upload changes nothing.
+
+def add_documents(
+    session: Session, settings: Settings, collection_id: str, files: list[tuple[str, bytes]]
+) -> list[Upload]:
+    """Validate and store uploads, each its own document and job. The same bytes twice in a collection are one
+    document (a duplicate gets no job).
+
+    Every file is checked (together at most ``max_upload_bytes``) before anything is written, so a rejected file
+    refuses the whole request and changes nothing.
     """
     get_collection(session, collection_id)
-    if len(data) > settings.max_upload_bytes:
-        raise PayloadTooLarge(f"{filename!r} is {len(data)} bytes; the limit is {settings.max_upload_bytes}")
-    media_type = validate_upload(filename, data)
+    media_types = _check(settings, files)
+    return [
+        _store(session, settings, collection_id, name, data, media_type)
+        for (name, data), media_type in zip(files, media_types, strict=True)
+    ]
+
+
+def _check(settings: Settings, files: list[tuple[str, bytes]]) -> list[str]:
+    """The media type of each file, or the error of the first one refused (size, type, content)."""
+    for filename, data in files:
+        if len(data) > settings.max_upload_bytes:
+            raise PayloadTooLarge(f"{filename!r} is {len(data)} bytes; the limit is {settings.max_upload_bytes}")
+    total = sum(len(data) for _, data in files)
+    if total > settings.max_upload_bytes:
+        raise PayloadTooLarge(
+            f"the {len(files)} files are {total} bytes together; the limit is {settings.max_upload_bytes}"
+        )
+    return [validate_upload(name, data, settings.max_unpacked_bytes) for name, data in files]
+
+
+def _store(
+    session: Session, settings: Settings, collection_id: str, filename: str, data: bytes, media_type: str
+) -> Upload:
     digest = content_hash(data)
     existing = session.scalars(
         select(Document).where(Document.collection_id == collection_id, Document.content_hash == digest)
@@ -154,11 +183,11 @@ def replace_document(
     with one ingest job, whose training drops the old knowledge and learns the new (one new memory version). Every
     check runs before anything is written. Returns the upload and a blob to delete after the commit (or None)."""
     get_document(session, collection_id, document_id)
-    validate_upload(filename, data)  # a bad file is refused before anything changes
+    media_type = _check(settings, [(filename, data)])[0]  # a bad file is refused before anything changes
     removal = remove_document(session, collection_id, document_id)
     if removal.job is not None:  # the new file's ingest job rebuilds without the old one
         session.delete(removal.job)
-    up = add_document(session, settings, collection_id, filename, data)
+    up = _store(session, settings, collection_id, filename, data, media_type)
     if up.duplicate:
         raise Conflict(f"these bytes are already document {up.document.id} of this collection")
     orphan = removal.orphan_blob if removal.orphan_blob != up.document.content_hash else None

@@ -99,7 +99,8 @@ def stage_parse(ctx: Context, job_id: str) -> None:
         assert doc is not None
         if s.scalars(select(Chunk.id).where(Chunk.document_id == doc.id)).first():
             return  # already chunked
-        text = parse(BlobStore(ctx.settings.blob_dir).get(doc.content_hash), doc.media_type)
+        data = BlobStore(ctx.settings.blob_dir).get(doc.content_hash)
+        text = parse(data, doc.media_type, max_unpacked=ctx.settings.max_unpacked_bytes)
         if cfg.unit == "tokens":
             count = token_counter(ctx.settings.tokenizer_path)
             pieces = chunk_tokens(text, tokens=cfg.tokens, overlap=cfg.token_overlap, count=count)

@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from memo.ingest.archive import MAX_UNPACKED
+
 Backend = Literal["local", "openai"]
 
 
@@ -235,7 +237,8 @@ class Settings(BaseSettings):
     database_url: str | None = None  # unset = SQLite file in the data directory
     broker_url: str | None = None  # unset = pipeline tasks run in-process
     admin_token: str | None = None  # set = /v1/admin/* needs "Authorization: Bearer <token>"
-    max_upload_bytes: int = 20 * 1024 * 1024
+    max_upload_bytes: int = 20 * 1024 * 1024  # a file, and the files of one upload request together
+    max_unpacked_bytes: int = MAX_UNPACKED  # what a DOCX (or a zip given to `memo ingest`) may expand to
     log_json: bool = False  # log lines as JSON objects (with the request id) instead of text
 
     memory_train_base: str | None = None

@@ -104,7 +104,9 @@ def _collection_id(settings: Settings, name: str) -> str:
 
 @app.command()
 def ingest(
-    paths: Annotated[list[Path], typer.Argument(help=".txt or .md files, or directories of them")],
+    paths: Annotated[
+        list[Path], typer.Argument(help=".txt, .md, .pdf, .docx, .html/.htm files, directories of them, or .zip files")
+    ],
     collection: str = typer.Option("default", "--collection", "-c"),
 ) -> None:
     """Upload documents into a collection and run the pipeline here, with progress bars."""
@@ -117,7 +119,7 @@ def ingest(
     db = Database(settings)
     db.migrate()
     try:
-        files = find_documents(paths)
+        files = find_documents(paths, settings.max_unpacked_bytes)
         done = ingest_files(db, settings, collection, files, runner=bar_runner(db))
     except MemoError as exc:
         _fail(exc.message)

@@ -54,6 +54,10 @@ class UploadOut(BaseModel):
     duplicate: bool
 
 
+class UploadsOut(BaseModel):
+    uploads: list[UploadOut]  # one per file part, in the request's order
+
+
 class RemovalOut(BaseModel):
     document: DocumentOut
     job: JobOut | None  # the rebuild without the document (None: no active version had learned it)

@@ -53,7 +53,7 @@ def test_upload_is_processed_by_a_celery_worker(tmp_path, model_dir, pg_url):
                 assert worker.poll() is None, log_path.read_text()[-3000:]
                 return client.get(f"/v1/jobs/{job_id}").json()
 
-            job = wait_for_job(get, up.json()["job"]["id"], timeout_s=600)
+            job = wait_for_job(get, up.json()["uploads"][0]["job"]["id"], timeout_s=600)
             assert job["state"] == "succeeded", (job["error"], log_path.read_text()[-3000:])
             versions = client.get(f"/v1/collections/{cid}/versions").json()
             assert [v["active"] for v in versions] == [True]

@@ -39,7 +39,7 @@ def test_trained_memory_answers_what_the_base_model_cannot(tmp_path, model_dir):
         cid = client.post("/v1/collections", json={"name": "travel"}).json()["id"]
         up = client.post(f"/v1/collections/{cid}/documents", files={"file": ("travel-policy.md", DOC, "text/markdown")})
         assert up.status_code == 202, up.text
-        job = wait_for_job(lambda j: client.get(f"/v1/jobs/{j}").json(), up.json()["job"]["id"])
+        job = wait_for_job(lambda j: client.get(f"/v1/jobs/{j}").json(), up.json()["uploads"][0]["job"]["id"])
         assert job["state"] == "succeeded", job["error"]
         assert job["stats"]["reflect"]["document_pairs"] >= 4  # one per stated fact at least
         assert set(job["stats"]["seconds"]) == {"parse", "reflect", "train", "evaluate", "publish"}

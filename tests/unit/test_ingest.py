@@ -1,6 +1,7 @@
 import pytest
 
 from memo.errors import InvalidInput, UnsupportedMediaType
+from memo.ingest.archive import MAX_UNPACKED
 from memo.ingest.chunk import chunk_text, split_sentences
 from memo.ingest.parse import parse, validate_upload
 from memo.ingest.structure import is_structured, read_sentences, split_label
@@ -116,18 +117,18 @@ def test_every_chunk_of_a_structured_text_opens_with_its_headings():
     assert covered == set(split_sentences(text))  # nothing lost
 
 
-@pytest.mark.parametrize("name", ["report.pdf", "noext", "image.PNG"])
+@pytest.mark.parametrize("name", ["report.pptx", "noext", "image.PNG"])
 def test_unsupported_types_are_refused(name):
     with pytest.raises(UnsupportedMediaType, match="unsupported file type"):
-        validate_upload(name, b"hello")
+        validate_upload(name, b"hello", MAX_UNPACKED)
 
 
 def test_empty_and_binary_uploads_are_refused():
     with pytest.raises(InvalidInput, match="empty"):
-        validate_upload("a.txt", b"  \n ")
+        validate_upload("a.txt", b"  \n ", MAX_UNPACKED)
     with pytest.raises(InvalidInput, match="UTF-8"):
-        validate_upload("a.txt", b"\xff\xfe\x00bad")
-    assert validate_upload("A.MD", "héllo".encode()) == "text/markdown"
+        validate_upload("a.txt", b"\xff\xfebad", MAX_UNPACKED)
+    assert validate_upload("A.MD", "héllo".encode(), MAX_UNPACKED) == "text/markdown"
 
 
 def test_titles_and_list_items_stay_separate_sentences():

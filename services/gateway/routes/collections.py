@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, File, Response, UploadFile, status
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 
 from memo import catalog
@@ -19,6 +20,7 @@ from services.gateway.schemas import (
     JobOut,
     RemovalOut,
     UploadOut,
+    UploadsOut,
     VersionOut,
 )
 
@@ -48,30 +50,42 @@ def get_collection(collection_id: str, session: SessionDep) -> CollectionOut:
 @router.post(
     "/{collection_id}/documents",
     status_code=status.HTTP_202_ACCEPTED,
-    response_model=UploadOut,
-    responses={200: {"description": "the same bytes were uploaded before: the existing document"}},
+    response_model=UploadsOut,
+    responses={200: {"description": "every file's bytes were uploaded before: the existing documents, no job"}},
 )
-async def upload_document(
+async def upload_documents(
     collection_id: str,
     response: Response,
     session: SessionDep,
     settings: SettingsDep,
     dispatcher: DispatcherDep,
-    file: Annotated[UploadFile, File(description="a .txt or .md file")],
-) -> UploadOut:
-    data = await _read(file, settings)
-    up = catalog.add_document(session, settings, collection_id, file.filename or "", data)
-    out = UploadOut(
-        document=DocumentOut.model_validate(up.document),
-        job=JobOut.model_validate(up.job) if up.job else None,
-        duplicate=up.duplicate,
+    file: Annotated[
+        list[UploadFile],
+        File(description="one or more files (.txt, .md, .pdf, .docx, .html, .htm), each a `file` part"),
+    ],
+) -> UploadsOut:
+    """Each file becomes a document with its own job. Every file is checked before anything is written: one bad
+    file refuses the whole request."""
+    files = [(f.filename or "", await _read(f, settings)) for f in file]
+    # PDF, DOCX and HTML are parsed to be checked: off the event loop
+    ups = await run_in_threadpool(catalog.add_documents, session, settings, collection_id, files)
+    out = UploadsOut(
+        uploads=[
+            UploadOut(
+                document=DocumentOut.model_validate(up.document),
+                job=JobOut.model_validate(up.job) if up.job else None,
+                duplicate=up.duplicate,
+            )
+            for up in ups
+        ]
     )
-    if up.duplicate:
+    jobs = [up.job.id for up in ups if up.job is not None]
+    if not jobs:
         response.status_code = status.HTTP_200_OK
         return out
-    session.commit()  # the job row must exist before a worker looks for it
-    assert up.job is not None
-    dispatcher.submit(up.job.id)
+    session.commit()  # the job rows must exist before a worker looks for them
+    for job_id in jobs:
+        dispatcher.submit(job_id)
     return out
 
 
@@ -108,13 +122,15 @@ async def replace_document(
     session: SessionDep,
     settings: SettingsDep,
     dispatcher: DispatcherDep,
-    file: Annotated[UploadFile, File(description="the new version of the document, .txt or .md")],
+    file: Annotated[UploadFile, File(description="the new version of the document (a type the upload takes)")],
 ) -> UploadOut:
     """Replace a document with a new file: the old one is removed and the new one ingested by one job, whose
     training drops the old document's knowledge and learns the new (one new memory version). Until it publishes,
     answers from the old document are abstained on: its reflections are gone at once."""
     data = await _read(file, settings)
-    up, orphan = catalog.replace_document(session, settings, collection_id, document_id, file.filename or "", data)
+    up, orphan = await run_in_threadpool(
+        catalog.replace_document, session, settings, collection_id, document_id, file.filename or "", data
+    )
     session.commit()
     if orphan:
         BlobStore(settings.blob_dir).delete(orphan)
