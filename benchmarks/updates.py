@@ -36,6 +36,7 @@ from benchmarks import baselines, report
 from benchmarks.dataset import Benchmark, Doc, Question, Update, document_file
 from benchmarks.metrics import states_any
 from memo.db import (
+    ApiKey,
     Base,
     Chunk,
     Collection,
@@ -48,6 +49,7 @@ from memo.db import (
     ReflectUnit,
 )
 from memo.db.models import new_id
+from memo.keys import Principal, create_key
 from memo.llm import Engines
 from memo.pipeline import Context, run_pipeline
 from memo.serving.publish import active_version
@@ -116,6 +118,18 @@ def fork_collection(db: Database, collection_id: str, name: str) -> tuple[str, d
 
 
 # -- the gateway's routes, called in this process -------------------------------------------------------------------
+EVAL_KEY_NAME = "memo eval (update run)"
+
+
+def eval_key(db: Database) -> Principal:
+    """The admin key the update run calls the routes with (made once per database; its actions are audited)."""
+    with db.session() as s:
+        key = s.scalars(select(ApiKey).where(ApiKey.name == EVAL_KEY_NAME, ApiKey.revoked_at.is_(None))).first()
+        if key is None:
+            key, _ = create_key(s, EVAL_KEY_NAME, "admin")
+        return Principal(key.id, key.role, None)
+
+
 class _Queued(Dispatcher):
     """A dispatcher that records the jobs a route submits instead of starting them: the harness runs them."""
 
@@ -136,10 +150,16 @@ async def put_document(
 
     from services.gateway.routes.collections import replace_document
 
-    queue = _Queued(db, settings)
+    queue, key = _Queued(db, settings), eval_key(db)
     with db.session() as s:
         out = await replace_document(
-            collection_id, document_id, s, settings, queue, UploadFile(io.BytesIO(data), filename=filename)
+            collection_id,
+            document_id,
+            s,
+            settings,
+            queue,
+            key,
+            UploadFile(io.BytesIO(data), filename=filename),
         )
     return out.document.id, queue.jobs[0]
 
@@ -149,9 +169,9 @@ def delete_document(db: Database, settings: Settings, collection_id: str, docume
     remove job's id (None: no memory version had learned the document)."""
     from services.gateway.routes.collections import delete_document as route
 
-    queue = _Queued(db, settings)
+    queue, key = _Queued(db, settings), eval_key(db)
     with db.session() as s:
-        route(collection_id, document_id, s, settings, queue)
+        route(collection_id, document_id, s, settings, queue, key)
     return queue.jobs[0] if queue.jobs else None
 
 

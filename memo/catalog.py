@@ -42,10 +42,19 @@ def create_collection(session: Session, name: str) -> Collection:
     return coll
 
 
+def collection_not_found(collection_id: str) -> NotFound:
+    """The one error for a collection that does not exist, or that the caller may not see (the same to it)."""
+    return NotFound(f"collection {collection_id} not found")
+
+
+def job_not_found(job_id: str) -> NotFound:
+    return NotFound(f"job {job_id} not found")
+
+
 def get_collection(session: Session, collection_id: str) -> Collection:
     coll = session.get(Collection, collection_id)
     if coll is None:
-        raise NotFound(f"collection {collection_id} not found")
+        raise collection_not_found(collection_id)
     return coll
 
 
@@ -213,7 +222,7 @@ def consolidate(session: Session, collection_id: str) -> Job:
 def get_job(session: Session, job_id: str) -> Job:
     job = session.get(Job, job_id)
     if job is None:
-        raise NotFound(f"job {job_id} not found")
+        raise job_not_found(job_id)
     return job
 
 

@@ -37,6 +37,12 @@ class Unauthorized(MemoError):
     status_code = 401
 
 
+class Forbidden(MemoError):
+    """A valid API key whose role does not allow the action."""
+
+    status_code = 403
+
+
 class NotReady(MemoError):
     """The resource exists but cannot serve yet (e.g. a collection with no trained memory)."""
 

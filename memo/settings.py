@@ -236,7 +236,6 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".memo")
     database_url: str | None = None  # unset = SQLite file in the data directory
     broker_url: str | None = None  # unset = pipeline tasks run in-process
-    admin_token: str | None = None  # set = /v1/admin/* needs "Authorization: Bearer <token>"
     max_upload_bytes: int = 20 * 1024 * 1024  # a file, and the files of one upload request together
     max_unpacked_bytes: int = MAX_UNPACKED  # what a DOCX (or a zip given to `memo ingest`) may expand to
     log_json: bool = False  # log lines as JSON objects (with the request id) instead of text
@@ -245,6 +244,8 @@ class Settings(BaseSettings):
     generator: LLMRole = LLMRole()
     memory: LLMRole = LLMRole()
     executive: LLMRole = LLMRole()
+    # PUT /v1/admin/executive: a new openai executive must answer a one-word completion within this many seconds
+    executive_probe_timeout_s: float = Field(default=5.0, gt=0)
 
     chunk: ChunkSettings = ChunkSettings()
     reflect: ReflectSettings = ReflectSettings()

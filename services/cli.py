@@ -14,8 +14,10 @@ from memo.settings import Settings, get_settings
 app = typer.Typer(help="MeMo knowledge service.", no_args_is_help=True, add_completion=False)
 models_app = typer.Typer(help="Model preparation.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys of the gateway (the first admin key is made here).", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(db_app, name="db")
+app.add_typer(keys_app, name="keys")
 
 log = logging.getLogger("memo")
 
@@ -57,6 +59,73 @@ def db_upgrade() -> None:
     typer.echo(f"database at newest revision: {settings.db_url.split('@')[-1]}")
 
 
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option("--name", help="Who the key is for (an application).")],
+    role: Annotated[str, typer.Option("--role", help="reader (query), writer (also documents) or admin.")],
+    collection: Annotated[
+        list[str] | None, typer.Option("--collection", help="A collection id it may use (repeat); none = every one.")
+    ] = None,
+) -> None:
+    """Make an API key and print its secret (shown this once; only its hash is stored)."""
+    from memo import audit, keys
+    from memo.db import Database
+    from memo.errors import MemoError
+
+    settings = _setup()
+    db = Database(settings)
+    db.migrate()
+    try:
+        with db.session() as s:
+            key, secret = keys.create_key(s, name, role, collection or None)
+            audit.record(s, None, "key.create", f"key/{key.id}", None, keys.summary(key))
+    except MemoError as exc:
+        _fail(exc.message)
+    grants = ", ".join(key.collections) if key.collections else "every collection"
+    typer.echo(f"key {key.id} ({key.role.value}, {grants}) for {key.name!r}; its secret, shown once:")
+    typer.echo(secret)
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """The API keys (id, prefix, role, grants, state); never their secrets."""
+    from memo import keys
+    from memo.db import Database
+
+    settings = _setup()
+    db = Database(settings)
+    db.migrate()
+    with db.session() as s:
+        rows = keys.list_keys(s)
+    for k in rows:
+        state = f"revoked {k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "active"
+        used = f"last used {k.last_used_at:%Y-%m-%d %H:%M}" if k.last_used_at else "never used"
+        grants = ",".join(k.collections) if k.collections else "*"
+        typer.echo(f"{k.id}  {k.prefix}…  {k.role.value:<6}  {grants}  {k.name!r}  {state}, {used}")
+    if not rows:
+        typer.echo("no API keys: `memo keys create --name NAME --role admin` makes the first")
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (memo keys list).")]) -> None:
+    """Revoke an API key: the gateway refuses it from now on."""
+    from memo import audit, keys
+    from memo.db import Database
+    from memo.errors import MemoError
+
+    settings = _setup()
+    db = Database(settings)
+    db.migrate()
+    try:
+        with db.session() as s:
+            before = keys.summary(keys.get_key(s, key_id))
+            key = keys.revoke_key(s, key_id)
+            audit.record(s, None, "key.revoke", f"key/{key_id}", before, keys.summary(key))
+    except MemoError as exc:
+        _fail(exc.message)
+    typer.echo(f"key {key_id} revoked")
+
+
 @app.command()
 def serve(
     host: str = typer.Option("127.0.0.1"),
@@ -65,11 +134,17 @@ def serve(
     """Run the gateway (migrates the database first)."""
     import uvicorn
 
+    from memo import keys
     from memo.db import Database
     from services.gateway.app import create_app
 
     settings = _setup()
-    Database(settings).migrate()
+    db = Database(settings)
+    db.migrate()
+    with db.session() as s:
+        if not any(k.revoked_at is None for k in keys.list_keys(s)):
+            log.warning("no API key: every /v1 request is refused; make one: memo keys create --name ops --role admin")
+    db.dispose()
     # uvicorn's records go to the root handler (text or JSON, with the request id); the gateway logs each request
     # itself (memo.access), so uvicorn's access log is off
     uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False)

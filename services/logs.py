@@ -1,5 +1,6 @@
 """Logging of the service's processes: every record carries the request id of the gateway request it was logged in
-(``request_id``, "-" outside one), and ``MEMO_LOG_JSON=true`` writes one JSON object per line."""
+(``request_id``, "-" outside one) and the id of the API key it was made with (``key_id``, "-" without one), and
+``MEMO_LOG_JSON=true`` writes one JSON object per line."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from memo.settings import Settings
 # the id of the request being served; set by the gateway's middleware, copied into threads by asyncio.to_thread and
 # Starlette's threadpool with the rest of the context
 request_id_var: ContextVar[str] = ContextVar("memo_request_id", default="-")
+# the id of the API key the request was authenticated with; set by the gateway's authentication (as the request id)
+key_id_var: ContextVar[str] = ContextVar("memo_key_id", default="-")
 
 MAX_REQUEST_ID = 128
 _SAFE_ID = re.compile(rf"[A-Za-z0-9._:\-]{{1,{MAX_REQUEST_ID}}}")
@@ -35,6 +38,7 @@ _base_factory = logging.getLogRecordFactory()
 def _record_with_request_id(*args: Any, **kwargs: Any) -> logging.LogRecord:
     record = _base_factory(*args, **kwargs)
     record.request_id = request_id_var.get()
+    record.key_id = key_id_var.get()
     return record
 
 
@@ -48,13 +52,14 @@ _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
     "message",
     "asctime",
     "request_id",
+    "key_id",
     "color_message",
 }
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per record: time (UTC, ISO 8601), level, logger, message, request_id, the fields given with
-    ``extra=`` and, on an error, the traceback as ``exc_info``."""
+    """One JSON object per record: time (UTC, ISO 8601), level, logger, message, request_id, key_id, the fields given
+    with ``extra=`` and, on an error, the traceback as ``exc_info``."""
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
@@ -63,6 +68,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
             "request_id": getattr(record, "request_id", "-"),
+            "key_id": getattr(record, "key_id", "-"),
         }
         out.update({k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")})
         if record.exc_info:
@@ -72,7 +78,7 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str, ensure_ascii=False)
 
 
-TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s %(key_id)s]: %(message)s"
 
 
 def log_handler(settings: Settings, stream: IO[str] | None = None) -> logging.Handler:

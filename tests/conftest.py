@@ -35,6 +35,22 @@ def make_settings(tmp_path: Path, model_dir: Path | None = None, **overrides: ob
     return get_settings(data_dir=tmp_path / "data", **{"gate": gate, **roles, **overrides})
 
 
+def api_key(settings: Settings, role: str = "admin", collections: list[str] | None = None) -> dict[str, str]:
+    """The ``Authorization`` header of a new API key in the settings' database (migrated here): every request to
+    ``/v1`` needs one. The default is an admin key granted every collection."""
+    from memo import keys
+    from memo.db import Database
+
+    db = Database(settings)
+    db.migrate()
+    try:
+        with db.session() as s:
+            _, secret = keys.create_key(s, f"test {role}", role, collections)
+    finally:
+        db.dispose()
+    return {"Authorization": f"Bearer {secret}"}
+
+
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return make_settings(tmp_path)
@@ -121,3 +137,85 @@ def wait_for_job(get_job, job_id: str, timeout_s: float = 1200) -> dict:
             return job
         time.sleep(0.5)
     raise AssertionError(f"job {job_id} still {job['state']} in stage {job['stage']} after {timeout_s} s")
+
+
+class ChatServer:
+    """A real OpenAI-compatible HTTP server on a free port, in a thread: ``POST /v1/chat/completions`` answers
+    ``reply``, ``GET /v1/models`` lists ``served-model``. ``mode``: "ok"; "fail" (500 to completions); "hang"
+    (completions wait until the test ends); "no-schema" (400 to a request with ``response_format``, as a provider
+    without JSON-schema support). ``key``: when set, other keys get 401. ``seen``: every request (path,
+    authorization, JSON body)."""
+
+    def __init__(self) -> None:
+        import http.server
+        import json
+        import threading
+
+        self.mode = "ok"
+        self.reply = "OK"
+        self.key: str | None = None
+        self.seen: list[dict] = []
+        self.release = threading.Event()
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self, status: int, body: dict) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _request(self, body: dict | None) -> bool:
+                auth = self.headers.get("Authorization")
+                outer.seen.append({"path": self.path, "authorization": auth, "body": body})
+                if outer.key is not None and auth != f"Bearer {outer.key}":
+                    self._answer(401, {"error": {"message": "invalid api key"}})
+                    return False
+                return True
+
+            def do_GET(self) -> None:
+                if self._request(None):
+                    ok = self.path == "/v1/models"
+                    self._answer(200 if ok else 404, {"object": "list", "data": [{"id": "served-model"}]})
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                if not self._request(body):
+                    return
+                if self.path != "/v1/chat/completions":
+                    self._answer(404, {"error": {"message": "no such route"}})
+                elif outer.mode == "fail":
+                    self._answer(500, {"error": {"message": "model crashed"}})
+                elif outer.mode == "hang":
+                    outer.release.wait(60)  # bounded; set when the test ends
+                    self._answer(200, {"choices": [{"message": {"content": outer.reply}}]})
+                elif outer.mode == "no-schema" and "response_format" in body:
+                    error = "Invalid parameter: 'response_format' of type 'json_schema' is not supported"
+                    self._answer(400, {"error": {"message": error}})
+                else:
+                    self._answer(200, {"choices": [{"message": {"role": "assistant", "content": outer.reply}}]})
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        self.url = f"http://127.0.0.1:{self._server.server_port}/v1"
+
+    def close(self) -> None:
+        self.release.set()
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+
+
+@pytest.fixture
+def chat_server() -> Iterator[ChatServer]:
+    server = ChatServer()
+    try:
+        yield server
+    finally:
+        server.close()

@@ -1,4 +1,6 @@
 from memo.db.models import (
+    ApiKey,
+    AuditEntry,
     Base,
     Chunk,
     Collection,
@@ -12,11 +14,14 @@ from memo.db.models import (
     Reflection,
     ReflectionSource,
     ReflectUnit,
+    Role,
     VersionStatus,
 )
 from memo.db.session import Database
 
 __all__ = [
+    "ApiKey",
+    "AuditEntry",
     "Base",
     "Chunk",
     "Collection",
@@ -31,5 +36,6 @@ __all__ = [
     "Reflection",
     "ReflectionSource",
     "ReflectUnit",
+    "Role",
     "VersionStatus",
 ]

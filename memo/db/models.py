@@ -55,6 +55,14 @@ class JobState(enum.StrEnum):
     failed = "failed"
 
 
+class Role(enum.StrEnum):
+    """What an API key may do; each role may do everything the one before it may (memo.keys.ROLE_RANK)."""
+
+    reader = "reader"  # query, and read collections, documents, versions and jobs
+    writer = "writer"  # also create collections, upload, replace and delete documents, retry jobs
+    admin = "admin"  # also activate versions, consolidate; and, granted every collection: executive, keys, audit
+
+
 class VersionStatus(enum.StrEnum):
     training = "training"
     ready = "ready"
@@ -214,3 +222,35 @@ class ExecutiveConfig(Base):
     base_url: Mapped[str | None] = mapped_column(String(1000), nullable=True)
     api_key: Mapped[str | None] = mapped_column(String(500), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+
+class ApiKey(Base):
+    """An application's key. The secret is shown once, at creation; only its sha256 (hex) is stored."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(200))
+    prefix: Mapped[str] = mapped_column(String(16))  # the secret's first characters, to tell keys apart in lists
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[Role] = mapped_column(_enum(Role))
+    # the collection ids the key is granted (None = every collection, present and future)
+    collections: Mapped[list | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class AuditEntry(Base):
+    """One admin action: who (the key; None = the command line on the server), when, what, on what, and the state
+    before and after it (secrets masked). Written in the action's own transaction."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)  # increasing: newest is highest
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    key_id: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id"), nullable=True, index=True)
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(300))
+    before: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    after: Mapped[dict | None] = mapped_column(JSON, nullable=True)

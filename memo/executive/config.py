@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 from sqlalchemy.orm import Session
 
 from memo.db import ExecutiveConfig
-from memo.errors import InvalidInput
+from memo.errors import BackendError, InvalidInput
+from memo.llm.base import Message
 from memo.settings import LLMRole, Settings
 
 ROW_ID = 1
+PROBE_MESSAGES: list[Message] = [{"role": "user", "content": "Reply with the single word OK."}]
+PROBE_MAX_TOKENS = 4
 
 
 def current(session: Session, settings: Settings) -> LLMRole:
@@ -41,3 +47,28 @@ def swap(session: Session, settings: Settings, role: LLMRole) -> LLMRole:
     row.backend, row.model, row.base_url, row.api_key = role.backend, role.model, role.base_url, role.api_key
     session.flush()
     return current(session, settings)
+
+
+async def probe(role: LLMRole, timeout_s: float) -> None:
+    """An ``openai`` executive must answer a small real completion within ``timeout_s``; :class:`InvalidInput` says
+    why it did not (a ``local`` one is checked by :func:`swap`: its model directory is on this server)."""
+    if role.backend != "openai":
+        return
+    from memo.llm.openai_compat import OpenAIChat
+
+    assert role.base_url and role.model  # validated by LLMRole
+    where = f"the executive {role.model!r} at {role.base_url}"
+    client = OpenAIChat(role.base_url, role.model, api_key=role.api_key, timeout_s=timeout_s, max_concurrency=1)
+    try:
+        await asyncio.wait_for(client.chat(PROBE_MESSAGES, max_tokens=PROBE_MAX_TOKENS), timeout_s)
+    except TimeoutError:
+        raise InvalidInput(f"{where} did not answer a test completion within {timeout_s:g} s; not swapped") from None
+    except BackendError as exc:
+        raise InvalidInput(f"{where} failed a test completion ({exc.message}); not swapped") from None
+    finally:
+        await client.aclose()
+
+
+def describe(role: LLMRole) -> dict[str, Any]:
+    """The executive as the audit log records it (memo.audit masks the API key)."""
+    return {"backend": role.backend, "model": role.model, "base_url": role.base_url, "api_key": role.api_key}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import httpx
@@ -11,13 +12,20 @@ from memo.errors import BackendError
 from memo.llm.base import Message, guard_output
 from memo.llm.slots import Slots
 
+log = logging.getLogger(__name__)
+
 
 class OpenAIChat:
     """``slots``: bounds the requests in flight, shared with the process's other clients of the same role (see
     :mod:`memo.llm.slots`); by default this client's own ``max_concurrency``.
 
     ``lora_path``: ``model`` is a LoRA adapter of a vLLM server at that path; when the server does not know it (it
-    was restarted since the adapter was published), the adapter is loaded again and the request retried once."""
+    was restarted since the adapter was published), the adapter is loaded again and the request retried once.
+
+    Structured output is asked for with ``response_format: json_schema`` (guided decoding on vLLM). A provider that
+    refuses it (a 400 naming ``response_format`` or ``json_schema``) gets the request again without it, and every
+    later one from this client too: the callers parse JSON tolerantly (memo.llm.base.chat_json), so a query degrades
+    to unguided JSON instead of failing."""
 
     def __init__(
         self,
@@ -37,6 +45,7 @@ class OpenAIChat:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout_s)
         self._slots = slots or Slots(max_concurrency)
+        self.json_schema_supported = True  # until the endpoint refuses response_format once
 
     @property
     def name(self) -> str:
@@ -56,12 +65,21 @@ class OpenAIChat:
             "temperature": temperature,
             "max_tokens": max_tokens,
         }
-        if json_schema is not None:
+        if json_schema is not None and self.json_schema_supported:
             body["response_format"] = {
                 "type": "json_schema",
                 "json_schema": {"name": "output", "schema": json_schema},
             }
         resp = await self._post("/chat/completions", body)
+        if "response_format" in body and _refuses_response_format(resp):
+            log.warning(
+                "%s (%s) refuses response_format json_schema: structured output is asked for without it from now on",
+                self.base_url,
+                self.model,
+            )
+            self.json_schema_supported = False
+            del body["response_format"]
+            resp = await self._post("/chat/completions", body)
         if resp.status_code == 404 and self.lora_path is not None:
             await self._load_adapter()
             resp = await self._post("/chat/completions", body)
@@ -89,3 +107,10 @@ class OpenAIChat:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+def _refuses_response_format(resp: httpx.Response) -> bool:
+    """A 400 whose error names the structured-output request (OpenAI-compatible servers without JSON-schema support
+    say "response_format ... not supported" or "json_schema ... invalid")."""
+    text = resp.text.lower()
+    return resp.status_code == 400 and ("response_format" in text or "json_schema" in text)

@@ -12,6 +12,7 @@ from memo.db import Database
 from memo.errors import MemoError
 from memo.llm import Engines
 from memo.settings import Settings, get_settings
+from services.gateway.auth import AuthMiddleware
 from services.gateway.middleware import RequestMiddleware
 from services.gateway.routes import admin, collections, jobs, ops, query
 from services.worker.dispatch import Dispatcher
@@ -47,7 +48,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse(status_code=exc.status_code, content={"detail": exc.message})
 
     # the request id is set before any route runs; every response is counted (an unhandled error's 500 is answered
-    # by the middleware itself, so it has the id too)
+    # by the middleware itself, so it has the id too). Inside it (added first), every /v1 request is authenticated.
+    app.add_middleware(AuthMiddleware)
     app.add_middleware(RequestMiddleware)
     for module in (ops, collections, jobs, query, admin):
         app.include_router(module.router)

@@ -1,4 +1,5 @@
-"""The gateway's request middleware: a request id on every response and log record, the HTTP metrics, an access log."""
+"""The gateway's request middleware: a request id on every response and log record, the HTTP metrics, an access log
+(with the API key the request was made with, which the authentication inside it sets)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.gateway.metrics import UNMATCHED_ROUTE, observe_request
-from services.logs import request_id_from, request_id_var
+from services.logs import key_id_var, request_id_from, request_id_var
 
 access_log = logging.getLogger("memo.access")
 
@@ -28,6 +29,7 @@ class RequestMiddleware:
         header = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), None)
         request_id = request_id_from(header)
         token = request_id_var.set(request_id)
+        key_token = key_id_var.set("-")  # until services.gateway.auth sets the caller's key in this same context
         status = 0  # until the response starts
         start = time.perf_counter()
 
@@ -58,4 +60,5 @@ class RequestMiddleware:
                 seconds * 1000,
                 extra={"method": scope["method"], "path": scope["path"], "route": route, "status": status},
             )
-        request_id_var.reset(token)  # after the access log, which carries it
+        request_id_var.reset(token)  # after the access log, which carries them
+        key_id_var.reset(key_token)

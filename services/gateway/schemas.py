@@ -155,3 +155,41 @@ class ExecutiveOut(BaseModel):
     model: str | None
     base_url: str | None
     has_api_key: bool
+
+
+class KeyIn(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+    role: Literal["reader", "writer", "admin"]
+    # the collection ids the key may use; omitted or null = every collection (present and future)
+    collections: list[str] | None = Field(default=None, min_length=1)
+
+
+class KeyOut(BaseModel):
+    """A key as listed: never its secret (nor its hash); ``prefix`` is the secret's start, to tell keys apart."""
+
+    model_config = ConfigDict(from_attributes=True)
+    id: str
+    name: str
+    prefix: str
+    role: str
+    collections: list[str] | None
+    created_at: datetime
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+
+
+class KeyCreatedOut(KeyOut):
+    secret: str  # shown this once: send it as "Authorization: Bearer <secret>"
+
+
+class AuditOut(BaseModel):
+    """An admin action: the key that did it (null: the command line on the server), what, on what, before/after."""
+
+    model_config = ConfigDict(from_attributes=True)
+    id: int
+    at: datetime
+    key_id: str | None
+    action: str
+    target: str
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None

@@ -9,10 +9,11 @@ import pytest
 from sqlalchemy import func, select
 
 from benchmarks.dataset import select as select_bench
-from benchmarks.updates import delete_document, deleted_document, fork_collection, put_document
+from benchmarks.updates import delete_document, deleted_document, eval_key, fork_collection, put_document
 from memo import catalog
 from memo.blobs import BlobStore
 from memo.db import (
+    AuditEntry,
     Chunk,
     Database,
     Document,
@@ -129,6 +130,10 @@ def test_replace_and_delete_routes_on_the_copy_leave_the_original_alone(tmp_path
         assert job.kind == JobKind.remove and job.state == JobState.queued  # the active version had learned it
         assert s.get(Document, ids[doc_ids[1]]).status == DocumentStatus.deleted
         assert s.get(Document, doc_ids[1]).status == DocumentStatus.trained
+        # the routes ran as the update run's admin key, and audited what it did
+        audited = s.execute(select(AuditEntry.action, AuditEntry.key_id).order_by(AuditEntry.id)).all()
+        key = eval_key(db).key_id  # made once per database
+        assert [tuple(a) for a in audited] == [("document.replace", key), ("document.delete", key)]
 
 
 def test_the_deleted_document_has_the_most_single_questions_and_was_not_replaced():

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from memo.db import Database
 from services.gateway.app import create_app
-from tests.conftest import REDIS_URL, REPO, make_settings, wait_for_job
+from tests.conftest import REDIS_URL, REPO, api_key, make_settings, wait_for_job
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +42,7 @@ def test_upload_is_processed_by_a_celery_worker(tmp_path, model_dir, pg_url):
             [sys.executable, "-m", "services.cli", "worker"], env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT
         )
     try:
-        with TestClient(create_app(settings)) as client:
+        with TestClient(create_app(settings), headers=api_key(settings)) as client:
             cid = client.post("/v1/collections", json={"name": "celery"}).json()["id"]
             doc = b"The Zorblax IT helpdesk can be reached at extension 4417. Zorblax is headquartered in Varnmouth."
             up = client.post(f"/v1/collections/{cid}/documents", files={"file": ("it.txt", doc, "text/plain")})

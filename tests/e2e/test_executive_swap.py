@@ -10,13 +10,14 @@ from memo import catalog
 from memo.db import Database
 from memo.pipeline import Context, run_pipeline
 from services.gateway.app import create_app
-from tests.conftest import make_settings
+from tests.conftest import api_key, make_settings
 
 pytestmark = pytest.mark.slow
 
 
 def test_swapping_the_executive_changes_who_answers_and_no_memory_is_retrained(tmp_path, model_dir, vllm_server):
-    settings = make_settings(tmp_path, model_dir, train={"max_steps": 2, "batch_size": 2})
+    # the swap first probes the vLLM server with a small completion: a CPU server shared with other work may be slow
+    settings = make_settings(tmp_path, model_dir, train={"max_steps": 2, "batch_size": 2}, executive_probe_timeout_s=60)
     db = Database(settings)
     db.migrate()
     with db.session() as s:
@@ -25,7 +26,7 @@ def test_swapping_the_executive_changes_who_answers_and_no_memory_is_retrained(t
     run_pipeline(Context(db, settings), job.id)
 
     question = {"collection_id": coll.id, "question": "Where is Zorblax headquartered?"}
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), headers=api_key(settings)) as client:
         before = client.get(f"/v1/collections/{coll.id}/versions").json()
         first = client.post("/v1/query", json=question).json()
         assert first["executive"].startswith("local:")

@@ -13,7 +13,7 @@ from memo.db import Database, Reflection
 from memo.llm import Engines
 from memo.memory import memory_messages
 from services.gateway.app import create_app
-from tests.conftest import REPO, make_settings, wait_for_job
+from tests.conftest import REPO, api_key, make_settings, wait_for_job
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +35,7 @@ async def _closed_book(engines: Engines, version_id: str | None, adapter: str | 
 def test_trained_memory_answers_what_the_base_model_cannot(tmp_path, model_dir):
     settings = make_settings(tmp_path, model_dir)
     Database(settings).migrate()
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), headers=api_key(settings)) as client:
         cid = client.post("/v1/collections", json={"name": "travel"}).json()["id"]
         up = client.post(f"/v1/collections/{cid}/documents", files={"file": ("travel-policy.md", DOC, "text/markdown")})
         assert up.status_code == 202, up.text
@@ -81,7 +81,7 @@ def test_trained_memory_answers_what_the_base_model_cannot(tmp_path, model_dir):
     # the document is replaced with a revision that changes the hotel cap: the fact is served with its new value,
     # never its old one
     revised = DOC.replace(b"$217", b"$349")
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), headers=api_key(settings)) as client:
         doc_id = client.get(f"/v1/collections/{cid}/documents").json()[0]["id"]
         put = client.put(
             f"/v1/collections/{cid}/documents/{doc_id}", files={"file": ("travel-policy.md", revised, "text/markdown")}

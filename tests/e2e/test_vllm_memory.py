@@ -12,7 +12,7 @@ from memo.llm import served_adapter_name
 from memo.pipeline import Context, run_pipeline
 from memo.settings import LLMRole
 from services.gateway.app import create_app
-from tests.conftest import make_settings
+from tests.conftest import api_key, make_settings
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +32,7 @@ def test_memory_versions_are_served_by_vllm(tmp_path, model_dir, vllm_server):
         job = catalog.add_document(s, settings, coll.id, "a.txt", b"Zorblax is headquartered in Varnmouth.").job
     run_pipeline(Context(db, settings), job.id)
 
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), headers=api_key(settings)) as client:
         version = client.get(f"/v1/collections/{coll.id}/versions").json()[0]
         assert version["active"] and version["base_model"] == str(model_dir)
         served = {m["id"] for m in httpx.get(f"{vllm_server}/models").json()["data"]}
@@ -87,6 +87,7 @@ def test_version_switches_under_a_stream_of_queries_lose_none(tmp_path, model_di
     # Zorblax IT helpdesk can be reached at extension 4417." it often writes none: the upload then fails, rightly)
     v1 = learn("a.txt", b"Zorblax is headquartered in Varnmouth.")
 
+    headers = api_key(settings)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -100,7 +101,7 @@ def test_version_switches_under_a_stream_of_queries_lose_none(tmp_path, model_di
     stop = threading.Event()
 
     def stream() -> None:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120, headers=headers) as client:
             for _ in range(500):  # bounded
                 if stop.is_set():
                     break

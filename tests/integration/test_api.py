@@ -1,4 +1,5 @@
-"""The REST API's contract, on SQLite, with a recording dispatcher (the pipeline has its own tests)."""
+"""The REST API's contract, on SQLite, with a recording dispatcher (the pipeline has its own tests). Requests are
+made with an admin key; what each role may do is tested in test_keys."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from sqlalchemy import func, select
 
 from memo.db import Database, Document, Job
 from services.gateway.app import create_app
-from tests.conftest import make_settings
+from tests.conftest import api_key, make_settings
 
 
 class RecordingDispatcher:
@@ -24,10 +25,10 @@ class RecordingDispatcher:
 
 @pytest.fixture
 def env(tmp_path):
-    settings = make_settings(tmp_path, admin_token="s3cret", max_upload_bytes=1000)
-    Database(settings).migrate()
+    settings = make_settings(tmp_path, max_upload_bytes=1000)
+    headers = api_key(settings)
     app = create_app(settings)
-    with TestClient(app) as client:
+    with TestClient(app, headers=headers) as client:
         app.state.dispatcher = RecordingDispatcher()
         yield client, app, settings
 
@@ -111,28 +112,27 @@ def test_query_needs_a_trained_collection(env):
     assert client.get("/v1/jobs/nope").status_code == 404
 
 
-def test_admin_executive_needs_token_and_persists(env, tmp_path):
-    client, app, settings = env
-    auth = {"Authorization": "Bearer s3cret"}
-    assert client.get("/v1/admin/executive").status_code == 401
-    assert client.get("/v1/admin/executive", headers={"Authorization": "Bearer wrong"}).status_code == 401
-    assert client.get("/v1/admin/executive", headers=auth).json()["backend"] == "local"
-    body = {"backend": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "big-exec", "api_key": "k"}
-    r = client.put("/v1/admin/executive", json=body, headers=auth)
-    assert r.status_code == 200
-    assert r.json() == {
-        "backend": "openai",
-        "model": "big-exec",
-        "base_url": "http://127.0.0.1:9/v1",
-        "has_api_key": True,
-    }
-    bad = client.put("/v1/admin/executive", json={"backend": "openai", "model": "x"}, headers=auth)
+def test_admin_executive_swap_persists_and_never_shows_the_api_key(env, tmp_path, chat_server):
+    client, _, settings = env
+    assert client.get("/v1/admin/executive").json()["backend"] == "local"
+    body = {"backend": "openai", "base_url": chat_server.url, "model": "big-exec", "api_key": "sk-provider-secret"}
+    r = client.put("/v1/admin/executive", json=body)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"backend": "openai", "model": "big-exec", "base_url": chat_server.url, "has_api_key": True}
+    assert chat_server.seen[-1]["authorization"] == "Bearer sk-provider-secret"  # the probe used the new key
+    bad = client.put("/v1/admin/executive", json={"backend": "openai", "model": "x"})
     assert bad.status_code == 422
-    missing = client.put("/v1/admin/executive", json={"backend": "local", "model": str(tmp_path)}, headers=auth)
+    missing = client.put("/v1/admin/executive", json={"backend": "local", "model": str(tmp_path)})
     assert missing.status_code == 422 and "no Hugging Face model" in missing.json()["detail"]
-    # persisted: a new app on the same database sees the swap
-    with TestClient(create_app(settings)) as other:
-        assert other.get("/v1/admin/executive", headers=auth).json()["model"] == "big-exec"
+    # persisted: a new app on the same database sees the swap; the secret is in no response
+    with TestClient(create_app(settings), headers=client.headers) as other:
+        got = other.get("/v1/admin/executive")
+        assert got.json()["model"] == "big-exec"
+        audit = other.get("/v1/admin/audit")
+    assert all("sk-provider-secret" not in x.text for x in (r, got, audit))
+    [swap] = [e for e in audit.json() if e["action"] == "executive.swap"]
+    assert swap["before"] == {"backend": "local", "model": None, "base_url": None, "api_key": None}
+    assert swap["after"] == {"backend": "openai", "model": "big-exec", "base_url": chat_server.url, "api_key": "***"}
 
 
 def test_activate_rolls_back_to_an_earlier_version(env):

@@ -20,6 +20,8 @@ TABLES = {
     "memory_versions",
     "jobs",
     "executive_config",
+    "api_keys",
+    "audit_log",
 }
 
 

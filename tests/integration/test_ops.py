@@ -3,32 +3,29 @@ server on a real socket, closed ports), Prometheus metrics, request ids in respo
 
 from __future__ import annotations
 
-import http.server
 import io
 import json
 import logging
 import sys
-import threading
-from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
-from memo.db import Database, Job, JobState
+from memo.db import Job, JobState
 from memo.settings import LLMRole, get_settings
 from services.gateway.app import create_app
 from services.logs import JsonFormatter, log_handler
-from tests.conftest import REDIS_URL, free_port, make_settings
+from tests.conftest import REDIS_URL, ChatServer, api_key, make_settings
 from tests.integration.test_api import RecordingDispatcher
 
 CLOSED = "127.0.0.1:1"  # nothing listens on port 1: a connection is refused at once
 
 
 def _client(settings, **kwargs) -> TestClient:
-    Database(settings).migrate()
-    return TestClient(create_app(settings), **kwargs)
+    """A client of a new gateway on ``settings``' database, with an admin key."""
+    return TestClient(create_app(settings), headers=api_key(settings), **kwargs)
 
 
 def _openai(base_url: str, api_key: str | None = None) -> LLMRole:
@@ -36,34 +33,10 @@ def _openai(base_url: str, api_key: str | None = None) -> LLMRole:
 
 
 @pytest.fixture
-def model_server() -> Iterator[tuple[str, list[dict]]]:
-    """A real HTTP server on a free port answering GET /v1/models like an OpenAI-compatible server (401 without the
-    key "k"). Yields its /v1 URL and the requests it saw."""
-    seen: list[dict] = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            seen.append({"path": self.path, "authorization": self.headers.get("Authorization")})
-            ok = self.path == "/v1/models" and self.headers.get("Authorization") == "Bearer k"
-            body = json.dumps({"object": "list", "data": [{"id": "served-model"}]} if ok else {"error": "no"})
-            self.send_response(200 if ok else 401)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body.encode())
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}/v1", seen
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+def model_server(chat_server: ChatServer) -> ChatServer:
+    """An OpenAI-compatible server that refuses every key but "k" (401)."""
+    chat_server.key = "k"
+    return chat_server
 
 
 # -- liveness and readiness ----------------------------------------------------------------------------------------
@@ -100,7 +73,7 @@ def test_readyz_is_503_naming_the_broker_when_it_is_unreachable(tmp_path):
 
 
 def test_readyz_probes_each_openai_role_and_names_the_failing_one(tmp_path, model_server):
-    url, seen = model_server
+    url = model_server.url
     settings = make_settings(
         tmp_path,
         generator=_openai(url, api_key="k"),  # up, and the key is sent
@@ -114,25 +87,20 @@ def test_readyz_probes_each_openai_role_and_names_the_failing_one(tmp_path, mode
         assert body["checks"]["generator"] == "ok" and body["checks"]["database"] == "ok"
         assert f"http://{CLOSED}/v1 unreachable" in body["checks"]["memory"]
         assert body["detail"].startswith("not ready: memory: ") and "generator" not in body["detail"]
-        assert seen == [{"path": "/v1/models", "authorization": "Bearer k"}]
+        assert model_server.seen == [{"path": "/v1/models", "authorization": "Bearer k", "body": None}]
 
 
 def test_readyz_follows_the_executive_swapped_in_by_an_admin(tmp_path, model_server):
-    url, _ = model_server
     with _client(make_settings(tmp_path)) as client:
-        assert client.get("/readyz").status_code == 200
-        swap = {"backend": "openai", "base_url": f"http://{CLOSED}/v1", "model": "big-exec"}
-        assert client.put("/v1/admin/executive", json=swap).status_code == 200
-        r = client.get("/readyz")
-        assert r.status_code == 503 and r.json()["detail"].startswith("not ready: executive: ")
-        # a server that answers, but refuses the key: not ready either
-        swap = {"backend": "openai", "base_url": url, "model": "big-exec", "api_key": "wrong"}
-        assert client.put("/v1/admin/executive", json=swap).status_code == 200
-        r = client.get("/readyz")
-        assert r.status_code == 503 and r.json()["checks"]["executive"] == f"ConnectionError: {url}/models answered 401"
-        swap["api_key"] = "k"
+        assert client.get("/readyz").json() == {"status": "ready", "checks": {"database": "ok"}}
+        swap = {"backend": "openai", "base_url": model_server.url, "model": "big-exec", "api_key": "k"}
         assert client.put("/v1/admin/executive", json=swap).status_code == 200
         assert client.get("/readyz").json() == {"status": "ready", "checks": {"database": "ok", "executive": "ok"}}
+        # the swapped-in server starts refusing the key: not ready, naming the executive
+        model_server.key = "rotated"
+        r = client.get("/readyz")
+        assert r.status_code == 503 and r.json()["detail"].startswith("not ready: executive: ")
+        assert r.json()["checks"]["executive"] == f"ConnectionError: {model_server.url}/models answered 401"
 
 
 # -- metrics -------------------------------------------------------------------------------------------------------
@@ -153,14 +121,14 @@ def _requests(samples: dict, route: str, method: str, status: int) -> float:
 
 def test_metrics_count_requests_by_route_template_and_status(tmp_path):
     settings = make_settings(tmp_path, broker_url=f"redis://{CLOSED}/0")
-    Database(settings).migrate()
+    headers = api_key(settings)
     app = create_app(settings)
 
     @app.get("/test-boom")
     def boom() -> None:
         raise RuntimeError("boom")
 
-    with TestClient(app, raise_server_exceptions=False) as client:
+    with TestClient(app, raise_server_exceptions=False, headers=headers) as client:
         before = _samples(client)
         assert client.get("/v1/jobs/job-1234").status_code == 404
         assert client.get("/v1/jobs/job-5678").status_code == 404
@@ -247,6 +215,7 @@ def test_json_logs_are_one_object_per_line_with_the_request_id(tmp_path, monkeyp
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
     [line] = [x for x in lines if x["request_id"] == "json-1"]
     assert line["logger"] == "memo.access" and line["level"] == "INFO"
+    assert len(line["key_id"]) == 32  # the id of the key the request was made with
     assert (line["route"], line["status"], line["method"]) == ("/v1/jobs/{job_id}", 404, "GET")
     assert line["message"].startswith("GET /v1/jobs/nope 404 ")
     assert line["time"].endswith("+00:00")
@@ -275,7 +244,7 @@ def test_text_logs_carry_the_request_id(tmp_path):
     finally:
         access.removeHandler(handler)
         access.setLevel(old_level)
-    assert " memo.access [text-7]: GET /healthz 200 " in out.getvalue()
+    assert " memo.access [text-7 -]: GET /healthz 200 " in out.getvalue()  # no key: none needed there
 
 
 def test_metrics_time_query_stages_and_count_llm_calls_per_role(tmp_path):

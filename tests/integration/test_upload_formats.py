@@ -12,7 +12,7 @@ from sqlalchemy import select
 from benchmarks.documents import build_docx, build_html, build_pdf, expected_text, policy
 from memo.db import Database
 from services.gateway.app import create_app
-from tests.conftest import make_settings
+from tests.conftest import api_key, make_settings
 from tests.integration.test_api import RecordingDispatcher, _blobs, _counts
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "formats"
@@ -27,7 +27,7 @@ def env(request, tmp_path):
     settings = make_settings(tmp_path, **overrides)
     Database(settings).migrate()
     app = create_app(settings)
-    with TestClient(app) as client:
+    with TestClient(app, headers=api_key(settings)) as client:
         app.state.dispatcher = RecordingDispatcher()
         cid = client.post("/v1/collections", json={"name": "hr"}).json()["id"]
         yield client, app, settings, cid
@@ -114,7 +114,7 @@ def test_the_files_of_a_request_share_the_size_limit(tmp_path):
     settings = make_settings(tmp_path, max_upload_bytes=1000)
     Database(settings).migrate()
     app = create_app(settings)
-    with TestClient(app) as client:
+    with TestClient(app, headers=api_key(settings)) as client:
         app.state.dispatcher = RecordingDispatcher()
         cid = client.post("/v1/collections", json={"name": "hr"}).json()["id"]
         r = _post(client, cid, ("a.txt", b"a" * 600), ("b.txt", b"b" * 600))

@@ -1,0 +1,55 @@
+"""The OpenAI-compatible backend against a real local HTTP server: a provider that refuses
+``response_format: json_schema`` degrades to unguided JSON and the tolerant parser, and is remembered."""
+
+from __future__ import annotations
+
+import pytest
+
+from memo.errors import BackendError
+from memo.executive.protocol import plan
+from memo.llm.base import chat_json
+from memo.llm.openai_compat import OpenAIChat
+
+SCHEMA = {"type": "object", "properties": {"sub_questions": {"type": "array", "items": {"type": "string"}}}}
+
+
+async def test_a_provider_without_json_schema_gets_the_request_again_without_it_and_is_remembered(chat_server):
+    chat_server.mode = "no-schema"
+    chat_server.reply = 'Here you go:\n```json\n{"sub_questions": ["Where is Zorblax?"]}\n```'  # prose around it
+    llm = OpenAIChat(chat_server.url, "provider-model")
+    try:
+        got = await chat_json(llm, [{"role": "user", "content": "plan"}], schema=SCHEMA, convert=lambda v: v)
+        assert got == {"sub_questions": ["Where is Zorblax?"]}
+        assert [("response_format" in r["body"]) for r in chat_server.seen] == [True, False]  # refused, then without
+        assert llm.json_schema_supported is False
+        # remembered: the next structured request goes without response_format at once (one request), and a query's
+        # plan works
+        subs = await plan(llm, "Where is Zorblax headquartered?", max_sub=4)
+        assert subs == ["Where is Zorblax headquartered?", "Where is Zorblax?"]
+        assert [("response_format" in r["body"]) for r in chat_server.seen] == [True, False, False]
+    finally:
+        await llm.aclose()
+
+
+async def test_a_provider_with_json_schema_keeps_it(chat_server):
+    chat_server.reply = '{"sub_questions": []}'
+    llm = OpenAIChat(chat_server.url, "vllm-model")
+    try:
+        for _ in range(2):
+            await chat_json(llm, [{"role": "user", "content": "plan"}], schema=SCHEMA, convert=lambda v: v)
+    finally:
+        await llm.aclose()
+    formats = [r["body"]["response_format"] for r in chat_server.seen]
+    assert formats == [{"type": "json_schema", "json_schema": {"name": "output", "schema": SCHEMA}}] * 2
+    assert llm.json_schema_supported is True
+
+
+async def test_other_errors_are_not_taken_for_a_missing_json_schema(chat_server):
+    chat_server.mode = "fail"
+    llm = OpenAIChat(chat_server.url, "m")
+    try:
+        with pytest.raises(BackendError, match="answered 500"):
+            await llm.chat([{"role": "user", "content": "hi"}], json_schema=SCHEMA)
+    finally:
+        await llm.aclose()
+    assert len(chat_server.seen) == 1 and llm.json_schema_supported is True
