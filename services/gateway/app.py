@@ -13,7 +13,7 @@ from memo.errors import MemoError
 from memo.llm import Engines
 from memo.settings import Settings, get_settings
 from services.gateway.middleware import RequestMiddleware
-from services.gateway.routes import admin, collections, jobs, ops, query
+from services.gateway.routes import admin, chat, collections, jobs, ops, query
 from services.worker.dispatch import Dispatcher
 
 
@@ -49,6 +49,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # the request id is set before any route runs; every response is counted (an unhandled error's 500 is answered
     # by the middleware itself, so it has the id too)
     app.add_middleware(RequestMiddleware)
-    for module in (ops, collections, jobs, query, admin):
+    for module in (ops, collections, jobs, query, chat, admin):
         app.include_router(module.router)
     return app
