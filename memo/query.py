@@ -10,8 +10,9 @@ from memo.db import Database, MemoryVersion
 from memo.errors import InvalidInput, NotReady
 from memo.executive import config as executive_config
 from memo.executive.protocol import Answer, answer
-from memo.llm import Engines
-from memo.llm.metered import ObservedLLM
+from memo.ingest.chunk import token_counter
+from memo.llm import LLM, Engines
+from memo.llm.metered import MeteredLLM, ObservedLLM, Usage
 from memo.metrics import QUERY_STAGE_SECONDS
 from memo.serving.publish import active_version
 from memo.settings import LLMRole, Settings
@@ -20,8 +21,12 @@ from memo.sources import SourceIndex, load_index
 MAX_QUESTION_CHARS = 2000
 
 
-async def ask(db: Database, engines: Engines, collection_id: str, question: str) -> tuple[Answer, str]:
-    """The answer and the id of the memory version that gave it."""
+async def ask(
+    db: Database, engines: Engines, collection_id: str, question: str, usage: Usage | None = None
+) -> tuple[Answer, str]:
+    """The answer and the id of the memory version that gave it. ``usage``: every Memory and Executive call made for
+    the answer adds its tokens to it (the prompt's message contents, the completion), counted with the service's
+    tokenizer (``settings.tokenizer_path``)."""
     question = question.strip()
     if not question:
         raise InvalidInput("the question is empty")
@@ -31,10 +36,15 @@ async def ask(db: Database, engines: Engines, collection_id: str, question: str)
     with QUERY_STAGE_SECONDS.labels("read").time():
         version, exec_role, sources = await asyncio.to_thread(_read, db, engines.settings, collection_id)
     with QUERY_STAGE_SECONDS.labels("answer").time():  # the LLM calls within: memo_llm_call_seconds, per role
+        executive: LLM = ObservedLLM(engines.for_role(exec_role), "executive")
+        memory: LLM = ObservedLLM(engines.memory(version.id, version.adapter_path), "memory")
+        if usage is not None:
+            count = await asyncio.to_thread(token_counter, engines.settings.tokenizer_path)  # loaded once
+            executive, memory = MeteredLLM(executive, count, usage), MeteredLLM(memory, count, usage)
         result = await answer(
             question,
-            executive=ObservedLLM(engines.for_role(exec_role), "executive"),
-            memory=ObservedLLM(engines.memory(version.id, version.adapter_path), "memory"),
+            executive=executive,
+            memory=memory,
             sources=sources,
             max_sub=engines.settings.max_sub_questions,
         )

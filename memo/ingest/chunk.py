@@ -177,12 +177,10 @@ def token_counter(tokenizer_path: str | None) -> Counter:
 def _load_counter(tokenizer_path: str | None) -> Counter:
     if tokenizer_path and Path(tokenizer_path).is_dir():
         try:
-            from transformers import AutoTokenizer
-
-            tok = AutoTokenizer.from_pretrained(tokenizer_path, local_files_only=True)
+            encode = _encoder(Path(tokenizer_path))
 
             def count(text: str) -> int:
-                return len(tok(text, add_special_tokens=False)["input_ids"])
+                return len(encode(text))
 
             return count
         except Exception as exc:  # no tokenizer there: estimate rather than fail the job
@@ -190,6 +188,21 @@ def _load_counter(tokenizer_path: str | None) -> Counter:
     else:
         log.warning("no tokenizer directory %s; approximating token counts", tokenizer_path)
     return approx_tokens
+
+
+def _encoder(path: Path) -> Callable[[str], list[int]]:
+    """A text's token ids, without special tokens. A fast tokenizer's ``tokenizer.json`` is read by the ``tokenizers``
+    library alone, without importing torch (the gateway counts a chat answer's usage with it; for the packaged model
+    the ids are transformers' own); a tokenizer without one (sentencepiece only) is loaded by transformers."""
+    if (path / "tokenizer.json").is_file():
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(str(path / "tokenizer.json"))
+        return lambda text: tok.encode(text, add_special_tokens=False).ids
+    from transformers import AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    return lambda text: list(hf(text, add_special_tokens=False)["input_ids"])
 
 
 def chunk_tokens(text: str, *, tokens: int, overlap: int, count: Counter = approx_tokens) -> list[str]:

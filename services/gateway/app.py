@@ -14,7 +14,7 @@ from memo.llm import Engines
 from memo.settings import Settings, get_settings
 from services.gateway.auth import AuthMiddleware
 from services.gateway.middleware import RequestMiddleware
-from services.gateway.routes import admin, collections, jobs, ops, query
+from services.gateway.routes import admin, chat, collections, jobs, ops, query
 from services.worker.dispatch import Dispatcher
 
 
@@ -51,6 +51,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # by the middleware itself, so it has the id too). Inside it (added first), every /v1 request is authenticated.
     app.add_middleware(AuthMiddleware)
     app.add_middleware(RequestMiddleware)
-    for module in (ops, collections, jobs, query, admin):
+    for module in (ops, collections, jobs, query, chat, admin):
         app.include_router(module.router)
     return app

@@ -125,16 +125,22 @@ class TraceStep(BaseModel):
     sources: list[SourceOut]
 
 
-class QueryOut(BaseModel):
-    question: str
-    answer: str
-    # true: no answer of the memory is supported by the collection's documents, and ``answer`` says so (a fixed text)
+class AnswerOut(BaseModel):
+    """What the service says about an answer besides its text: in POST /v1/query's answer and, as extra fields, in
+    the chat API's completion."""
+
+    # true: no answer of the memory is supported by the collection's documents, and the answer says so (a fixed text)
     abstained: bool
-    sources: list[SourceOut]  # the documents and passages behind ``answer``, best first (empty when abstained)
+    sources: list[SourceOut]  # the documents and passages behind the answer, best first (empty when abstained)
     executive: str
     memory: str
     memory_version_id: str
     trace: list[TraceStep]
+
+
+class QueryOut(AnswerOut):
+    question: str
+    answer: str
 
 
 class ExecutiveIn(BaseModel):

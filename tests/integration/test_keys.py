@@ -72,6 +72,7 @@ def _trained(db: Database, settings, name: str, text: bytes) -> dict[str, str]:
         s.flush()
         return {
             "cid": coll.id,
+            "name": name,
             "doc": up.document.id,
             "version": old.id,  # ready, not active: to activate
             "active": new.id,
@@ -193,6 +194,15 @@ ROUTES = [
     Route("GET", "/v1/jobs/{job}", "reader", "collection", 200),
     Route("POST", "/v1/jobs/{failed_job}/retry", "writer", "collection", 202, writes=True),
     Route("POST", "/v1/query", "reader", "collection", 200, json={"collection_id": "{cid}", "question": QUESTION}),
+    Route(
+        "POST",
+        "/v1/chat/completions",
+        "reader",
+        "collection",
+        200,
+        json={"model": "{name}", "messages": [{"role": "user", "content": QUESTION}]},
+    ),  # fmt: skip
+    Route("GET", "/v1/models", "reader", "any", 200),
     Route("GET", "/v1/admin/executive", "admin", "service", 200),
     Route("PUT", "/v1/admin/executive", "admin", "service", 200, True, "executive.swap", json={"backend": "local"}),
     Route("POST", "/v1/admin/keys", "admin", "service", 201, True, "key.create", json={"name": "n", "role": "reader"}),
@@ -253,6 +263,10 @@ def test_every_route_for_every_role_granted_or_not(gateway, world, route, role, 
         # the answer a collection (or job) that does not exist gets (catalog.collection_not_found, job_not_found)
         job = next((ids[name] for name in ("job", "failed_job") if f"/jobs/{{{name}}}" in route.path), None)
         missing = f"job {job} not found" if job else f"collection {target['cid']} not found"
+        if route.path == "/v1/chat/completions":  # a collection is a model, named by its name
+            missing = (
+                f"model '{target['name']}' not found: the models are the collections you may query (GET /v1/models)"
+            )
         assert (r.status_code, r.json()) == (404, {"detail": missing})
     else:
         assert r.status_code == route.ok, r.text

@@ -7,6 +7,7 @@ import sys
 
 from memo.ingest.chunk import approx_tokens, chunk_text, chunk_tokens, split_sentences, token_counter
 from memo.settings import get_settings
+from tests.conftest import REPO
 
 
 def _long_document(n: int = 120) -> str:
@@ -100,5 +101,25 @@ def test_token_counter_loads_the_tokenizer_when_threads_race_for_it(model_dir):
         "ts = [threading.Thread(target=lambda: got.append(token_counter(sys.argv[1]))) for _ in range(8)]\n"
         "[t.start() for t in ts]; [t.join() for t in ts]\n"
         "assert len(got) == 8 and all(c is got[0] for c in got) and got[0] is not approx_tokens, got\n"
+    )
+    subprocess.run([sys.executable, "-c", code, str(model_dir)], check=True, timeout=120)
+
+
+def test_token_counter_counts_as_transformers_does_without_importing_torch(model_dir):
+    from transformers import AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    count = token_counter(str(model_dir))
+    texts = [line for f in sorted((REPO / "samples").rglob("*.*")) for line in f.read_text().splitlines() if line]
+    texts += [_long_document(5), "Zorblax naïve café – 91 € per diem?\n\tTabs  and  spaces."]
+    assert len(texts) > 20
+    assert [count(t) for t in texts] == [len(hf(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    # the gateway counts usage with it: a fresh process that counts has not imported torch
+    code = (
+        "import sys\n"
+        "from memo.ingest.chunk import approx_tokens, token_counter\n"
+        "count = token_counter(sys.argv[1])\n"
+        "assert count is not approx_tokens and count('hello world') == 2\n"
+        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code, str(model_dir)], check=True, timeout=120)
