@@ -2,9 +2,9 @@
 
 coverage: every document of a benchmark folder goes through the pipeline's own parse and reflect stages
 (:func:`memo.pipeline.stage_parse`, :func:`memo.pipeline.stage_reflect`); a question is covered when one of its
-reference answers is recalled (:func:`benchmarks.metrics.recalled`: contained, or token F1 >= 0.5) by the answer of at
-least one stored reflection of its document. Resumable: finished documents are kept in ``records.jsonl`` under
-``--out`` and the work directory keeps the pipeline's own resumable state.
+reference answers is recalled (:func:`benchmarks.metrics.recalled`: contained, or token F1 >= 0.5 with its numbers)
+by the answer of at least one stored reflection of its document. Resumable: finished documents are kept in
+``records.jsonl`` under ``--out`` and the work directory keeps the pipeline's own resumable state.
 
     python -m benchmarks.bench_reflect coverage --dataset ../shared/data/narrativeqa_dev \\
         --base-url http://127.0.0.1:8300/v1 --out results/reflect/coverage

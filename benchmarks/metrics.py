@@ -1,7 +1,8 @@
 """Benchmark scoring on top of memo.scoring's SQuAD normalisation: exact match, token F1 and ROUGE-L, each the best
 over a question's reference answers; accuracy (the answer states a reference: :func:`memo.scoring.recalled`, the
-normalised reference inside the normalised answer or token F1 >= 0.5); and, for methods without a structured
-abstention signal, a textual detector of answers that say they do not know (:func:`abstains`)."""
+normalised reference inside the normalised answer or token F1 >= 0.5 with every number of the reference); and, for
+methods without a structured abstention signal, a textual detector of answers that say they do not know
+(:func:`abstains`)."""
 
 from __future__ import annotations
 

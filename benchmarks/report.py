@@ -336,8 +336,9 @@ def _kind_tables(methods: dict[str, dict[str, Any]]) -> list[str]:
     lines = [
         "",
         "Per kind (shares 0-1; accuracy: the answer states a reference answer, normalised reference inside the "
-        "normalised answer or token F1 >= 0.5; on `unanswerable`, that it abstained; abstention: `memo`'s "
-        "`abstained` flag, a textual detector of declining answers for the other methods):",
+        "normalised answer, or token F1 >= 0.5 with every number of the reference; on `unanswerable`, that it "
+        "abstained; abstention: `memo`'s `abstained` flag, a textual detector of declining answers for the other "
+        "methods):",
         "",
         "| method | " + " | ".join(head) + " | wrongly abstained (answerable) |",
         "|---|" + "---|" * (len(head) + 1),
@@ -578,7 +579,8 @@ def rescore(run: Path) -> dict[str, Any]:
     results["executive_keeps"] = executive_keeps(records)
     results["sources"] = sources(records)
     if results.get("updates"):
-        results["updates"].update(update_figures(records))
+        for phase, figures in update_figures(records).items():  # the run's other figures of a phase are kept
+            results["updates"][phase] = {**results["updates"].get(phase, {}), **figures}
     tta = results.get("time_to_answerable")
     if tta:
         memo_rows = [r for r in rows if r["method"] == "memo"]
