@@ -195,7 +195,9 @@ class ChatServer:
                     error = "Invalid parameter: 'response_format' of type 'json_schema' is not supported"
                     self._answer(400, {"error": {"message": error}})
                 else:
-                    self._answer(200, {"choices": [{"message": {"role": "assistant", "content": outer.reply}}]})
+                    usage = {"prompt_tokens": 11, "completion_tokens": 2, "total_tokens": 13}
+                    message = {"role": "assistant", "content": outer.reply}
+                    self._answer(200, {"choices": [{"message": message}], "usage": usage})
 
             def log_message(self, *args: object) -> None:
                 pass

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from memo.llm.base import LLM, Message
-from memo.metrics import LLM_CALL_SECONDS, LLM_CALLS
+from memo.metrics import LLM_CALL_SECONDS, LLM_CALLS, LLM_ROLE
 
 
 @dataclass
@@ -61,7 +61,7 @@ class MeteredLLM:
 
 class ObservedLLM:
     """Passes every call on to ``inner`` and records it in the process's Prometheus metrics under ``role``
-    (:mod:`memo.metrics`): its outcome and its wall time."""
+    (:mod:`memo.metrics`): its outcome and its wall time, and the tokens an OpenAI-compatible server reports."""
 
     def __init__(self, inner: LLM, role: str) -> None:
         self.inner, self.role = inner, role
@@ -80,6 +80,7 @@ class ObservedLLM:
     ) -> str:
         start = time.perf_counter()
         outcome = "error"
+        role = LLM_ROLE.set(self.role)  # the backend labels the tokens it is told of with it
         try:
             out = await self.inner.chat(
                 messages, temperature=temperature, max_tokens=max_tokens, json_schema=json_schema
@@ -87,5 +88,6 @@ class ObservedLLM:
             outcome = "ok"
             return out
         finally:
+            LLM_ROLE.reset(role)
             LLM_CALL_SECONDS.labels(self.role).observe(time.perf_counter() - start)
             LLM_CALLS.labels(self.role, outcome).inc()

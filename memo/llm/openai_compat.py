@@ -11,6 +11,7 @@ import httpx
 from memo.errors import BackendError
 from memo.llm.base import Message, guard_output
 from memo.llm.slots import Slots
+from memo.metrics import count_tokens
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +87,11 @@ class OpenAIChat:
         if resp.status_code != 200:
             raise BackendError(f"LLM server {self.base_url} answered {resp.status_code}: {resp.text[:300]}")
         try:
-            text = str(resp.json()["choices"][0]["message"]["content"] or "")
+            reply = resp.json()
+            text = str(reply["choices"][0]["message"]["content"] or "")
         except (KeyError, IndexError, ValueError) as exc:
             raise BackendError(f"LLM server {self.base_url} sent an unexpected body: {resp.text[:300]}") from exc
+        count_tokens(reply.get("usage"))
         # the repetition guard (memo.llm.base): a server decodes to max_tokens, so a loop is cut here, afterwards
         return guard_output(text, json_schema)
 

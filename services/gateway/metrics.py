@@ -1,10 +1,15 @@
-"""The gateway's Prometheus metrics: HTTP requests by route template, method and status, their latency, and the jobs
-by state (read from the database at scrape time). All in the process's default registry, with memo.metrics and the
-client library's process and platform collectors."""
+"""The gateway's Prometheus metrics: HTTP requests by route template, method and status, their latency, the jobs by
+stage and state (read from the database at scrape time) and the broker's queue depths. All in the process's default
+registry, with memo.metrics and the client library's process and platform collectors."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterable
+
+import redis.asyncio as aioredis
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, generate_latest
+from redis.exceptions import RedisError
 from sqlalchemy import func, select
 
 from memo.db import Database, Job, JobState
@@ -21,7 +26,14 @@ HTTP_SECONDS = Histogram(
     ["route", "method"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
 )
-JOBS = Gauge("memo_jobs", "Jobs in the database, by state (counted at scrape time).", ["state"])
+JOBS = Gauge("memo_jobs", "Jobs in the database, by stage and state (counted at scrape time).", ["stage", "state"])
+QUEUE_DEPTH = Gauge(
+    "memo_queue_depth",
+    "Stage tasks waiting in the broker, by Celery queue (a Redis broker; read at scrape time).",
+    ["queue"],
+)
+# kombu's Redis transport keeps a queue's priority levels in lists of its own: "<queue>", "<queue>\x06\x16<level>"
+_PRIORITY_SUFFIXES = ("", *(f"\x06\x16{level}" for level in (3, 6, 9)))
 
 
 def observe_request(route: str, method: str, status: int, seconds: float) -> None:
@@ -30,11 +42,32 @@ def observe_request(route: str, method: str, status: int, seconds: float) -> Non
 
 
 def count_jobs(db: Database) -> None:
-    """Sets :data:`JOBS` from the database (every state, 0 where there is none)."""
+    """Sets :data:`JOBS` from the database: every stage and state a job is in (a pair no job is in has no series)."""
     with db.session() as s:
-        counts = {state: n for state, n in s.execute(select(Job.state, func.count(Job.id)).group_by(Job.state))}
-    for state in JobState:
-        JOBS.labels(state.value).set(counts.get(state, 0))
+        counts = s.execute(select(Job.stage, Job.state, func.count(Job.id)).group_by(Job.stage, Job.state)).all()
+    JOBS.clear()
+    for stage, state, n in counts:
+        JOBS.labels(stage, JobState(state).value).set(n)
+
+
+async def count_queued(broker_url: str, queues: Iterable[str], timeout_s: float) -> None:
+    """Sets :data:`QUEUE_DEPTH` from a Redis broker's lists (left unset when the broker is not Redis or does not
+    answer within ``timeout_s``: a scrape never waits on it for longer)."""
+    if not broker_url.startswith(("redis://", "rediss://")):
+        return
+    client = aioredis.from_url(broker_url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
+    try:
+        async with client.pipeline(transaction=False) as pipe:
+            for q in queues:
+                for suffix in _PRIORITY_SUFFIXES:
+                    pipe.llen(q + suffix)
+            lengths = await asyncio.wait_for(pipe.execute(), timeout_s)
+    except (TimeoutError, RedisError, OSError):
+        return
+    finally:
+        await client.aclose()
+    for i, q in enumerate(queues):
+        QUEUE_DEPTH.labels(q).set(sum(lengths[i * len(_PRIORITY_SUFFIXES) : (i + 1) * len(_PRIORITY_SUFFIXES)]))
 
 
 def exposition() -> bytes:

@@ -162,8 +162,30 @@ def test_metrics_gauge_jobs_by_state_from_the_database(tmp_path):
         with client.app.state.db.session() as s:
             s.scalars(select(Job)).first().state = JobState.failed
         samples = _samples(client)
-    jobs = {dict(labels)["state"]: v for (name, labels), v in samples.items() if name == "memo_jobs"}
-    assert jobs == {"queued": 2.0, "running": 0.0, "succeeded": 0.0, "failed": 1.0}
+    jobs = {
+        (dict(labels)["stage"], dict(labels)["state"]): v
+        for (name, labels), v in samples.items()
+        if name == "memo_jobs"
+    }
+    assert jobs == {("queued", "queued"): 2.0, ("queued", "failed"): 1.0}
+
+
+def test_metrics_gauge_the_broker_queues(tmp_path):
+    import redis
+
+    url = REDIS_URL.rsplit("/", 1)[0] + "/13"  # a database of this test's own: the queue names are the service's
+    r = redis.Redis.from_url(url)
+    r.flushdb()
+    try:
+        r.rpush("train", "t1", "t2")
+        r.rpush("ingest\x06\x163", "i1")  # a priority level's list of kombu's Redis transport
+        with _client(make_settings(tmp_path, broker_url=url)) as client:
+            samples = _samples(client)
+        depth = {dict(labels)["queue"]: v for (name, labels), v in samples.items() if name == "memo_queue_depth"}
+        assert depth == {"generate": 0.0, "ingest": 1.0, "train": 2.0}
+    finally:
+        r.flushdb()
+        r.close()
 
 
 # -- request ids and logs ------------------------------------------------------------------------------------------

@@ -53,3 +53,23 @@ async def test_other_errors_are_not_taken_for_a_missing_json_schema(chat_server)
     finally:
         await llm.aclose()
     assert len(chat_server.seen) == 1 and llm.json_schema_supported is True
+
+
+async def test_the_tokens_a_server_reports_are_counted_under_the_role_of_the_call(chat_server):
+    from prometheus_client import REGISTRY
+
+    from memo.llm.metered import ObservedLLM
+
+    def tokens(role: str, kind: str) -> float:
+        return REGISTRY.get_sample_value("memo_llm_tokens_total", {"role": role, "kind": kind}) or 0.0
+
+    before = {(r, k): tokens(r, k) for r in ("executive", "other") for k in ("prompt", "completion")}
+    llm = OpenAIChat(chat_server.url, "vllm-model")
+    try:
+        await ObservedLLM(llm, "executive").chat([{"role": "user", "content": "hi"}])
+        await llm.chat([{"role": "user", "content": "hi"}])  # outside an observed call: role "other"
+    finally:
+        await llm.aclose()
+    assert tokens("executive", "prompt") - before["executive", "prompt"] == 11
+    assert tokens("executive", "completion") - before["executive", "completion"] == 2
+    assert tokens("other", "prompt") - before["other", "prompt"] == 11

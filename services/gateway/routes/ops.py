@@ -17,7 +17,8 @@ from memo.db import Database
 from memo.executive import config as executive_config
 from memo.settings import LLMRole, Settings
 from services.gateway.deps import DbDep, SettingsDep
-from services.gateway.metrics import count_jobs, exposition
+from services.gateway.metrics import count_jobs, count_queued, exposition
+from services.worker.celery_app import QUEUES
 
 router = APIRouter(tags=["ops"])
 
@@ -49,9 +50,12 @@ async def readyz(db: DbDep, settings: SettingsDep) -> JSONResponse:
 
 
 @router.get("/metrics", response_class=Response)
-async def metrics(db: DbDep) -> Response:
-    """Prometheus exposition: HTTP requests and latency by route, query stages, LLM calls per role, jobs by state."""
+async def metrics(db: DbDep, settings: SettingsDep) -> Response:
+    """Prometheus exposition: HTTP requests and latency by route, query stages, LLM calls and tokens per role, jobs by
+    stage and state, the broker's queue depths."""
     await asyncio.to_thread(count_jobs, db)
+    if settings.broker_url:
+        await count_queued(settings.broker_url, sorted(set(QUEUES.values())), CHECK_TIMEOUT_S / 4)
     return Response(exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
