@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -10,9 +11,11 @@ from fastapi.responses import JSONResponse
 
 from memo.db import Database
 from memo.errors import MemoError
+from memo.jobs import StaleJobCheck
 from memo.llm import Engines
 from memo.settings import Settings, get_settings
 from services.gateway.middleware import RequestMiddleware
+from services.gateway.ratelimit import RateLimitMiddleware, rate_limiter
 from services.gateway.routes import admin, collections, jobs, ops, query
 from services.worker.dispatch import Dispatcher
 
@@ -27,10 +30,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.db = db
         app.state.engines = Engines(settings)
         app.state.dispatcher = Dispatcher(db, settings)
+        app.state.limiter = rate_limiter(settings)
+
+        # jobs a dead process left queued or running: requeued now, and by a check every MEMO_JOBS__CHECK_EVERY_S
+        # (through app.state.dispatcher as it is then)
+        def submit(job_id: str) -> object:
+            return app.state.dispatcher.submit(job_id)
+
+        stale_check = StaleJobCheck(db, settings, submit)
+        await asyncio.to_thread(stale_check.run_once)
+        stale_check.start()
         try:
             yield
         finally:
+            stale_check.stop()
             app.state.dispatcher.shutdown()
+            await app.state.limiter.counter.aclose()
             await app.state.engines.aclose()
             db.dispose()
 
@@ -47,7 +62,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse(status_code=exc.status_code, content={"detail": exc.message})
 
     # the request id is set before any route runs; every response is counted (an unhandled error's 500 is answered
-    # by the middleware itself, so it has the id too)
+    # by the middleware itself, so it has the id too); inside it, the rate limits (a 429 is counted and logged)
+    app.add_middleware(RateLimitMiddleware)
     app.add_middleware(RequestMiddleware)
     for module in (ops, collections, jobs, query, admin):
         app.include_router(module.router)

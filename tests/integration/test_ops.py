@@ -195,7 +195,7 @@ def test_metrics_gauge_jobs_by_state_from_the_database(tmp_path):
             s.scalars(select(Job)).first().state = JobState.failed
         samples = _samples(client)
     jobs = {dict(labels)["state"]: v for (name, labels), v in samples.items() if name == "memo_jobs"}
-    assert jobs == {"queued": 2.0, "running": 0.0, "succeeded": 0.0, "failed": 1.0}
+    assert jobs == {"queued": 2.0, "running": 0.0, "succeeded": 0.0, "failed": 1.0, "cancelled": 0.0}
 
 
 # -- request ids and logs ------------------------------------------------------------------------------------------
