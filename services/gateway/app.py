@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 
 from memo.db import Database
 from memo.errors import MemoError
@@ -60,6 +61,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(MemoError)
     async def _memo_error(_request: Request, exc: MemoError) -> JSONResponse:
         return JSONResponse(status_code=exc.status_code, content={"detail": exc.message})
+
+    @app.exception_handler(DataError)
+    async def _unstorable(_request: Request, exc: DataError) -> JSONResponse:
+        # a value the database cannot hold or compare (a NUL character, a string longer than its column): bad input,
+        # refused in a transaction that was rolled back; the driver's first line says which (never the SQL)
+        reason = str(exc.orig).splitlines()[0] if exc.orig is not None else "invalid value"
+        return JSONResponse(status_code=422, content={"detail": f"a value of the request cannot be stored: {reason}"})
 
     # the request id is set before any route runs; every response is counted (an unhandled error's 500 is answered
     # by the middleware itself, so it has the id too); inside it, the rate limits (a 429 is counted and logged)
