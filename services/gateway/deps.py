@@ -1,4 +1,5 @@
-"""Dependencies shared by the routes (Annotated aliases)."""
+"""Dependencies shared by the routes (Annotated aliases). The ones that only read the app's state are ``async``: a
+sync dependency is run in a worker thread, a hop that costs more than the read (results/gateway)."""
 
 from __future__ import annotations
 
@@ -15,29 +16,29 @@ from memo.settings import Settings
 from services.worker.dispatch import Dispatcher
 
 
-def get_db(request: Request) -> Database:
+async def get_db(request: Request) -> Database:
     return request.app.state.db  # type: ignore[no-any-return]
 
 
 def get_session(request: Request) -> Iterator[Session]:
-    with get_db(request).session() as s:
+    with request.app.state.db.session() as s:
         yield s
 
 
-def get_settings_dep(request: Request) -> Settings:
+async def get_settings_dep(request: Request) -> Settings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
 
-def get_engines(request: Request) -> Engines:
+async def get_engines(request: Request) -> Engines:
     return request.app.state.engines  # type: ignore[no-any-return]
 
 
-def get_dispatcher(request: Request) -> Dispatcher:
+async def get_dispatcher(request: Request) -> Dispatcher:
     return request.app.state.dispatcher  # type: ignore[no-any-return]
 
 
 def require_admin(request: Request) -> None:
-    token = get_settings_dep(request).admin_token
+    token = request.app.state.settings.admin_token
     if token and request.headers.get("authorization") != f"Bearer {token}":
         raise Unauthorized("admin endpoints need 'Authorization: Bearer <MEMO_ADMIN_TOKEN>'")
 
