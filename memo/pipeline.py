@@ -299,12 +299,13 @@ def run_stage(ctx: Context, job_id: str, stage: str) -> str:
     A job whose cancel was asked for stops at its next unit boundary and ends ``cancelled``."""
     if not _claim(ctx, job_id, stage):
         return job_id
-    skip = stage in DOCUMENT_STAGES and _job(ctx, job_id).kind != JobKind.ingest  # nothing to parse or reflect
+    claimed = _job(ctx, job_id)
+    skip = stage in DOCUMENT_STAGES and claimed.kind != JobKind.ingest  # nothing to parse or reflect
     started = time.perf_counter()
     heartbeat = Heartbeat(ctx.db, ctx.settings.jobs.heartbeat_s)
     heartbeat.hold(job_id)
     try:
-        if _job(ctx, job_id).cancel_requested:
+        if claimed.cancel_requested:  # asked for while it waited for this stage
             raise JobCancelled(f"job {job_id} was cancelled")
         if not skip:
             _STAGE_FNS[stage](ctx, job_id)

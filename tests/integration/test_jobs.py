@@ -203,3 +203,22 @@ def test_cancel_a_finished_job_is_409_and_changes_nothing(gateway, db, settings)
         assert r.status_code == 409 and f"is {state.value}" in r.json()["detail"]
         row = _row(db, job_id)
         assert (row.state, row.cancel_requested) == (state, False)
+
+
+def test_a_worker_requeues_stale_jobs_when_it_starts(tmp_path, monkeypatch):
+    from services.worker import celery_app
+
+    settings = make_settings(tmp_path)
+    db = Database(settings)
+    db.migrate()
+    stale = _job(db, settings, state=JobState.running, heartbeat_at=utcnow() - HOUR_AGO)
+    monkeypatch.setenv("MEMO_DATA_DIR", str(settings.data_dir))  # the worker reads its settings from the environment
+    recorder = RecordingDispatcher()
+    monkeypatch.setattr("services.worker.dispatch.Dispatcher", lambda db, settings: recorder)
+    celery_app._context.cache_clear()
+    try:
+        celery_app._start_stale_check()  # the worker_ready signal's receiver
+        assert recorder.jobs == [stale] and _row(db, stale).requeues == 1
+    finally:
+        celery_app._stop_stale_check()
+        celery_app._context.cache_clear()
