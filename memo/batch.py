@@ -20,6 +20,7 @@ from memo.db import Database, Document, Job, JobKind, JobState
 from memo.errors import InvalidInput, MemoError
 from memo.ingest.archive import open_zip
 from memo.ingest.parse import SUPPORTED
+from memo.jobs import Heartbeat
 from memo.pipeline import DOCUMENT_STAGES, STAGES, Context, run_stage
 from memo.settings import Settings
 
@@ -64,6 +65,21 @@ def run_batch(
     version. A document that is bad input (unparseable, nothing to learn) fails its own job, with the reason, and
     is left out; the batch goes on without it (any other error stops the batch). Returns seconds per stage.
     ``stages`` (in pipeline order) runs only those, e.g. the document stages alone for a benchmark of reflection."""
+    heartbeat = Heartbeat(ctx.db, ctx.settings.jobs.heartbeat_s)  # the batch holds its jobs until it ends
+    for job_id in job_ids:
+        heartbeat.hold(job_id)
+    try:
+        return _run_batch(ctx, job_ids, runner, stages)
+    finally:
+        heartbeat.close()
+
+
+def _run_batch(
+    ctx: Context,
+    job_ids: list[str],
+    runner: StageRunner,
+    stages: Sequence[str],
+) -> dict[str, float]:
     seconds: dict[str, float] = {}
     left_out: dict[str, str] = {}
 
@@ -97,9 +113,13 @@ def run_batch(
     with ctx.db.session() as s:
         last = s.get(Job, job_ids[-1])
         assert last is not None
+        if last.state != JobState.succeeded:  # cancelled: the batch's documents were not published
+            return seconds
         for job_id in job_ids[:-1]:
             job = s.get(Job, job_id)
             assert job is not None
+            if job.state == JobState.cancelled:
+                continue
             job.memory_version_id = last.memory_version_id
             job.state, job.stage = JobState.succeeded, "done"
     return seconds

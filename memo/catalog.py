@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -22,8 +22,10 @@ from memo.db import (
     ReflectionSource,
     ReflectUnit,
 )
+from memo.db.models import utcnow
 from memo.errors import Conflict, InvalidInput, NotFound, NotReady, PayloadTooLarge
 from memo.ingest.parse import content_hash, validate_upload
+from memo.jobs import LIVE_STATES
 from memo.settings import Settings
 
 
@@ -142,9 +144,7 @@ def get_document(session: Session, collection_id: str, document_id: str) -> Docu
 
 
 def _busy(session: Session, collection_id: str) -> Job | None:
-    return session.scalars(
-        select(Job).where(Job.collection_id == collection_id, Job.state.in_([JobState.queued, JobState.running]))
-    ).first()
+    return session.scalars(select(Job).where(Job.collection_id == collection_id, Job.state.in_(LIVE_STATES))).first()
 
 
 @dataclass
@@ -227,10 +227,33 @@ def get_job(session: Session, job_id: str) -> Job:
 
 
 def reset_for_retry(session: Session, job_id: str) -> Job:
-    """A failed job goes back to the queue; its finished stages are skipped when it runs again."""
+    """A failed or cancelled job goes back to the queue; its finished stages are skipped when it runs again."""
     job = get_job(session, job_id)
-    if job.state != JobState.failed:
-        raise Conflict(f"job {job_id} is {job.state.value}; only failed jobs can be retried")
+    if job.state not in (JobState.failed, JobState.cancelled):
+        raise Conflict(f"job {job_id} is {job.state.value}; only failed or cancelled jobs can be retried")
     job.state = JobState.queued
     job.error = None
+    job.cancel_requested = False
+    job.heartbeat_at = utcnow()  # held by whoever queues it from now on
+    return job
+
+
+def cancel_job(session: Session, job_id: str) -> Job:
+    """Ask a queued or running job to stop: a queued one is cancelled at once, a running one stops at its next
+    unit boundary (a reflected unit, a training step's progress, the next stage) and ends ``cancelled``. Both are
+    conditional updates, so a job that starts or finishes meanwhile is never cancelled twice nor un-finished."""
+    get_job(session, job_id)
+    asked = session.execute(
+        update(Job).where(Job.id == job_id, Job.state.in_(LIVE_STATES)).values(cancel_requested=True)
+    ).rowcount  # type: ignore[attr-defined]
+    if asked:
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.state == JobState.queued)
+            .values(state=JobState.cancelled, heartbeat_at=None)
+        )
+    session.expire_all()
+    job = get_job(session, job_id)
+    if not asked:
+        raise Conflict(f"job {job_id} is {job.state.value}; only queued or running jobs can be cancelled")
     return job

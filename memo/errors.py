@@ -33,6 +33,18 @@ class Conflict(MemoError):
     status_code = 409
 
 
+class JobCancelled(MemoError):
+    """A job's cancel was asked for: raised at its next unit boundary, it ends the job ``cancelled``."""
+
+    status_code = 409
+
+
+class DeadlineExceeded(MemoError):
+    """A query did not finish within its deadline (``MEMO_QUERY_TIMEOUT_S``)."""
+
+    status_code = 504
+
+
 class Unauthorized(MemoError):
     status_code = 401
 

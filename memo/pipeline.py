@@ -11,9 +11,10 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from memo.blobs import BlobStore
@@ -29,9 +30,11 @@ from memo.db import (
     Reflection,
     VersionStatus,
 )
-from memo.errors import GateFailed, InvalidInput, NotFound
+from memo.db.models import utcnow
+from memo.errors import GateFailed, InvalidInput, JobCancelled, NotFound
 from memo.ingest.chunk import chunk_text, chunk_tokens, token_counter
 from memo.ingest.parse import parse
+from memo.jobs import LIVE_STATES, Heartbeat, runner_id
 from memo.llm import Engines
 from memo.reflect.run import DocumentReflector
 from memo.serving.publish import active_version, load_into_server, switch_served_version
@@ -49,6 +52,8 @@ DOCUMENT_STAGES = ("parse", "reflect")  # only ingest jobs run them; remove and 
 class Context:
     db: Database
     settings: Settings
+    # stages run as Celery tasks: between two of them the job waits in the broker, held by no process
+    via_broker: bool = False
 
 
 def _job(ctx: Context, job_id: str) -> Job:
@@ -74,10 +79,13 @@ def _progress(ctx: Context, job_id: str, every_s: float = 1.0) -> Callable[[int,
 
 
 def _set_progress(ctx: Context, job_id: str, done: int, total: int, **stats: object) -> None:
-    """Write done/total (and, given, statistics under their keys) to the job row."""
+    """Write done/total (and, given, statistics under their keys) to the job row. A unit boundary: a job whose
+    cancel was asked for stops here (:class:`JobCancelled`)."""
     with ctx.db.session() as s:
         job = s.get(Job, job_id)
         if job is not None:
+            if job.cancel_requested:
+                raise JobCancelled(f"job {job_id} was cancelled")
             job.done, job.total = done, total
             if stats:
                 job.stats = {**(job.stats or {}), **stats}
@@ -295,19 +303,29 @@ _STAGE_FNS: dict[str, Callable[[Context, str], None]] = {
 
 
 def run_stage(ctx: Context, job_id: str, stage: str) -> str:
-    """Run one stage of a job, recording stage, state and any error on the job row. Returns the job id."""
-    with ctx.db.session() as s:
-        job = s.get(Job, job_id)
-        if job is None:
-            raise NotFound(f"job {job_id} not found")
-        if job.state == JobState.succeeded:
-            return job_id
-        job.state, job.stage, job.done, job.total, job.error = JobState.running, stage, 0, 0, None
-        skip = stage in DOCUMENT_STAGES and job.kind != JobKind.ingest  # nothing to parse or reflect
+    """Run one stage of a job, recording stage, state and any error on the job row, its heartbeat written while it
+    runs. Returns the job id. Does nothing to a job that has finished or been cancelled, or that another live
+    process is running (a duplicate delivery, or a requeue of a job that was only slow): a job runs once at a time.
+    A job whose cancel was asked for stops at its next unit boundary and ends ``cancelled``."""
+    if not _claim(ctx, job_id, stage):
+        return job_id
+    claimed = _job(ctx, job_id)
+    skip = stage in DOCUMENT_STAGES and claimed.kind != JobKind.ingest  # nothing to parse or reflect
     started = time.perf_counter()
+    heartbeat = Heartbeat(ctx.db, ctx.settings.jobs.heartbeat_s)
+    heartbeat.hold(job_id)
     try:
+        if claimed.cancel_requested:  # asked for while it waited for this stage
+            raise JobCancelled(f"job {job_id} was cancelled")
         if not skip:
             _STAGE_FNS[stage](ctx, job_id)
+    except JobCancelled:
+        log.info("job %s cancelled in stage %s", job_id, stage)
+        with ctx.db.session() as s:
+            job = s.get(Job, job_id)
+            if job is not None:
+                job.state, job.heartbeat_at = JobState.cancelled, None
+        return job_id
     except Exception as exc:
         log.exception("job %s failed in stage %s", job_id, stage)
         with ctx.db.session() as s:
@@ -316,6 +334,8 @@ def run_stage(ctx: Context, job_id: str, stage: str) -> str:
                 job.state = JobState.failed
                 job.error = f"{type(exc).__name__}: {exc}"
         raise
+    finally:
+        heartbeat.close()
     with ctx.db.session() as s:
         job = s.get(Job, job_id)
         assert job is not None
@@ -323,8 +343,41 @@ def run_stage(ctx: Context, job_id: str, stage: str) -> str:
         timings[stage] = round(time.perf_counter() - started, 2)
         job.stats = {**(job.stats or {}), "seconds": timings}
         if stage == STAGES[-1]:
-            job.state, job.stage = JobState.succeeded, "done"
+            job.state, job.stage, job.heartbeat_at = JobState.succeeded, "done", None
+        elif ctx.via_broker:  # the next stage's task waits in the broker's queue
+            job.heartbeat_at = None
     return job_id
+
+
+def _claim(ctx: Context, job_id: str, stage: str) -> bool:
+    """Marks the job running ``stage`` in this process, in one conditional update: not a finished or cancelled job,
+    nor one that another process is running with a fresh heartbeat."""
+    fresh = utcnow() - timedelta(seconds=ctx.settings.jobs.stale_after_s)
+    me = runner_id()
+    with ctx.db.session() as s:
+        taken = s.execute(
+            update(Job)
+            .where(
+                Job.id == job_id,
+                Job.state.not_in([JobState.succeeded, JobState.cancelled]),
+                or_(
+                    Job.state != JobState.running,
+                    Job.runner == me,
+                    Job.runner.is_(None),
+                    Job.heartbeat_at.is_(None),
+                    Job.heartbeat_at < fresh,
+                ),
+            )
+            .values(state=JobState.running, stage=stage, done=0, total=0, error=None, heartbeat_at=utcnow(), runner=me)
+        ).rowcount  # type: ignore[attr-defined]
+        if taken:
+            return True
+        job = s.get(Job, job_id)
+        if job is None:
+            raise NotFound(f"job {job_id} not found")
+        if job.state in LIVE_STATES:
+            log.warning("job %s is running on %s: stage %s not run twice", job_id, job.runner, stage)
+        return False
 
 
 def run_pipeline(ctx: Context, job_id: str) -> None:

@@ -230,6 +230,36 @@ class GateSettings(BaseModel):
     max_forgetting: float = Field(default=0.25, ge=0, le=1)  # allowed drop in recall on those probes
 
 
+class RateLimitSettings(BaseModel):
+    """Per-caller request budgets of the gateway (``MEMO_RATE_LIMIT__*``), in a fixed window of one minute: the
+    caller is the API key (sha256 of the bearer token) or, without an ``Authorization`` header, the client address.
+    ``POST /v1/query`` spends the query budget; every other ``/v1`` request that is not a read (POST, PUT, PATCH,
+    DELETE) the write budget; reads and ``/healthz``, ``/readyz``, ``/metrics`` are not limited. Shared by every
+    gateway process through Redis when ``MEMO_BROKER_URL`` is a Redis URL, else counted in each process. 0 = off."""
+
+    query_per_minute: int = Field(default=600, ge=0)
+    write_per_minute: int = Field(default=120, ge=0)
+    key_prefix: str = Field(default="memo:ratelimit", min_length=1)  # Redis keys: <prefix>:<kind>:<caller>:<minute>
+
+
+class JobSettings(BaseModel):
+    """Liveness of jobs (``MEMO_JOBS__*``): the process that holds a job (running a stage, or queued in its
+    in-process runner) writes its ``heartbeat_at`` every ``heartbeat_s``; a queued or running job whose heartbeat is
+    older than ``stale_after_s`` was left by a process that died, and is requeued (at most ``max_requeues`` times,
+    then failed with the reason) by a check at gateway and worker start-up and every ``check_every_s``."""
+
+    heartbeat_s: float = Field(default=30.0, gt=0)
+    stale_after_s: float = Field(default=300.0, gt=0)
+    check_every_s: float = Field(default=60.0, gt=0)
+    max_requeues: int = Field(default=3, ge=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> JobSettings:
+        if self.stale_after_s < 2 * self.heartbeat_s:
+            raise ValueError("jobs.stale_after_s must be at least twice jobs.heartbeat_s (a live job would look stale)")
+        return self
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MEMO_", env_nested_delimiter="__", extra="ignore")
 
@@ -239,6 +269,10 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 20 * 1024 * 1024  # a file, and the files of one upload request together
     max_unpacked_bytes: int = MAX_UNPACKED  # what a DOCX (or a zip given to `memo ingest`) may expand to
     log_json: bool = False  # log lines as JSON objects (with the request id) instead of text
+    # POST /v1/query stops waiting after this long: 504, and its LLM calls still in flight are cancelled
+    query_timeout_s: float = Field(default=120.0, gt=0)
+    rate_limit: RateLimitSettings = RateLimitSettings()
+    jobs: JobSettings = JobSettings()
 
     memory_train_base: str | None = None
     generator: LLMRole = LLMRole()

@@ -33,6 +33,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -259,12 +260,12 @@ class SourceIndex:
         self._idf = {w: math.log((n + 1) / (c + 1)) + 1.0 for w, c in df.items()}
         self._unseen = math.log(n + 1) + 1.0  # a word no reflection question has: as rare as can be
         self._by_answer: dict[str, list[int]] = {}
-        self._by_word: dict[str, list[int]] = {}
+        by_word: dict[str, list[int]] = {}
         for i, f in enumerate(facts):
             for w in f.a.content:
                 self._by_answer.setdefault(w, []).append(i)
             for w in f.qa:
-                self._by_word.setdefault(w, []).append(i)
+                by_word.setdefault(w, []).append(i)
         # every word of a document (its title and the chunks its reflections come from): a name the question gives
         # ("... at Tallowfen?") must be in the reflection or in a document it comes from
         words: dict[str, set[str]] = {d: set(terms(t).content) for d, t in titles.items()}
@@ -275,6 +276,8 @@ class SourceIndex:
                     done.add(chunk_id)
                     words[doc_id] |= terms(chunks[chunk_id]).content
         self._doc_words = {d: frozenset(w) for d, w in words.items()}
+        # the reflections with each word in their question or answer, for best_about
+        self._postings = {w: np.array(ids, dtype=np.intp) for w, ids in by_word.items()}
 
     def idf(self, word: str) -> float:
         return self._idf.get(word, self._unseen)
@@ -295,11 +298,23 @@ class SourceIndex:
         return self._weighted_share(question.content, fact.qa)
 
     def best_about(self, question: Terms) -> float:
-        """How much the collection's reflection most about ``question`` is about it."""
-        seen: set[int] = set()
+        """How much the collection's reflection most about ``question`` is about it: :meth:`about` of every
+        reflection at once, as arrays (a word every reflection has, as a company's name, makes every reflection a
+        candidate), then the best one whose names fit."""
+        total = sum(self.idf(w) for w in question.content)
+        if not total or not self.facts:
+            return 0.0
+        shared = np.zeros(len(self.facts))
         for w in question.content:
-            seen.update(self._by_word.get(w, ()))
-        return max((self.about(question, self.facts[i]) for i in seen), default=0.0)
+            postings = self._postings.get(w)
+            if postings is not None:
+                shared[postings] += self.idf(w)  # a reflection is in a word's postings once
+        for i in np.argsort(-shared, kind="stable"):
+            if shared[i] <= 0:
+                break
+            if self._names_fit(question, self.facts[i]):
+                return float(shared[i]) / total
+        return 0.0
 
     def grounded(self, sub_question: str, question: str) -> bool:
         """``sub_question`` asks about (part of) ``question``, not about something else."""

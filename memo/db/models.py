@@ -18,6 +18,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy import false as sa_false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -53,6 +54,7 @@ class JobState(enum.StrEnum):
     running = "running"
     succeeded = "succeeded"
     failed = "failed"
+    cancelled = "cancelled"  # stopped on request (POST /v1/jobs/{id}/cancel) at a unit boundary
 
 
 class Role(enum.StrEnum):
@@ -209,6 +211,14 @@ class Job(Base):
     )
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    # liveness (memo.jobs): the process holding a queued or running job writes the time every few seconds; None =
+    # waiting in the broker's queue (held by no process). A heartbeat older than MEMO_JOBS__STALE_AFTER_S: its
+    # process died, and the job is requeued (``requeues`` counts them) or failed
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True, default=utcnow)
+    runner: Mapped[str | None] = mapped_column(String(200), nullable=True)  # host:pid of the process holding it
+    requeues: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # a cancel was asked for while it ran: it stops at its next unit boundary and ends ``cancelled``
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sa_false())
 
 
 class ExecutiveConfig(Base):

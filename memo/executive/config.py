@@ -58,7 +58,8 @@ async def probe(role: LLMRole, timeout_s: float) -> None:
 
     assert role.base_url and role.model  # validated by LLMRole
     where = f"the executive {role.model!r} at {role.base_url}"
-    client = OpenAIChat(role.base_url, role.model, api_key=role.api_key, timeout_s=timeout_s, max_concurrency=1)
+    # the client's own timeout comes after the probe's deadline, which names the failure
+    client = OpenAIChat(role.base_url, role.model, api_key=role.api_key, timeout_s=2 * timeout_s, max_concurrency=1)
     try:
         await asyncio.wait_for(client.chat(PROBE_MESSAGES, max_tokens=PROBE_MAX_TOKENS), timeout_s)
     except TimeoutError:

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 
 from memo.db import Database
 from memo.errors import MemoError
+from memo.jobs import StaleJobCheck
 from memo.llm import Engines
 from memo.settings import Settings, get_settings
 from services.gateway.auth import AuthMiddleware
 from services.gateway.middleware import RequestMiddleware
+from services.gateway.ratelimit import RateLimitMiddleware, rate_limiter
 from services.gateway.routes import admin, chat, collections, jobs, ops, query
 from services.worker.dispatch import Dispatcher
 
@@ -28,10 +32,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.db = db
         app.state.engines = Engines(settings)
         app.state.dispatcher = Dispatcher(db, settings)
+        app.state.limiter = rate_limiter(settings)
+
+        # jobs a dead process left queued or running: requeued now, and by a check every MEMO_JOBS__CHECK_EVERY_S
+        # (through app.state.dispatcher as it is then)
+        def submit(job_id: str) -> object:
+            return app.state.dispatcher.submit(job_id)
+
+        stale_check = StaleJobCheck(db, settings, submit)
+        await asyncio.to_thread(stale_check.run_once)
+        stale_check.start()
         try:
             yield
         finally:
+            stale_check.stop()
             app.state.dispatcher.shutdown()
+            await app.state.limiter.counter.aclose()
             await app.state.engines.aclose()
             db.dispose()
 
@@ -47,9 +63,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def _memo_error(_request: Request, exc: MemoError) -> JSONResponse:
         return JSONResponse(status_code=exc.status_code, content={"detail": exc.message})
 
+    @app.exception_handler(DataError)
+    async def _unstorable(_request: Request, exc: DataError) -> JSONResponse:
+        # a value the database cannot hold or compare (a NUL character, a string longer than its column): bad input,
+        # refused in a transaction that was rolled back; the driver's first line says which (never the SQL)
+        reason = str(exc.orig).splitlines()[0] if exc.orig is not None else "invalid value"
+        return JSONResponse(status_code=422, content={"detail": f"a value of the request cannot be stored: {reason}"})
+
     # the request id is set before any route runs; every response is counted (an unhandled error's 500 is answered
-    # by the middleware itself, so it has the id too). Inside it (added first), every /v1 request is authenticated.
+    # by the middleware itself, so it has the id too); inside it the rate limits (a 429 is counted and logged, and a
+    # flood of bad keys is limited too), and inside those (added first) every /v1 request is authenticated
     app.add_middleware(AuthMiddleware)
+    app.add_middleware(RateLimitMiddleware)
     app.add_middleware(RequestMiddleware)
     for module in (ops, collections, jobs, query, chat, admin):
         app.include_router(module.router)

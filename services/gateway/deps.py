@@ -1,4 +1,5 @@
-"""Dependencies shared by the routes (Annotated aliases)."""
+"""Dependencies shared by the routes (Annotated aliases). The ones that only read the app's state are ``async``: a
+sync dependency is run in a worker thread, a hop that costs more than the read (results/gateway)."""
 
 from __future__ import annotations
 
@@ -18,24 +19,24 @@ from memo.settings import Settings
 from services.worker.dispatch import Dispatcher
 
 
-def get_db(request: Request) -> Database:
+async def get_db(request: Request) -> Database:
     return request.app.state.db  # type: ignore[no-any-return]
 
 
 def get_session(request: Request) -> Iterator[Session]:
-    with get_db(request).session() as s:
+    with request.app.state.db.session() as s:
         yield s
 
 
-def get_settings_dep(request: Request) -> Settings:
+async def get_settings_dep(request: Request) -> Settings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
 
-def get_engines(request: Request) -> Engines:
+async def get_engines(request: Request) -> Engines:
     return request.app.state.engines  # type: ignore[no-any-return]
 
 
-def get_dispatcher(request: Request) -> Dispatcher:
+async def get_dispatcher(request: Request) -> Dispatcher:
     return request.app.state.dispatcher  # type: ignore[no-any-return]
 
 

@@ -26,6 +26,9 @@ HTTP_SECONDS = Histogram(
     ["route", "method"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
 )
+RATE_LIMITED = Counter(
+    "memo_rate_limited_total", "Requests refused with 429 for exceeding a caller's budget, by kind.", ["kind"]
+)
 JOBS = Gauge("memo_jobs", "Jobs in the database, by stage and state (counted at scrape time).", ["stage", "state"])
 QUEUE_DEPTH = Gauge(
     "memo_queue_depth",

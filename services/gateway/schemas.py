@@ -46,6 +46,10 @@ class JobOut(BaseModel):
     memory_version_id: str | None
     created_at: datetime
     updated_at: datetime
+    heartbeat_at: datetime | None  # last sign of life of the process holding it (None: waiting in the broker)
+    runner: str | None  # host:pid of that process
+    requeues: int  # times it was requeued after its process died
+    cancel_requested: bool
 
 
 class UploadOut(BaseModel):

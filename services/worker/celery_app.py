@@ -12,9 +12,11 @@ from __future__ import annotations
 from functools import cache
 
 from celery import Celery
+from celery.signals import worker_ready, worker_shutdown
 
 from memo.db import Database
 from memo.errors import BackendError
+from memo.jobs import StaleJobCheck
 from memo.pipeline import Context, run_stage
 from memo.settings import Settings, get_settings
 
@@ -48,7 +50,29 @@ def _build(broker_url: str) -> Celery:
 def _context() -> Context:
     """The worker process's database and settings (from its environment)."""
     settings = get_settings()
-    return Context(Database(settings), settings)
+    return Context(Database(settings), settings, via_broker=True)
+
+
+_checks: list[StaleJobCheck] = []
+
+
+@worker_ready.connect
+def _start_stale_check(**_: object) -> None:
+    """A worker that starts requeues the jobs a dead process left (through the broker), then checks periodically."""
+    from services.worker.dispatch import Dispatcher
+
+    ctx = _context()
+    dispatcher = Dispatcher(ctx.db, ctx.settings)
+    check = StaleJobCheck(ctx.db, ctx.settings, dispatcher.submit)
+    check.run_once()
+    check.start()
+    _checks.append(check)
+
+
+@worker_shutdown.connect
+def _stop_stale_check(**_: object) -> None:
+    while _checks:
+        _checks.pop().stop()
 
 
 def _register(app: Celery, stage: str) -> None:

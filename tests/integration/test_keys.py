@@ -193,6 +193,8 @@ ROUTES = [
     Route("GET", "/v1/collections/{cid}/jobs", "reader", "collection", 200),
     Route("GET", "/v1/jobs/{job}", "reader", "collection", 200),
     Route("POST", "/v1/jobs/{failed_job}/retry", "writer", "collection", 202, writes=True),
+    # a finished job: 409 once authorised (cancelling a queued one is tested in test_jobs; one would block the deletes)
+    Route("POST", "/v1/jobs/{failed_job}/cancel", "writer", "collection", 409),
     Route("POST", "/v1/query", "reader", "collection", 200, json={"collection_id": "{cid}", "question": QUESTION}),
     Route(
         "POST",

@@ -89,15 +89,28 @@ def test_the_stopping_criterion_finishes_a_looping_row_only(model_dir):
 
 
 async def test_the_openai_backend_trims_plain_text_but_not_json():
-    import httpx
+    import http.server
+    import json
+    import threading
 
     from memo.llm.openai_compat import OpenAIChat
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, json={"choices": [{"message": {"content": LOOP}}]})
+    class Handler(http.server.BaseHTTPRequestHandler):  # a real server on a free port, answering with a loop
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            body = json.dumps({"choices": [{"message": {"content": LOOP}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
 
-    chat = OpenAIChat("http://llm.test/v1", "m")
-    chat._client = httpx.AsyncClient(base_url="http://llm.test/v1", transport=httpx.MockTransport(handler))
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    chat = OpenAIChat(f"http://127.0.0.1:{server.server_port}/v1", "m")
     try:
         assert (
             await chat.chat([{"role": "user", "content": "q"}])
@@ -106,6 +119,8 @@ async def test_the_openai_backend_trims_plain_text_but_not_json():
         assert await chat.chat([{"role": "user", "content": "q"}], json_schema={"type": "object"}) == LOOP
     finally:
         await chat.aclose()
+        server.shutdown()
+        server.server_close()
 
 
 @pytest.mark.slow
@@ -126,3 +141,15 @@ def test_local_generation_stops_once_it_loops(model_dir, monkeypatch):
     out = model.submit(prompt, adapter=None, temperature=0.0, max_tokens=96).result(timeout=600)
     assert loop_free(out) and len(out) < 40
     assert max(steps) < 60  # stopped well before the 96-token limit
+
+
+async def test_the_openai_backend_reports_an_unreachable_server():
+    from memo.errors import BackendError
+    from memo.llm.openai_compat import OpenAIChat
+
+    chat = OpenAIChat("http://127.0.0.1:1/v1", "m")  # nothing listens on port 1
+    try:
+        with pytest.raises(BackendError, match="LLM server http://127.0.0.1:1/v1 unreachable: ClientConnectorError"):
+            await chat.chat([{"role": "user", "content": "q"}])
+    finally:
+        await chat.aclose()

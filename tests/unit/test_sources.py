@@ -134,6 +134,22 @@ def test_carries_and_merge_sources(index):
     assert sorted(s.document_id for s in merged) == ["company", "leave"]
 
 
+@pytest.mark.parametrize(
+    "question",
+    [
+        "How many days of paid leave does a Zorblax employee get?",
+        "Who runs Zorblax in Varnmouth?",
+        "What does Fennick Labs make at Zorblax?",  # names another company's documents lack
+        "What is the weather on Mars?",  # no word of any reflection
+        *(q for q, _, _, _ in PAIRS),
+    ],
+)
+def test_the_best_about_is_the_most_about_reflection(index, question):
+    """best_about sums word weights over the index at once; it is the largest about() over every reflection."""
+    q = terms(question)
+    assert index.best_about(q) == pytest.approx(max(index.about(q, f) for f in index.facts), abs=1e-12)
+
+
 def test_support_is_fast_on_thousands_of_reflections():
     facts = [
         make_fact(f"r{i}", f"What is the limit number {i} of policy {i % 50}?", f"{i} units of item {i % 7}", [])

@@ -22,7 +22,6 @@ from memo.db import Collection, Database, MemoryVersion
 from memo.errors import NotFound
 from memo.ingest.chunk import approx_tokens, token_counter
 from memo.llm.metered import Usage
-from memo.query import ask
 from services.gateway.deps import DbDep, EnginesDep, ReaderDep, SessionDep, SettingsDep
 from services.gateway.openai_schemas import (
     AssistantMessage,
@@ -33,6 +32,7 @@ from services.gateway.openai_schemas import (
     ModelOut,
     UsageOut,
 )
+from services.gateway.routes.query import ask_in_time
 from services.gateway.schemas import AnswerOut
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -88,7 +88,7 @@ async def chat_completions(
     collection_id = await asyncio.to_thread(_collection_of, db, body.model, granted)
     count = await asyncio.to_thread(token_counter, settings.tokenizer_path)
     usage = None if count is approx_tokens else Usage()  # no tokenizer: usage is omitted rather than estimated
-    result, version_id = await ask(db, engines, collection_id, body.question, usage)
+    result, version_id = await ask_in_time(db, engines, settings, collection_id, body.question, usage)
     completion = ChatCompletionOut.model_validate(
         {
             **result.to_dict(),

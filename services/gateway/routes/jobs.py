@@ -26,6 +26,22 @@ def retry_job(job_id: str, session: SessionDep, dispatcher: DispatcherDep, key: 
     return JobOut.model_validate(job)
 
 
+@router.post(
+    "/{job_id}/cancel",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobOut,
+    responses={409: {"description": "the job has already finished"}},
+)
+def cancel_job(job_id: str, session: SessionDep, key: WriterDep) -> JobOut:
+    """Stop a job: a queued one is ``cancelled`` at once; a running one has ``cancel_requested`` set, stops at its
+    next unit boundary (a reflected unit, training progress, the next stage) and ends ``cancelled``. What it
+    finished is kept, so ``retry`` goes on from there."""
+    _visible_job(session, key, job_id)
+    job = catalog.cancel_job(session, job_id)
+    session.commit()
+    return JobOut.model_validate(job)
+
+
 def _visible_job(session: Session, key: Principal, job_id: str) -> Job:
     """A job of a collection the key is not granted does not exist, to it (the same 404)."""
     job = catalog.get_job(session, job_id)
