@@ -84,8 +84,10 @@ def counter_for(settings: Settings, role: LLMRole) -> TokenCounter:
 def metered(inner: LLM, counter: TokenCounter) -> MeteredLLM:
     """``inner`` adding every call's tokens to the current question's meter (:data:`CURRENT`), counted with its own
     model's tokenizer when it is a local model, else with ``counter``."""
-    local = getattr(getattr(inner, "model", None), "tokenizer", None)  # LocalChat: its own model's tokenizer
-    count = TokenCounter(local, inner.name) if local is not None else counter
+    # LocalChat: its own model's tokenizer, a separate instance: a fast tokenizer's padding state is not thread-safe,
+    # and the model's generation thread pads with its own while this one counts on the event loop
+    local = getattr(getattr(inner, "model", None), "path", None)
+    count = TokenCounter(_tokenizer(local), inner.name) if local is not None else counter
     return MeteredLLM(inner, count.text, CURRENT.get, count_prompt=count.prompt)
 
 

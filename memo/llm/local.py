@@ -154,7 +154,7 @@ class LocalModel:
         adapter = batch[0].adapter
         self._use_adapter(adapter)
         ctx = self.model.disable_adapter() if adapter is None and self.model is not self.base else None
-        enc = self.tokenizer([r.prompt for r in batch], return_tensors="pt", padding=True).to(self.device)
+        enc = self._left_padded([r.prompt for r in batch])
         temperature = batch[0].temperature
         kwargs: dict[str, Any] = {"max_new_tokens": max(r.max_tokens for r in batch)}
         if temperature > 0:
@@ -179,6 +179,18 @@ class LocalModel:
             text = str(self.tokenizer.decode(row[: r.max_tokens], skip_special_tokens=True)).strip()
             texts.append(trim_repetition(text) if r.guard else text)
         return texts
+
+    def _left_padded(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        """``input_ids`` and ``attention_mask`` (batch, longest), left-padded here rather than by the tokenizer: a fast
+        tokenizer keeps its padding mode as state, which a caller on another thread (a token counter) can reset."""
+        import torch
+
+        rows = [list(ids) for ids in self.tokenizer(prompts, padding=False)["input_ids"]]
+        width = max(len(r) for r in rows)
+        pad = int(self.tokenizer.pad_token_id)
+        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+        return {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device)}
 
 
 class RepetitionStop:

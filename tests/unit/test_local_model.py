@@ -153,3 +153,15 @@ async def test_the_openai_backend_reports_an_unreachable_server():
             await chat.chat([{"role": "user", "content": "q"}])
     finally:
         await chat.aclose()
+
+
+def test_a_batch_is_left_padded_without_the_tokenizers_padding_state(model_dir):
+    """Batches are padded by hand (the tokenizer's own padding mode is state another thread may reset): the same
+    tensors as the tokenizer's left padding."""
+    model = LocalModel(str(model_dir))
+    prompts = ["Where is Zorblax?", "Who founded Zorblax, and in which year did its first office open?"]
+    ours = model._left_padded(prompts)
+    theirs = model.tokenizer(prompts, return_tensors="pt", padding=True)
+    assert ours["attention_mask"][0, 0] == 0  # the shorter row is padded on the left
+    assert ours["input_ids"].tolist() == theirs["input_ids"].tolist()
+    assert ours["attention_mask"].tolist() == theirs["attention_mask"].tolist()
