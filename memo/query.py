@@ -47,6 +47,7 @@ async def ask(
             memory=memory,
             sources=sources,
             max_sub=engines.settings.max_sub_questions,
+            samples=engines.settings.memory_samples,
         )
     return result, version.id
 

@@ -13,6 +13,7 @@ says the old fact, whose reflections are gone.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -20,24 +21,27 @@ from memo.executive.prompts import PLAN_SCHEMA, plan_messages, synth_messages
 from memo.llm.base import LLM, chat_json
 from memo.memory import is_idk, memory_messages
 from memo.questions import normalise_question
-from memo.sources import Source, SourceIndex, carries, merge_sources, terms
+from memo.sources import Source, SourceIndex, Support, carries, merge_sources, terms
 
 # the reply when nothing the Memory said is supported by the collection's documents
 ABSTAIN_ANSWER = "I don't know: the documents do not answer this."
 MEMORY_MAX_TOKENS = 96
+SAMPLE_TEMPERATURE = 1.0  # the Memory's own distribution: its second choices, not noise added on top
 SYNTH_MAX_TOKENS = 128
 
 
 @dataclass
 class Step:
     """One question put to the Memory: its answer, whether it said it does not know, whether the collection's
-    reflections support the answer, and the documents and passages that do (best first)."""
+    reflections support the answer, the documents and passages that do (best first), and how many answers were
+    sampled to find it."""
 
     sub_question: str
     memory_answer: str
     idk: bool
     supported: bool = False
     sources: list[Source] = field(default_factory=list)
+    drawn: int = 0  # answers sampled after an unsupported greedy one (see ask_memory)
 
     @property
     def score(self) -> float:
@@ -89,13 +93,34 @@ async def plan(executive: LLM, question: str, max_sub: int) -> list[str]:
     return out[:max_sub]
 
 
-async def ask_memory(memory: LLM, sources: SourceIndex, sub_question: str, question: str) -> Step:
-    """The Memory's answer to ``sub_question`` and its support (about ``question`` too, when it is a sub-question)."""
-    reply = (await memory.chat(memory_messages(sub_question), temperature=0.0, max_tokens=MEMORY_MAX_TOKENS)).strip()
-    idk = is_idk(reply)
+async def ask_memory(memory: LLM, sources: SourceIndex, sub_question: str, question: str, samples: int = 0) -> Step:
+    """The Memory's answer to ``sub_question`` and its support (about ``question`` too, when it is a sub-question).
+
+    An unsupported greedy answer is often a look-alike of the fact the Memory holds a little less surely (a paraphrased
+    question moves its mass to a neighbour): then ``samples`` more answers are drawn, and the one the collection's
+    reflections support (most drawn, then best supported) is the answer. An answer no reflection supports still is
+    never given, so drawing more costs calls, not trust."""
     within = None if sub_question == question else question
-    supports = [] if idk else sources.support(sub_question, reply, within=within)
-    return Step(sub_question, reply, idk, bool(supports), sources.cite(supports))
+
+    async def draw(temperature: float) -> tuple[str, list[Support]]:
+        reply = await memory.chat(memory_messages(sub_question), temperature=temperature, max_tokens=MEMORY_MAX_TOKENS)
+        reply = reply.strip()
+        return reply, [] if is_idk(reply) else sources.support(sub_question, reply, within=within)
+
+    reply, supports = await draw(0.0)
+    if supports or samples <= 0:
+        return Step(sub_question, reply, is_idk(reply), bool(supports), sources.cite(supports))
+    drawn = await asyncio.gather(*(draw(SAMPLE_TEMPERATURE) for _ in range(samples)))
+    # supported answers grouped by the reflection that supports them best: "$245" and "$245 per night" are one fact
+    votes: dict[str, list[tuple[str, list[Support]]]] = {}
+    for text, sup in drawn:
+        if sup:
+            votes.setdefault(sup[0].fact.reflection_id, []).append((text, sup))
+    if not votes:
+        return Step(sub_question, reply, is_idk(reply), False, [], drawn=samples)
+    group = max(votes.values(), key=lambda g: (len(g), g[0][1][0].score))
+    text, sup = Counter(t for t, _ in group).most_common(1)[0][0], group[0][1]
+    return Step(sub_question, text, False, True, sources.cite(sup), drawn=samples)
 
 
 def _no_new_numbers(text: str, notes: list[Step], question: str) -> bool:
@@ -104,12 +129,14 @@ def _no_new_numbers(text: str, notes: list[Step], question: str) -> bool:
     return terms(text).numbers <= known
 
 
-async def answer(question: str, *, executive: LLM, memory: LLM, sources: SourceIndex, max_sub: int = 4) -> Answer:
-    first = await ask_memory(memory, sources, question, question)
+async def answer(
+    question: str, *, executive: LLM, memory: LLM, sources: SourceIndex, max_sub: int = 4, samples: int = 0
+) -> Answer:
+    first = await ask_memory(memory, sources, question, question, samples)
     if first.supported:  # what the Memory knew, as it said it: no plan, no synthesis
         return Answer(question, first.memory_answer, executive.name, memory.name, False, first.sources, [first])
     subs = await plan(executive, question, max_sub)
-    rest = await asyncio.gather(*(ask_memory(memory, sources, q, question) for q in subs if q != question))
+    rest = await asyncio.gather(*(ask_memory(memory, sources, q, question, samples) for q in subs if q != question))
     trace = [first, *rest]
     notes = sorted((s for s in trace if s.supported), key=lambda s: -s.score)
     if not notes:  # nothing supported: abstain, no synthesis call

@@ -116,3 +116,37 @@ async def test_a_synthesis_that_loses_the_notes_falls_back_to_the_best_note():
         result = await answer(question, executive=exe, memory=mem, sources=INDEX)
         assert result.answer == "Meridel Okonkwo" and not result.abstained
         assert result.sources and result.sources[0].document_id == "doc-1"
+
+
+def _sampling_memory(greedy: str, drawn: list[str]) -> ScriptedLLM:
+    """The greedy answer at temperature 0, then ``drawn`` in turn for sampled calls."""
+    queue = list(drawn)
+    return ScriptedLLM(lambda m, t: greedy if t == 0.0 else queue.pop(0), "mem-v1")
+
+
+async def test_an_unsupported_greedy_answer_is_replaced_by_the_most_drawn_supported_sample():
+    question = "How many days off a year does a Zorblax employee get?"
+    # the greedy recall is a look-alike (parental leave's weeks); samples include the fact twice, and a wrong one
+    mem = _sampling_memory("31 days", ["23 days", "I don't know", "23 days of paid leave", "12 days"])
+    exe = _executive([])
+    result = await answer(question, executive=exe, memory=mem, sources=INDEX, samples=4)
+    assert not result.abstained and result.answer in ("23 days", "23 days of paid leave")
+    assert exe.calls == []  # supported on the first step: no plan, no synthesis
+    [step] = result.trace
+    assert step.supported and step.drawn == 4 and len(mem.calls) == 5
+    assert step.sources[0].passages[0].reflections[0].answer == "23 days"
+
+
+async def test_samples_no_reflection_supports_still_abstain():
+    question = "What is the annual deductible of the Zorblax dental plan?"
+    mem = _sampling_memory("31 weeks", ["$200", "31 weeks", "Varnmouth"])
+    result = await answer(question, executive=_executive([]), memory=mem, sources=INDEX, samples=3)
+    assert result.abstained and result.answer == ABSTAIN_ANSWER and result.sources == []
+    assert all(s.drawn == 3 and not s.supported for s in result.trace)
+
+
+async def test_a_supported_greedy_answer_draws_no_samples():
+    question = "Where is Zorblax headquartered?"
+    mem = _sampling_memory("Varnmouth", [])
+    result = await answer(question, executive=_executive([]), memory=mem, sources=INDEX, samples=8)
+    assert result.answer == "Varnmouth" and len(mem.calls) == 1 and result.trace[0].drawn == 0
