@@ -2,7 +2,8 @@
 (uvicorn on a free port, SQLite) whose Memory and Executive are a fake OpenAI-compatible server on a real socket.
 The slow test runs an upload through the real pipeline (the packaged model, a tiny training).
 
-With ``MEMO_CONSOLE_SCREENSHOTS=<dir>`` each screen is saved there as a PNG (``python -m benchmarks.console_screenshots``).
+With ``MEMO_CONSOLE_SCREENSHOTS=<dir>`` each screen is saved there as a PNG
+(``python -m benchmarks.console_screenshots``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
+from sqlalchemy import update
 
 from memo.db import Job, JobState, MemoryVersion, VersionStatus
 from memo.db.models import utcnow
@@ -25,7 +27,9 @@ from tests.integration.test_chat import Gateway, _settings, running_gateway
 CHROMIUM = "/usr/bin/chromium"  # Debian's package (`make browser`), not a browser Playwright downloads
 PAID = "How many days of paid leave do Zorblax employees receive per year?"
 PARENTAL = "How long does parental leave at Zorblax last?"
-LEAVE_QUESTION = "How many days of paid leave per year do Zorblax employees receive, and how long does parental leave last?"
+LEAVE_QUESTION = (
+    "How many days of paid leave per year do Zorblax employees receive, and how long does parental leave last?"
+)
 # the Memory's recall (a version's adapter is the model ``memo-<version id>``): supported by the seeded reflections
 MEMORY = {PAID: "23 days", PARENTAL: "31 weeks at full pay"}
 SYNTHESIS = "Zorblax employees get 23 days of paid leave per year, and parental leave of 31 weeks at full pay."
@@ -77,16 +81,27 @@ def gateway(tmp_path, model_dir) -> Iterator[tuple[Gateway, str]]:
     server.reply = llm
     try:
         with running_gateway(_settings(tmp_path, server.url, model_dir), []) as gw:
-            cid, _, _ = _trained_collection(gw.http, gw.app)
-            with gw.app.state.db.session() as s:
+            cid, did, _ = _trained_collection(gw.http, gw.app)
+            gate = {"heldout": 1, "heldout_recall": 1.0, "forgetting": 0.0, "passed": True}
+            with gw.app.state.db.session() as s:  # figures in the shape training and the gate record them
+                s.execute(
+                    update(MemoryVersion)
+                    .where(MemoryVersion.collection_id == cid)
+                    .values(
+                        n_reflections=3,
+                        metrics={"plan": "first", "steps": 32, "final_loss": 0.0412, "known": 1.0, "gate": gate},
+                        ledger=[{"path": "versions/v2/adapter", "documents": [did], "examples": 3}],
+                    )
+                )
                 s.add(
                     MemoryVersion(
-                        collection_id=cid, base_model="m", status=VersionStatus.ready,
-                        n_reflections=2, documents=[], metrics={"recall": 0.5, "steps": 12},
+                        collection_id=cid, base_model="m", status=VersionStatus.ready, n_reflections=2, documents=[],
+                        metrics={"plan": "first", "steps": 12, "final_loss": 0.913, "known": 0.5},
                         created_at=utcnow() - timedelta(hours=1),
                     )
                 )  # fmt: skip
                 s.add(Job(collection_id=cid, state=JobState.failed, stage="train", error="out of memory in train"))
+                s.execute(update(Job).where(Job.state == JobState.succeeded).values(stage="done", done=1, total=1))
             yield gw, cid
     finally:
         server.close()
@@ -172,7 +187,6 @@ def test_an_upload_shows_its_progress_and_its_jobs_can_be_cancelled_and_retried(
     travel = page.locator("#jobs-table tbody tr", has_text="travel.txt")
     expect(travel).to_have_attribute("data-state", "queued")
     expect(page.locator("#jobs-table tbody tr", has_text="out of memory in train")).to_have_count(1)
-    shot("04-jobs")
     travel.get_by_role("button", name="Cancel").click()
     expect(travel).to_have_attribute("data-state", "cancelled")
     job_id = travel.get_attribute("data-job-id")
@@ -187,6 +201,7 @@ def test_an_upload_shows_its_progress_and_its_jobs_can_be_cancelled_and_retried(
         job.state, job.stage, job.done, job.total = JobState.running, "reflect", 3, 7
     expect(travel.locator(".stage")).to_have_text("reflect")
     expect(travel).to_contain_text("3/7")
+    shot("04-jobs")
 
     tab(page, "Upload")  # a file of a type the service does not take: its 415 is shown, nothing is written
     page.locator("#files").set_input_files([{"name": "tool.exe", "mimeType": "application/x", "buffer": b"MZ\x90"}])
@@ -220,7 +235,11 @@ def test_versions_show_metrics_and_roll_back(page, gateway, shot):
     expect(rows).to_have_count(2)
     newer, older = rows.nth(0), rows.nth(1)
     expect(newer).to_contain_text("active")
-    expect(older.locator("dl.metrics")).to_contain_text("recall0.5")
+    expect(older.locator("dl.metrics")).to_contain_text("known0.5")
+    expect(newer.locator("details")).to_have_count(2)  # the gate's figures, the ledger
+    for summary in newer.locator("summary").all():
+        summary.click()
+    expect(newer.locator("pre").last).to_contain_text("versions/v2/adapter")
     shot("06-versions")
     older_id = older.get_attribute("data-version-id")
     older.get_by_role("button", name="Roll back to this").click()
@@ -282,6 +301,8 @@ def test_the_executive_is_swapped_and_the_swap_is_in_the_audit_log(page, gateway
     tab(page, "Audit log")
     first = page.locator("#audit-table tbody tr").first
     expect(first.locator(".action")).to_have_text("executive.swap")
+    first.locator("summary").last.click()
+    expect(first.locator("pre").last).to_contain_text(chat_server.url)
     shot("09-audit")
 
 
