@@ -78,7 +78,7 @@ def test_a_documents_reflections_come_in_pages_with_their_sources(env):
     assert client.get(f"/v1/collections/{cid}/documents/{other}/reflections").json()["total"] == 0
 
 
-@pytest.mark.parametrize("params", [{"limit": 0}, {"limit": 201}, {"offset": -1}, {"limit": "x"}])
+@pytest.mark.parametrize("params", [{"limit": 0}, {"limit": 201}, {"offset": -1}, {"offset": 2**63}, {"limit": "x"}])
 def test_bad_pages_are_422(env, params):
     client, app, _ = env
     cid, did, _ = _trained_collection(client, app)

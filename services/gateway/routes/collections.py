@@ -37,6 +37,7 @@ from services.gateway.schemas import (
 )
 
 router = APIRouter(prefix="/v1/collections", tags=["collections"])
+MAX_OFFSET = 2**31 - 1  # what every database can take as an OFFSET (a larger one is a 422, not a driver error)
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=CollectionOut)
@@ -220,7 +221,7 @@ def list_reflections(
     document_id: str,
     session: SessionDep,
     key: ReaderDep,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> ReflectionsOut:
     """The reflections made from the document (its primary source), oldest first, each with every chunk it was made
