@@ -5,7 +5,7 @@ VLLM_VENV ?= .venv-vllm
 BIN := $(VENV)/bin
 export MEMO_DATA_DIR ?= .memo
 
-.PHONY: venv vllm-env model run serve worker vllm test test-fast lint bench-smoke clean
+.PHONY: venv vllm-env model run serve worker vllm browser test test-fast lint bench-smoke console-screenshots clean
 
 $(BIN)/memo: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,10 +36,13 @@ worker: model ## a Celery worker (needs MEMO_BROKER_URL, e.g. redis://127.0.0.1:
 vllm: vllm-env model ## a vLLM CPU server for the packaged model, with LoRA, on port 8000
 	bash deploy/vllm/serve.sh $(VLLM_VENV) $(MEMO_DATA_DIR)/models/SmolLM2-135M-Instruct 8000
 
-test: venv vllm-env model ## every test, slow ones included (real PostgreSQL, Redis, Celery worker, vLLM)
+browser: ## Debian's Chromium for the console's browser tests (Playwright drives it; it downloads no browser)
+	test -x /usr/bin/chromium || (apt-get update -q && apt-get install -y -q chromium)
+
+test: venv vllm-env model browser ## every test, slow ones included (real PostgreSQL, Redis, Celery worker, vLLM)
 	$(BIN)/pytest -ra
 
-test-fast: venv ## unit and integration tests only
+test-fast: venv browser ## unit and integration tests only
 	$(BIN)/pytest -ra -m "not slow"
 
 lint: venv
@@ -49,6 +52,9 @@ lint: venv
 
 bench-smoke: model ## wall time of each stage on the sample corpus
 	$(BIN)/python -m benchmarks.bench_smoke
+
+console-screenshots: venv model browser ## results/console: a PNG of each screen of the admin console
+	$(BIN)/python -m benchmarks.console_screenshots
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) .memo bench-out

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -141,7 +141,8 @@ def wait_for_job(get_job, job_id: str, timeout_s: float = 1200) -> dict:
 
 class ChatServer:
     """A real OpenAI-compatible HTTP server on a free port, in a thread: ``POST /v1/chat/completions`` answers
-    ``reply``, ``GET /v1/models`` lists ``served-model``. ``mode``: "ok"; "fail" (500 to completions); "hang"
+    ``reply`` (a text, or a function of the request's JSON body that returns one), ``GET /v1/models`` lists
+    ``served-model``. ``mode``: "ok"; "fail" (500 to completions); "hang"
     (completions wait until the test ends); "no-schema" (400 to a request with ``response_format``, as a provider
     without JSON-schema support). ``key``: when set, other keys get 401. ``seen``: every request (path,
     authorization, JSON body)."""
@@ -152,7 +153,7 @@ class ChatServer:
         import threading
 
         self.mode = "ok"
-        self.reply = "OK"
+        self.reply: str | Callable[[dict], str] = "OK"
         self.key: str | None = None
         self.seen: list[dict] = []
         self.release = threading.Event()
@@ -196,7 +197,8 @@ class ChatServer:
                     self._answer(400, {"error": {"message": error}})
                 else:
                     usage = {"prompt_tokens": 11, "completion_tokens": 2, "total_tokens": 13}
-                    message = {"role": "assistant", "content": outer.reply}
+                    reply = outer.reply(body) if callable(outer.reply) else outer.reply
+                    message = {"role": "assistant", "content": reply}
                     self._answer(200, {"choices": [{"message": message}], "usage": usage})
 
             def log_message(self, *args: object) -> None:

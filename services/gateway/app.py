@@ -18,7 +18,7 @@ from memo.settings import Settings, get_settings
 from services.gateway.auth import AuthMiddleware
 from services.gateway.middleware import RequestMiddleware
 from services.gateway.ratelimit import RateLimitMiddleware, rate_limiter
-from services.gateway.routes import admin, chat, collections, jobs, ops, query
+from services.gateway.routes import admin, chat, collections, console, jobs, ops, query
 from services.worker.dispatch import Dispatcher
 
 
@@ -76,6 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(AuthMiddleware)
     app.add_middleware(RateLimitMiddleware)
     app.add_middleware(RequestMiddleware)
-    for module in (ops, collections, jobs, query, chat, admin):
+    for module in (ops, collections, jobs, query, chat, admin, console):
         app.include_router(module.router)
+    console.mount(app)
     return app

@@ -203,3 +203,40 @@ class AuditOut(BaseModel):
     target: str
     before: dict[str, Any] | None
     after: dict[str, Any] | None
+
+
+class WhoAmIOut(BaseModel):
+    """The key a request is made with: what the console offers depends on it."""
+
+    id: str
+    name: str
+    role: str
+    collections: list[str] | None  # the granted collection ids; null = every collection
+
+
+class ReflectionSourceOut(BaseModel):
+    """A chunk a reflection was made from."""
+
+    document_id: str
+    filename: str
+    chunk_id: str
+    seq: int
+    text: str
+
+
+class ReflectionOut(BaseModel):
+    id: str
+    kind: str
+    question: str
+    answer: str
+    created_at: datetime
+    sources: list[ReflectionSourceOut]
+
+
+class ReflectionsOut(BaseModel):
+    """A page of a document's reflections, oldest first; ``total``: all of them."""
+
+    total: int
+    offset: int
+    limit: int
+    items: list[ReflectionOut]

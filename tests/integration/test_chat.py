@@ -82,8 +82,9 @@ class Gateway:
 
 
 @contextmanager
-def running_gateway(settings: Settings, llm_calls: list[dict[str, Any]]) -> Iterator[Gateway]:
-    """The gateway app served by uvicorn in a thread, on a free port, until the block ends."""
+def running_gateway(settings: Settings, llm_calls: list[dict[str, Any]], run_jobs: bool = False) -> Iterator[Gateway]:
+    """The gateway app served by uvicorn in a thread, on a free port, until the block ends. ``run_jobs``: uploads'
+    jobs run in-process (else they are only recorded)."""
     Database(settings).migrate()
     headers = api_key(settings)  # an admin key: the REST setup calls and the chat calls
     app = create_app(settings)
@@ -94,7 +95,8 @@ def running_gateway(settings: Settings, llm_calls: list[dict[str, Any]]) -> Iter
     while not server.started:  # a condition with a deadline
         assert thread.is_alive() and time.monotonic() < deadline, "the gateway did not start"
         time.sleep(0.02)
-    app.state.dispatcher = RecordingDispatcher()  # uploads make jobs; the pipeline is not under test
+    if not run_jobs:
+        app.state.dispatcher = RecordingDispatcher()  # uploads make jobs; the pipeline is not under test
     base = f"http://127.0.0.1:{server.config.port}"
     try:
         with (

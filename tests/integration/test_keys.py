@@ -180,6 +180,7 @@ ROUTES = [
         upload=True,
     ),  # fmt: skip
     Route("POST", "/v1/collections/{cid}/consolidate", "admin", "collection", 202, True, "collection.consolidate"),
+    Route("GET", "/v1/collections/{cid}/documents/{doc}/reflections", "reader", "collection", 200),
     Route("GET", "/v1/collections/{cid}/versions", "reader", "collection", 200),
     Route(
         "POST",
@@ -211,6 +212,7 @@ ROUTES = [
     Route("GET", "/v1/admin/keys", "admin", "service", 200),
     Route("DELETE", "/v1/admin/keys/{victim}", "admin", "service", 200, True, "key.revoke"),
     Route("GET", "/v1/admin/audit", "admin", "service", 200),
+    Route("GET", "/v1/whoami", "reader", "any", 200),
 ]
 
 

@@ -2,14 +2,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Response, UploadFile, status
+from fastapi import APIRouter, File, Query, Response, UploadFile, status
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from memo import audit, catalog, keys
 from memo.blobs import BlobStore
-from memo.db import Collection, Document, Job, MemoryVersion
+from memo.db import Chunk, Collection, Document, Job, MemoryVersion, Reflection, ReflectionSource
 from memo.errors import NotFound, PayloadTooLarge
 from memo.serving.publish import active_version, switch_served_version
 from memo.settings import Settings
@@ -27,6 +27,9 @@ from services.gateway.schemas import (
     CollectionOut,
     DocumentOut,
     JobOut,
+    ReflectionOut,
+    ReflectionSourceOut,
+    ReflectionsOut,
     RemovalOut,
     UploadOut,
     UploadsOut,
@@ -34,6 +37,7 @@ from services.gateway.schemas import (
 )
 
 router = APIRouter(prefix="/v1/collections", tags=["collections"])
+MAX_OFFSET = 2**31 - 1  # what every database can take as an OFFSET (a larger one is a 422, not a driver error)
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=CollectionOut)
@@ -209,6 +213,45 @@ def list_documents(collection_id: str, session: SessionDep, key: ReaderDep) -> l
         select(Document).where(Document.collection_id == collection_id).order_by(Document.created_at)
     ).all()
     return [DocumentOut.model_validate(d) for d in rows]
+
+
+@router.get("/{collection_id}/documents/{document_id}/reflections", response_model=ReflectionsOut)
+def list_reflections(
+    collection_id: str,
+    document_id: str,
+    session: SessionDep,
+    key: ReaderDep,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> ReflectionsOut:
+    """The reflections made from the document (its primary source), oldest first, each with every chunk it was made
+    from (a consolidated or cross-document pair has several, of other documents too)."""
+    see(key, collection_id)
+    catalog.get_document(session, collection_id, document_id)
+    mine = Reflection.document_id == document_id
+    total = session.scalar(select(func.count(Reflection.id)).where(mine)) or 0
+    page = session.scalars(
+        select(Reflection).where(mine).order_by(Reflection.created_at, Reflection.id).offset(offset).limit(limit)
+    ).all()
+    sources: dict[str, list[ReflectionSourceOut]] = {r.id: [] for r in page}
+    rows = session.execute(
+        select(ReflectionSource.reflection_id, Document.id, Document.filename, Chunk.id, Chunk.seq, Chunk.text)
+        .join(Chunk, Chunk.id == ReflectionSource.chunk_id)
+        .join(Document, Document.id == ReflectionSource.document_id)
+        .where(ReflectionSource.reflection_id.in_(sources))
+        .order_by(Document.created_at, Chunk.seq)
+    )
+    for rid, doc_id, filename, chunk_id, seq, text in rows:
+        sources[rid].append(
+            ReflectionSourceOut(document_id=doc_id, filename=filename, chunk_id=chunk_id, seq=seq, text=text)
+        )
+    items = [
+        ReflectionOut(
+            id=r.id, kind=r.kind, question=r.question, answer=r.answer, created_at=r.created_at, sources=sources[r.id]
+        )
+        for r in page
+    ]
+    return ReflectionsOut(total=total, offset=offset, limit=limit, items=items)
 
 
 @router.get("/{collection_id}/versions", response_model=list[VersionOut])
