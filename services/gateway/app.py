@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError
 
+from memo import doctor
 from memo.db import Database
 from memo.errors import MemoError
 from memo.jobs import StaleJobCheck
@@ -39,6 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         def submit(job_id: str) -> object:
             return app.state.dispatcher.submit(job_id)
 
+        await asyncio.to_thread(doctor.log_check, db, settings)  # what a crash left: reported (memo doctor)
         stale_check = StaleJobCheck(db, settings, submit)
         await asyncio.to_thread(stale_check.run_once)
         stale_check.start()
