@@ -251,7 +251,7 @@ def _to_json(model: type[DeclarativeBase], row: dict[str, Any]) -> dict[str, Any
     for col in model.__table__.columns:
         value = row[col.name]
         if isinstance(value, datetime):  # SQLite gives back naive UTC times
-            value = (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
+            value = (value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
         elif isinstance(value, enum.Enum):
             value = value.value
         out[col.name] = value

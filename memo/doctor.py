@@ -155,10 +155,9 @@ def _adapters(db: Database, settings: Settings, report: Report, old, repair: boo
         return
     with db.session() as s:
         collections = set(s.scalars(select(Collection.id)))
-        versions = set(s.execute(select(MemoryVersion.collection_id, MemoryVersion.id)).tuples())
-        resumable = {
-            i for i, st in s.execute(select(Job.id, Job.state)).tuples() if st != JobState.succeeded
-        }  # a failed or cancelled job may be retried from its checkpoint
+        versions = {(c, v) for c, v in s.execute(select(MemoryVersion.collection_id, MemoryVersion.id))}
+        # a failed or cancelled job may be retried from its checkpoint
+        resumable = set(s.scalars(select(Job.id).where(Job.state != JobState.succeeded)))
     orphans: list[tuple[str, Path, str]] = []
     for coll in sorted(p for p in root.iterdir() if not p.name.endswith(PARTIAL_SUFFIX)):
         if coll.name not in collections:
