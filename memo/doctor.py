@@ -206,9 +206,14 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def log_check(db: Database, settings: Settings) -> Report:
-    """The start-up check of the gateway and the worker: report, never repair (``memo doctor --repair`` does)."""
-    report = check(db, settings)
+def log_check(db: Database, settings: Settings) -> Report | None:
+    """The start-up check of the gateway and the worker: report, never repair (``memo doctor --repair`` does); a
+    check that cannot run (a database not migrated yet, unreachable) is logged and never stops the start."""
+    try:
+        report = check(db, settings)
+    except Exception:
+        log.warning("data check failed", exc_info=True)
+        return None
     if report.findings:
         log.warning("data check: %s; run `memo doctor` for the list, `memo doctor --repair` to clean", report.summary())
     else:

@@ -348,3 +348,19 @@ def test_doctor_finds_and_repairs_what_a_crash_left(tmp_path, database_url) -> N
     r = _run(settings, "doctor", "--repair", "--grace", "0")  # and the upload that was under way is now old
     assert r.exit_code == 0 and "1 problem(s): 1 orphan-blob; 1 repaired, 0 left" in r.output, r.output
     assert _run(settings, "doctor").output.strip().endswith("no problems found")
+
+
+def test_the_gateway_reports_what_a_crash_left_when_it_starts(tmp_path, caplog) -> None:
+    from fastapi.testclient import TestClient
+
+    from services.gateway.app import create_app
+
+    settings = _settings(tmp_path, "data", None)
+    _db(settings)
+    BlobStore(settings.blob_dir).put("ab" * 32, b"orphan")
+    _age(BlobStore(settings.blob_dir).path("ab" * 32))
+    with caplog.at_level("WARNING", logger="memo.doctor"), TestClient(create_app(settings)):
+        pass
+    [record] = [r for r in caplog.records if r.name == "memo.doctor"]
+    assert "1 problem(s): 1 orphan-blob; 0 repaired, 1 left" in record.getMessage()
+    assert BlobStore(settings.blob_dir).has("ab" * 32)  # reported, not removed: memo doctor --repair does that
