@@ -17,6 +17,7 @@ import enum
 import hashlib
 import io
 import json
+import os
 import shutil
 import tarfile
 import time
@@ -44,6 +45,7 @@ from memo.db import (
     ReflectionSource,
     ReflectUnit,
 )
+from memo.doctor import version_paths
 from memo.errors import Conflict, InvalidInput, NotFound
 from memo.jobs import LIVE_STATES
 from memo.settings import Settings
@@ -82,6 +84,11 @@ def export_collection(db: Database, settings: Settings, name: str, out: Path) ->
             raise Conflict(f"document {doc['id']}'s file is missing from the blob store: run memo doctor")
         files[f"blobs/{doc['content_hash']}"] = store.path(doc["content_hash"])
     root = settings.adapter_dir / coll.id
+    with db.session() as s:
+        for v in s.scalars(select(MemoryVersion).where(MemoryVersion.collection_id == coll.id)):
+            outside = [p for p in version_paths(v) if not Path(p).is_relative_to(root)]
+            if outside:  # e.g. a copy made by memo eval, which shares its original's adapter folders
+                raise Conflict(f"version {v.id} of {name!r} uses adapter files of another collection: {outside[0]}")
     for version in rows["memory_versions"]:
         folder = root / version["id"]
         if folder.is_dir():
@@ -109,6 +116,8 @@ def export_collection(db: Database, settings: Settings, name: str, out: Path) ->
                 "members": members,
             }
             _add(tar, MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
+        with open(tmp, "rb+") as f:  # on disk before it takes the archive's name
+            os.fsync(f.fileno())
         tmp.replace(out)
     finally:
         tmp.unlink(missing_ok=True)

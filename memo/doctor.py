@@ -156,11 +156,18 @@ def _adapters(db: Database, settings: Settings, report: Report, old, repair: boo
     with db.session() as s:
         collections = set(s.scalars(select(Collection.id)))
         versions = {(c, v) for c, v in s.execute(select(MemoryVersion.collection_id, MemoryVersion.id))}
+        # and every folder a version's paths lie in (a copy of a collection, made by memo eval, shares its
+        # original's adapter folders by path)
+        for v in s.scalars(select(MemoryVersion)):
+            for path in version_paths(v):
+                parts = Path(path).parts[len(root.parts) :] if Path(path).is_relative_to(root) else ()
+                if len(parts) >= 2:
+                    versions.add((parts[0], parts[1]))
         # a failed or cancelled job may be retried from its checkpoint
         resumable = set(s.scalars(select(Job.id).where(Job.state != JobState.succeeded)))
     orphans: list[tuple[str, Path, str]] = []
     for coll in sorted(p for p in root.iterdir() if not p.name.endswith(PARTIAL_SUFFIX)):
-        if coll.name not in collections:
+        if coll.name not in collections and not any(c == coll.name for c, _ in versions):
             orphans.append(("orphan-adapter", coll, "adapters of a collection that does not exist"))
             continue
         for sub in sorted(p for p in coll.iterdir() if not p.name.endswith(PARTIAL_SUFFIX)):
@@ -178,6 +185,12 @@ def _adapters(db: Database, settings: Settings, report: Report, old, repair: boo
             _remove(path)
             f.repaired = True
         report.findings.append(f)
+
+
+def version_paths(version: MemoryVersion) -> list[str]:
+    """Every file-system path a version row names: what it serves, its delta, its ledger's task vectors."""
+    paths = [version.adapter_path, version.delta_path, *(e.get("path") for e in version.ledger or [])]
+    return [p for p in paths if isinstance(p, str) and p]
 
 
 def _versions(db: Database, report: Report, repair: bool) -> None:

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from typer.testing import CliRunner
 
 from memo import catalog
@@ -364,3 +364,26 @@ def test_the_gateway_reports_what_a_crash_left_when_it_starts(tmp_path, caplog) 
     [record] = [r for r in caplog.records if r.name == "memo.doctor"]
     assert "1 problem(s): 1 orphan-blob; 0 repaired, 1 left" in record.getMessage()
     assert BlobStore(settings.blob_dir).has("ab" * 32)  # reported, not removed: memo doctor --repair does that
+
+
+def test_adapter_folders_a_copy_shares_are_kept_and_not_exported(tmp_path) -> None:
+    """memo eval's copy of a collection (benchmarks.updates.fork_collection) serves its original's adapter folders by
+    path: memo doctor keeps them even once the original is gone, and memo export refuses the copy, saying why."""
+    from benchmarks.updates import fork_collection
+
+    settings = _settings(tmp_path, "data", None)
+    db = _db(settings)
+    cid = _collection(db, settings)
+    fork_collection(db, cid, "hr-copy")
+    with db.session() as s:
+        # its rows go (cascade); its adapter folder stays, the copy serves it
+        s.execute(delete(Collection).where(Collection.id == cid))
+    folder = settings.adapter_dir / cid
+    for p in [folder, *folder.iterdir()]:
+        _age(p)
+    r = _run(settings, "doctor", "--repair")
+    assert r.exit_code == 0 and "no problems found" in r.output, r.output
+    assert len(_files(folder)) == 6
+    r = _run(settings, "export", "hr-copy", "--out", str(tmp_path / "copy.tar.gz"))
+    assert r.exit_code == 2 and "adapter files of another collection" in r.output
+    assert not (tmp_path / "copy.tar.gz").exists()
