@@ -159,8 +159,8 @@ def _adapters(db: Database, settings: Settings, report: Report, old, repair: boo
         # and every folder a version's paths lie in (a copy of a collection, made by memo eval, shares its
         # original's adapter folders by path)
         for v in s.scalars(select(MemoryVersion)):
-            for path in version_paths(v):
-                parts = Path(path).parts[len(root.parts) :] if Path(path).is_relative_to(root) else ()
+            for named in version_paths(v):
+                parts = Path(named).parts[len(root.parts) :] if Path(named).is_relative_to(root) else ()
                 if len(parts) >= 2:
                     versions.add((parts[0], parts[1]))
         # a failed or cancelled job may be retried from its checkpoint
