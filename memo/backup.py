@@ -100,7 +100,7 @@ def export_collection(db: Database, settings: Settings, name: str, out: Path) ->
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + PARTIAL_SUFFIX)
     try:
-        with tarfile.open(tmp, "w:gz") as tar:
+        with tarfile.open(tmp, "w:gz", compresslevel=1) as tar:  # adapter weights hardly compress: fast
             _add(tar, ROWS, rows_json)
             for arcname, path in files.items():
                 data = path.read_bytes()
