@@ -4,6 +4,8 @@ versions whose adapters are real peft LoRA adapters of the packaged SmolLM2 (ran
 training saves them; untrained: their bytes, not their weights, matter here). No model is trained.
 
     python -m benchmarks.data_safety --out results/reliability [--database-url postgresql+psycopg://...]
+
+writes ``data_safety_<database>.json`` there (the database the collection is imported into).
 """
 
 from __future__ import annotations
@@ -18,11 +20,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import insert
+
 from memo import backup, catalog, doctor
 from memo.blobs import BlobStore
 from memo.db import (
     Chunk,
     Database,
+    Document,
     DocumentStatus,
     JobState,
     MemoryVersion,
@@ -121,6 +126,30 @@ def _age(path: Path) -> None:
     os.utime(path, (t, t))
 
 
+SCALE_DOCUMENTS = 5000
+
+
+def _check_at_scale(work: Path, n: int) -> dict[str, Any]:
+    """The start-up check's cost with ``n`` documents (rows and blobs) and nothing wrong."""
+    settings = get_settings(data_dir=work / "scale")
+    db = Database(settings)
+    db.migrate()
+    store = BlobStore(settings.blob_dir)
+    with db.session() as s:
+        cid = catalog.create_collection(s, "scale").id
+        rows = []
+        for i in range(n):
+            data = f"Document {i}: the travel per diem is {i} euros.".encode()
+            digest = hashlib.sha256(data).hexdigest()
+            store.put(digest, data)
+            rows.append(dict(id=f"{i:032x}", collection_id=cid, filename=f"d{i}.txt", media_type="text/plain",
+                             content_hash=digest, size_bytes=len(data), status=DocumentStatus.trained))  # fmt: skip
+        s.execute(insert(Document), rows)
+    report, seconds = _timed(doctor.check, db, settings)
+    assert not report.findings
+    return {"scale_documents": n, "scale_check_seconds": seconds}
+
+
 def run(out: Path, base: str, database_url: str | None) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="memo-data-safety-"))
     try:
@@ -156,10 +185,14 @@ def run(out: Path, base: str, database_url: str | None) -> dict[str, Any]:
         for p in (orphan_dir, partial, tmp):
             _age(p)
         lost = rows_dst["documents"][0]["content_hash"]
-        store.delete(lost)
+        store.delete(lost)  # a parsed document's file: reported, not repairable
+        with dst_db.session() as s:  # an upload whose file was lost before its parse: it and its job fail
+            up = catalog.add_document(s, dst, new_id, "late.txt", b"A late upload about travel.")
+        store.delete(up.document.content_hash)
         report, check_s = _timed(doctor.check, dst_db, dst)
         repaired, repair_s = _timed(lambda: doctor.check(dst_db, dst, repair=True))
         after = doctor.check(dst_db, dst)
+        scale = _check_at_scale(work, SCALE_DOCUMENTS)
         figures = {
             "collection": {t: len(r) for t, r in rows_src.items() if t != "collections"},
             "archive_bytes": archive.stat().st_size,
@@ -179,12 +212,13 @@ def run(out: Path, base: str, database_url: str | None) -> dict[str, Any]:
                 "repaired": repaired.summary(),
                 "repair_seconds": repair_s,
                 "left_after_repair": [f"{f.kind}: {f.detail}" for f in after.findings],
+                **scale,
             },
         }
     finally:
         shutil.rmtree(work, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "data_safety.json").write_text(json.dumps(figures, indent=2) + "\n")
+    (out / f"data_safety_{figures['import_database']}.json").write_text(json.dumps(figures, indent=2) + "\n")
     return figures
 
 

@@ -77,10 +77,13 @@ def export_collection(db: Database, settings: Settings, name: str, out: Path) ->
         rows = {model.__tablename__: _rows(s, model, coll.id) for model in TABLES}
     store = BlobStore(settings.blob_dir)
     files: dict[str, Path] = {}
+    parsed = {c["document_id"] for c in rows["chunks"]}
     for doc in rows["documents"]:
         if doc["status"] == DocumentStatus.deleted.value:
             continue
         if not store.has(doc["content_hash"]):
+            if doc["status"] == DocumentStatus.failed.value and doc["id"] not in parsed:
+                continue  # a failed upload whose file was lost (memo doctor): exported as it is, without one
             raise Conflict(f"document {doc['id']}'s file is missing from the blob store: run memo doctor")
         files[f"blobs/{doc['content_hash']}"] = store.path(doc["content_hash"])
     root = settings.adapter_dir / coll.id
@@ -340,4 +343,4 @@ def _sha256(data: bytes) -> str:
 
 
 def _counts(counts: dict[str, int]) -> str:
-    return ", ".join(f"{n} {table}" for table, n in counts.items() if table != "collections")
+    return ", ".join(f"{counts[m.__tablename__]} {m.__tablename__}" for m in TABLES if m is not Collection)

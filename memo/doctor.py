@@ -124,8 +124,8 @@ def _blobs(db: Database, settings: Settings, report: Report, old, repair: bool) 
                 f.repaired = True
             report.findings.append(f)
     for doc_id, digest, status, filename in live:
-        if store.has(digest):
-            continue
+        if store.has(digest) or (status == DocumentStatus.failed and doc_id not in parsed):
+            continue  # a failed upload's lost file is known: its job says so, and uploading it again restores it
         if doc_id in parsed:  # its text is in its chunks: the pipeline and the memory do not need the file again
             detail = f"{filename!r}: its file is lost (its text is kept in its chunks); upload the file again"
             report.findings.append(Finding("missing-blob", f"document {doc_id}", detail, repairable=False))

@@ -340,6 +340,8 @@ def test_doctor_finds_and_repairs_what_a_crash_left(tmp_path, database_url) -> N
         v = s.get(MemoryVersion, active.id)
         assert v is not None and v.status == VersionStatus.failed and not v.active and "missing" in v.metrics["error"]
         assert s.scalars(select(MemoryVersion).where(MemoryVersion.active.is_(True))).first() is None
+    r = _run(settings, "doctor")  # what was repaired is not found again
+    assert r.exit_code == 1 and "1 problem(s): 1 missing-blob; 0 repaired, 1 left" in r.output, r.output
 
     # uploading the lost files again restores them: then nothing is left to repair
     with db.session() as s:
