@@ -106,7 +106,10 @@ def export_collection(db: Database, settings: Settings, name: str, out: Path) ->
         with tarfile.open(tmp, "w:gz", compresslevel=1) as tar:  # adapter weights hardly compress: fast
             _add(tar, ROWS, rows_json)
             for arcname, path in files.items():
-                data = path.read_bytes()
+                try:
+                    data = path.read_bytes()
+                except FileNotFoundError as exc:  # deleted since the rows were read
+                    raise Conflict(f"the collection changed during the export ({exc.filename}); export again") from exc
                 members[arcname] = {"size": len(data), "sha256": _sha256(data)}
                 _add(tar, arcname, data)
             manifest: dict[str, Any] = {
@@ -239,7 +242,14 @@ def _unpack(archive: Path, staging: Path) -> tuple[dict[str, Any], dict[str, lis
             raise InvalidInput(f"{archive} is damaged: {member_name} does not match its manifest entry")
     assert rows_data is not None  # in the manifest, so seen
     rows = json.loads(rows_data)
-    if sorted(rows) != sorted(m.__tablename__ for m in TABLES) or len(rows["collections"]) != 1:
+    tables = sorted(m.__tablename__ for m in TABLES)
+    if (
+        not isinstance(rows, dict)
+        or sorted(rows) != tables
+        or not all(isinstance(t, list) and all(isinstance(r, dict) for r in t) for t in rows.values())
+        or len(rows["collections"]) != 1
+        or rows["collections"][0].get("id") != manifest["collection"].get("id")
+    ):
         raise InvalidInput(f"{archive}: its rows are not one collection's")
     return manifest, rows
 

@@ -77,7 +77,7 @@ def check(db: Database, settings: Settings, *, repair: bool = False, grace_s: fl
     _leftovers(settings, report, old, repair)
     _blobs(db, settings, report, old, repair)
     _adapters(db, settings, report, old, repair)
-    _versions(db, report, repair)
+    _versions(db, settings, report, repair)
     return report
 
 
@@ -114,6 +114,10 @@ def _blobs(db: Database, settings: Settings, report: Report, old, repair: bool) 
         ).all()
         parsed = set(s.scalars(select(Chunk.document_id).distinct()))
     held = {digest for _, digest, _, _ in live}
+    if live and not settings.blob_dir.is_dir():  # not every file lost: the wrong data directory, or not mounted
+        detail = f"{len(live)} documents, and no blob directory: is MEMO_DATA_DIR right, its volume mounted?"
+        report.findings.append(Finding("missing-blob", str(settings.blob_dir), detail, repairable=False))
+        return
     if settings.blob_dir.is_dir():
         for path in sorted(p for p in settings.blob_dir.glob("*/*") if p.is_file()):
             if path.name.endswith(TMP_SUFFIX) or path.name in held or not old(path):
@@ -193,11 +197,17 @@ def version_paths(version: MemoryVersion) -> list[str]:
     return [p for p in paths if isinstance(p, str) and p]
 
 
-def _versions(db: Database, report: Report, repair: bool) -> None:
+def _versions(db: Database, settings: Settings, report: Report, repair: bool) -> None:
     """Ready versions whose served adapter is gone: they can never be served again, so they are marked failed (an
     active one stops being served: its collection needs another version activated, or a consolidation)."""
     with db.session() as s:
         rows = s.scalars(select(MemoryVersion).where(MemoryVersion.status == VersionStatus.ready)).all()
+        if rows and not settings.adapter_dir.is_dir():  # as for blobs: a wrong or unmounted data directory
+            detail = (
+                f"{len(rows)} ready versions, and no adapter directory: is MEMO_DATA_DIR right, its volume mounted?"
+            )
+            report.findings.append(Finding("missing-adapter", str(settings.adapter_dir), detail, repairable=False))
+            return
         for v in rows:
             if v.adapter_path and Path(v.adapter_path).exists():
                 continue

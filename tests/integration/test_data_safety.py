@@ -224,8 +224,12 @@ def test_a_damaged_archive_is_refused_and_writes_nothing(tmp_path, database_url)
     rows = json.loads(members["rows.json"])
     rows["memory_versions"][0]["status"] = "bogus"
     rows_bad = json.dumps(rows).encode()
-    forged = {**manifest, "members": {**manifest["members"], "rows.json": {
-        "size": len(rows_bad), "sha256": hashlib.sha256(rows_bad).hexdigest()}}}  # fmt: skip
+
+    def forged(rows_data: bytes) -> bytes:  # a manifest that matches altered rows
+        entry = {"size": len(rows_data), "sha256": hashlib.sha256(rows_data).hexdigest()}
+        return json.dumps({**manifest, "members": {**manifest["members"], "rows.json": entry}}).encode()
+
+    rows_shapeless = json.dumps({**rows, "collections": "hr"}).encode()
     cases = {
         "truncated": (raw[: len(raw) // 2], "damaged or truncated"),
         "not gzip": (b"hello", "damaged or truncated"),
@@ -234,8 +238,12 @@ def test_a_damaged_archive_is_refused_and_writes_nothing(tmp_path, database_url)
         "path traversal": (repack({"../../evil": b"x"}), "not a file of a memo export"),
         "newer format": (repack({"manifest.json": json.dumps({**manifest, "version": 99}).encode()}), "version 99"),
         "rows the database refuses": (
-            repack({"rows.json": rows_bad, "manifest.json": json.dumps(forged).encode()}),
+            repack({"rows.json": rows_bad, "manifest.json": forged(rows_bad)}),
             "cannot be restored",
+        ),
+        "rows of another shape": (
+            repack({"rows.json": rows_shapeless, "manifest.json": forged(rows_shapeless)}),
+            "not one collection's",
         ),
     }
     dst = _settings(tmp_path, "dst", database_url)
@@ -389,3 +397,18 @@ def test_adapter_folders_a_copy_shares_are_kept_and_not_exported(tmp_path) -> No
     r = _run(settings, "export", "hr-copy", "--out", str(tmp_path / "copy.tar.gz"))
     assert r.exit_code == 2 and "adapter files of another collection" in r.output
     assert not (tmp_path / "copy.tar.gz").exists()
+
+
+def test_doctor_on_a_wrong_data_directory_repairs_nothing(tmp_path, pg_url) -> None:
+    """The database of one data directory checked against another (a typo, a volume not mounted): every file looks
+    lost, so nothing is marked failed, only reported."""
+    settings = _settings(tmp_path, "data", pg_url)
+    db = _db(settings)
+    _collection(db, settings)
+    before = _dump(db, _collection(db, settings, "finance"))
+    wrong = _settings(tmp_path, "empty", pg_url)
+    r = _run(wrong, "doctor", "--repair")
+    assert r.exit_code == 1, r.output
+    assert "2 problem(s): 1 missing-adapter, 1 missing-blob; 0 repaired, 2 left" in r.output
+    assert "volume mounted" in r.output
+    assert _dump(db, before["collections"][0]["id"]) == before
