@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"  # memo.pipeline.stage_train: adapters/<collection>/checkpoints/<job>
 LOST_BLOB = "the uploaded file is missing from the blob store: upload the same file again, then retry this job"
+
+
+Recent = Callable[[Path], bool]  # False for a path changed within the grace period (counted, left alone)
 
 
 @dataclass
@@ -51,16 +54,17 @@ class Report:
         return [f for f in self.findings if not f.repaired]
 
     def summary(self) -> str:
-        if not self.findings:
-            return "no problems found" + (
-                f" ({self.skipped_recent} recent files left alone)" * bool(self.skipped_recent)
-            )
         kinds: dict[str, int] = {}
         for f in self.findings:
             kinds[f.kind] = kinds.get(f.kind, 0) + 1
         repaired = sum(f.repaired for f in self.findings)
         counts = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
-        return f"{len(self.findings)} problem(s): {counts}; {repaired} repaired, {len(self.unrepaired)} left"
+        text = (
+            f"{len(self.findings)} problem(s): {counts}; {repaired} repaired, {len(self.unrepaired)} left"
+            if self.findings
+            else "no problems found"
+        )
+        return text + (f"; {self.skipped_recent} recent file(s) left alone" if self.skipped_recent else "")
 
 
 def check(db: Database, settings: Settings, *, repair: bool = False, grace_s: float = 3600.0) -> Report:
@@ -81,7 +85,7 @@ def check(db: Database, settings: Settings, *, repair: bool = False, grace_s: fl
     return report
 
 
-def _leftovers(settings: Settings, report: Report, old, repair: bool) -> None:  # type: ignore[no-untyped-def]
+def _leftovers(settings: Settings, report: Report, old: Recent, repair: bool) -> None:
     """Temporary files and directories of writes a crash interrupted, anywhere under the data directory."""
     root = settings.data_dir.resolve()
     if not root.is_dir():
@@ -104,7 +108,7 @@ def _walk_leftovers(root: Path) -> Iterator[Path]:
             yield from _walk_leftovers(path)
 
 
-def _blobs(db: Database, settings: Settings, report: Report, old, repair: bool) -> None:  # type: ignore[no-untyped-def]
+def _blobs(db: Database, settings: Settings, report: Report, old: Recent, repair: bool) -> None:
     store = BlobStore(settings.blob_dir)
     with db.session() as s:
         live = s.execute(
@@ -153,7 +157,7 @@ def _fail_document(db: Database, doc_id: str) -> None:
             job.state, job.error, job.heartbeat_at = JobState.failed, LOST_BLOB, None
 
 
-def _adapters(db: Database, settings: Settings, report: Report, old, repair: bool) -> None:  # type: ignore[no-untyped-def]
+def _adapters(db: Database, settings: Settings, report: Report, old: Recent, repair: bool) -> None:
     root = settings.adapter_dir
     if not root.is_dir():
         return

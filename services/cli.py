@@ -145,8 +145,6 @@ def doctor(
     for f in report.findings:
         state = "repaired" if f.repaired else "can be repaired (--repair)" if f.repairable else "needs you"
         typer.echo(f"{f.kind:<17} {f.target}\n{'':<17} {f.detail} [{state}]")
-    if report.skipped_recent:
-        typer.echo(f"{report.skipped_recent} candidate(s) changed within the last {grace:g} s left alone")
     typer.echo(report.summary())
     if report.unrepaired:
         raise typer.Exit(1)

@@ -331,7 +331,7 @@ def test_doctor_finds_and_repairs_what_a_crash_left(tmp_path, database_url) -> N
         "leftover",
     } <= found
     assert "9 problem(s)" in r.output and "0 repaired" in r.output
-    assert "1 candidate(s) changed within" in r.output  # the blob written just now
+    assert "1 recent file(s) left alone" in r.output  # the blob written just now
 
     r = _run(settings, "doctor", "--repair")
     assert r.exit_code == 1, r.output  # the parsed document's lost file cannot be made again
