@@ -7,16 +7,17 @@ under it) as they were: both are measured before and after each request. On SQLi
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from memo.db import Base, Database, Job, JobState
+from memo.db import Base, Database, Job, JobState, MemoryVersion
 from memo.settings import get_settings
 from services.gateway.app import create_app
-from tests.conftest import api_key, make_settings
+from tests.conftest import api_key, fresh_database, make_settings
 from tests.integration.test_api import RecordingDispatcher, ScriptedEngines, _trained_collection
 
 WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
@@ -126,8 +127,8 @@ def _upload_cases(valid_name: str = "policy.txt") -> dict[str, dict[str, Any]]:
 def _cases() -> dict[tuple[str, str], dict[str, Request]]:
     """Every write route's bad requests; the ids of what exists are read when each request is made."""
 
-    def at(template: str, **fixed: str) -> Callable[..., str]:
-        return lambda **ids: template.format(**{**IDS, **fixed, **ids})
+    def at(template: str) -> Callable[..., str]:
+        return lambda **ids: template.format(**{**IDS, **ids})
 
     def each_id(path: Callable[..., str], names: list[str], kwargs: dict[str, Any] | None = None) -> dict[str, Request]:
         out: dict[str, Request] = {}
@@ -238,46 +239,27 @@ def test_every_write_route_has_bad_input_cases() -> None:
 def gateway(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple]:
     """The real app on SQLite or a fresh PostgreSQL database, with a trained collection "hr" (a document, its
     reflections, an active version), a failed job, and a second API key; uploads queue jobs without running them."""
-    import uuid
-
-    from sqlalchemy import create_engine, text
-
-    from tests.conftest import PG_ADMIN_URL
-
-    url = None
-    admin = None
-    name = f"memo_bad_{uuid.uuid4().hex[:10]}"
-    if request.param == "postgres":
-        admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    tmp = tmp_path_factory.mktemp("bad-input")
-    limits = {"query_per_minute": 0, "write_per_minute": 0}
-    settings = make_settings(tmp, database_url=url, rate_limit=limits, max_upload_bytes=MAX_UPLOAD)
-    headers = api_key(settings)
-    try:
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr("services.gateway.app.Dispatcher", lambda db, settings: RecordingDispatcher())
-            mp.setattr("services.gateway.app.Engines", lambda settings: ScriptedEngines(settings, {}))
-            app = create_app(settings)
-            with TestClient(app, headers=headers) as client:
-                cid, did, _ = _trained_collection(client, app)
-                with app.state.db.session() as s:
-                    job = s.scalars(select(Job)).one()
-                    job.state = JobState.failed
-                    from memo.db import MemoryVersion
-
-                    version_id = s.scalars(select(MemoryVersion.id)).one()
-                key_id = client.post("/v1/admin/keys", json={"name": "other", "role": "reader"}).json()["id"]
-                IDS.update(collection_id=cid, document_id=did, job_id=job.id, version_id=version_id, key_id=key_id)
-                app.state.dispatcher.jobs.clear()  # the seeded upload's
-                yield client, app, settings
-    finally:
-        if admin is not None:
-            with admin.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            admin.dispose()
+    with ExitStack() as stack:
+        url = stack.enter_context(fresh_database("memo_bad")) if request.param == "postgres" else None
+        limits = {"query_per_minute": 0, "write_per_minute": 0}
+        settings = make_settings(
+            tmp_path_factory.mktemp("bad-input"), database_url=url, rate_limit=limits, max_upload_bytes=MAX_UPLOAD
+        )
+        headers = api_key(settings)
+        mp = stack.enter_context(pytest.MonkeyPatch.context())
+        mp.setattr("services.gateway.app.Dispatcher", lambda db, settings: RecordingDispatcher())
+        mp.setattr("services.gateway.app.Engines", lambda settings: ScriptedEngines(settings, {}))
+        app = create_app(settings)
+        client = stack.enter_context(TestClient(app, headers=headers))
+        cid, did, _ = _trained_collection(client, app)
+        with app.state.db.session() as s:
+            job = s.scalars(select(Job)).one()
+            job.state = JobState.failed
+            version_id = s.scalars(select(MemoryVersion.id)).one()
+        key_id = client.post("/v1/admin/keys", json={"name": "other", "role": "reader"}).json()["id"]
+        IDS.update(collection_id=cid, document_id=did, job_id=job.id, version_id=version_id, key_id=key_id)
+        app.state.dispatcher.jobs.clear()  # the seeded upload's
+        yield client, app, settings
 
 
 def _snapshot(app, settings) -> tuple[dict[str, int], list[str]]:  # type: ignore[no-untyped-def]

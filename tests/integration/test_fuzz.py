@@ -5,7 +5,6 @@ and on the real PostgreSQL, with fast scripted LLMs and a collection with an act
 
 from __future__ import annotations
 
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 
@@ -17,12 +16,12 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.python.asgi import shutdown_lifespans
 from schemathesis.schemas import BaseSchema
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import select
 
 from memo.db import Database, Job, MemoryVersion
 from memo.settings import get_settings
 from services.gateway.app import create_app
-from tests.conftest import PG_ADMIN_URL, api_key, make_settings
+from tests.conftest import api_key, fresh_database, make_settings
 from tests.integration.test_api import RecordingDispatcher, ScriptedEngines, _trained_collection
 
 EXAMPLES = 50  # per operation and generation mode (data that fits the schema, and data that does not)
@@ -43,16 +42,8 @@ def database_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
     if request.param == "sqlite":
         yield None
         return
-    name = f"memo_fuzz_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with fresh_database("memo_fuzz") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
