@@ -33,6 +33,8 @@ def create_collection(session: Session, name: str) -> Collection:
     name = name.strip()
     if not name or len(name) > 200:
         raise InvalidInput("a collection name must have 1 to 200 characters")
+    if not clean_text(name, lines=False):
+        raise InvalidInput(f"the collection name {name!r} holds control or bidirectional-override characters")
     if session.scalars(select(Collection).where(Collection.name == name)).first():
         raise Conflict(f"a collection named {name!r} already exists")
     coll = Collection(name=name)
@@ -94,8 +96,9 @@ def add_documents(
 
 
 def _check(settings: Settings, files: list[tuple[str, bytes]]) -> list[str]:
-    """The media type of each file, or the error of the first one refused (size, type, content)."""
+    """The media type of each file, or the error of the first one refused (name, size, type, content)."""
     for filename, data in files:
+        check_filename(filename)
         if len(data) > settings.max_upload_bytes:
             raise PayloadTooLarge(f"{filename!r} is {len(data)} bytes; the limit is {settings.max_upload_bytes}")
     total = sum(len(data) for _, data in files)
@@ -106,16 +109,44 @@ def _check(settings: Settings, files: list[tuple[str, bytes]]) -> list[str]:
     return [validate_upload(name, data, settings.max_unpacked_bytes) for name, data in files]
 
 
+def check_filename(filename: str) -> None:
+    """A document's file name is a label, never a path the service opens: it is refused when it could mislead as
+    one (absolute, ``..``, backslashes), holds control or bidirectional-override characters, or is empty or too
+    long for its column. Relative names with ``/`` (a zip's members, given to ``memo ingest``) are kept."""
+    if not filename.strip() or len(filename) > 500:
+        raise InvalidInput(f"a file name must have 1 to 500 characters, not {len(filename)}")
+    if not clean_text(filename, lines=False) or "\\" in filename:
+        raise InvalidInput(f"the file name {filename!r} holds control characters or backslashes")
+    if filename.startswith("/") or ".." in filename.split("/"):
+        raise InvalidInput(f"the file name {filename!r} is a path: upload it with its own name only")
+
+
+def clean_text(text: str, lines: bool = True) -> bool:
+    """False when ``text`` holds what no name or question needs and what storing or showing it would break: control
+    characters (NUL included; tabs and line breaks only with ``lines``), lone surrogates, bidirectional overrides
+    (they make a name read differently)."""
+    allowed = "\t\n\r" if lines else ""
+    return not any(
+        (ord(c) < 32 and c not in allowed) or ord(c) == 127 or 0xD800 <= ord(c) <= 0xDFFF or c in _BIDI_OVERRIDES
+        for c in text
+    )
+
+
+_BIDI_OVERRIDES = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
 def _store(
     session: Session, settings: Settings, collection_id: str, filename: str, data: bytes, media_type: str
 ) -> Upload:
     digest = content_hash(data)
+    # before the row (a crash between leaves an orphan blob, which memo doctor removes); for a duplicate too, so
+    # uploading a file again restores a blob that was lost
+    BlobStore(settings.blob_dir).put(digest, data)
     existing = session.scalars(
         select(Document).where(Document.collection_id == collection_id, Document.content_hash == digest)
     ).first()
     if existing is not None and existing.status != DocumentStatus.deleted:
         return Upload(existing, None, True)
-    BlobStore(settings.blob_dir).put(digest, data)
     if existing is not None:  # the same bytes after a deletion: the tombstone comes back to life
         doc = existing
         doc.filename, doc.media_type, doc.status = filename, media_type, DocumentStatus.uploaded

@@ -127,6 +127,73 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (memo k
 
 
 @app.command()
+def doctor(
+    repair: Annotated[bool, typer.Option("--repair", help="Remove orphans and mark lost files' rows failed.")] = False,
+    grace: Annotated[
+        float, typer.Option(help="Seconds: files changed more recently are left alone (a write may be under way).")
+    ] = 3600.0,
+) -> None:
+    """Check the data directory against the database: orphan blobs and adapter directories, rows whose files are
+    missing, leftovers of interrupted writes. Exits 1 when a problem is left unrepaired."""
+    from memo import doctor as check
+    from memo.db import Database
+
+    settings = _setup()
+    db = Database(settings)
+    db.migrate()
+    report = check.check(db, settings, repair=repair, grace_s=grace)
+    for f in report.findings:
+        state = "repaired" if f.repaired else "can be repaired (--repair)" if f.repairable else "needs you"
+        typer.echo(f"{f.kind:<17} {f.target}\n{'':<17} {f.detail} [{state}]")
+    typer.echo(report.summary())
+    if report.unrepaired:
+        raise typer.Exit(1)
+
+
+@app.command("export")
+def export_(
+    collection: Annotated[str, typer.Argument(help="The collection's name.")],
+    out: Annotated[Path, typer.Option("--out", help="The archive to write (.tar.gz).")],
+) -> None:
+    """Write one collection (documents and their files, chunks, reflections with provenance, memory versions with
+    metrics and ledgers, adapter files) to one archive with a checksummed manifest."""
+    from memo import backup
+    from memo.db import Database
+    from memo.errors import MemoError
+
+    settings = _setup()
+    db = Database(settings)
+    db.migrate()
+    try:
+        summary = backup.export_collection(db, settings, collection, out)
+    except MemoError as exc:
+        _fail(exc.message)
+    typer.echo(f"exported {collection!r} to {out}: {summary}")
+
+
+@app.command("import")
+def import_(
+    archive: Annotated[Path, typer.Argument(help="An archive written by memo export.")],
+    name: Annotated[
+        str | None, typer.Option("--name", help="Import under this name (the archive's by default).")
+    ] = None,
+) -> None:
+    """Restore a collection from an archive of memo export, checked before anything is written: all or nothing."""
+    from memo import backup
+    from memo.db import Database
+    from memo.errors import MemoError
+
+    settings = _setup()
+    db = Database(settings)
+    db.migrate()
+    try:
+        coll_id, summary = backup.import_collection(db, settings, archive, name)
+    except MemoError as exc:
+        _fail(exc.message)
+    typer.echo(f"imported {archive} as collection {coll_id}: {summary}")
+
+
+@app.command()
 def serve(
     host: str = typer.Option("127.0.0.1"),
     port: int = typer.Option(8080),

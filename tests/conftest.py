@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -56,12 +57,12 @@ def settings(tmp_path: Path) -> Settings:
     return make_settings(tmp_path)
 
 
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A fresh, empty database on the real PostgreSQL server, dropped afterwards."""
+@contextmanager
+def fresh_database(prefix: str = "memo_test") -> Iterator[str]:
+    """A fresh, empty database on the real PostgreSQL server (its URL), dropped afterwards."""
     from sqlalchemy import create_engine, text
 
-    name = f"memo_test_{uuid.uuid4().hex[:10]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
@@ -71,6 +72,13 @@ def pg_url() -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh, empty database on the real PostgreSQL server, dropped afterwards."""
+    with fresh_database() as url:
+        yield url
 
 
 def free_port() -> int:

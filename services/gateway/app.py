@@ -3,23 +3,32 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError
 
+from memo import doctor
 from memo.db import Database
 from memo.errors import MemoError
 from memo.jobs import StaleJobCheck
 from memo.llm import Engines
 from memo.settings import Settings, get_settings
 from services.gateway.auth import AuthMiddleware
-from services.gateway.middleware import RequestMiddleware
+from services.gateway.middleware import BodyLimitMiddleware, RequestMiddleware
 from services.gateway.ratelimit import RateLimitMiddleware, rate_limiter
 from services.gateway.routes import admin, chat, collections, console, jobs, ops, query
 from services.worker.dispatch import Dispatcher
+
+
+class AsciiJSONResponse(JSONResponse):
+    def render(self, content: object) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -39,6 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         def submit(job_id: str) -> object:
             return app.state.dispatcher.submit(job_id)
 
+        await asyncio.to_thread(doctor.log_check, db, settings)  # what a crash left: reported (memo doctor)
         stale_check = StaleJobCheck(db, settings, submit)
         await asyncio.to_thread(stale_check.run_once)
         stale_check.start()
@@ -63,6 +73,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def _memo_error(_request: Request, exc: MemoError) -> JSONResponse:
         return JSONResponse(status_code=exc.status_code, content={"detail": exc.message})
 
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own answer, with ASCII escapes: the input it echoes may hold a lone surrogate (sent escaped in
+        # JSON), which UTF-8 cannot encode
+        return AsciiJSONResponse(status_code=422, content={"detail": jsonable_encoder(exc.errors())})
+
     @app.exception_handler(DataError)
     async def _unstorable(_request: Request, exc: DataError) -> JSONResponse:
         # a value the database cannot hold or compare (a NUL character, a string longer than its column): bad input,
@@ -72,7 +88,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # the request id is set before any route runs; every response is counted (an unhandled error's 500 is answered
     # by the middleware itself, so it has the id too); inside it the rate limits (a 429 is counted and logged, and a
-    # flood of bad keys is limited too), and inside those (added first) every /v1 request is authenticated
+    # flood of bad keys is limited too), inside those every /v1 request is authenticated, and then (added first) an
+    # over-long body is refused
+    app.add_middleware(BodyLimitMiddleware, max_upload_bytes=settings.max_upload_bytes)
     app.add_middleware(AuthMiddleware)
     app.add_middleware(RateLimitMiddleware)
     app.add_middleware(RequestMiddleware)

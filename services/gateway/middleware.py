@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 
+from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -62,3 +63,41 @@ class RequestMiddleware:
             )
         request_id_var.reset(token)  # after the access log, which carries them
         key_id_var.reset(key_token)
+
+
+BODY_LIMIT = 1 << 20  # bytes of a request body that is not an upload (a JSON request is far smaller)
+MULTIPART_FRAMING = 1 << 20  # an upload's body: its files (at most max_upload_bytes together) and their framing
+
+
+class BodyLimitMiddleware:
+    """Pure ASGI: a request body over its limit is refused 413, by its ``Content-Length`` before anything is read,
+    or, sent without one (chunked), once what has arrived passes the limit; either way before a route acts on it.
+    An upload (multipart) may be ``max_upload_bytes`` and its framing, any other body :data:`BODY_LIMIT`."""
+
+    def __init__(self, app: ASGIApp, max_upload_bytes: int) -> None:
+        self.app = app
+        self.upload_limit = max_upload_bytes + MULTIPART_FRAMING
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        upload = headers.get(b"content-type", b"").lower().startswith(b"multipart/form-data")
+        limit = self.upload_limit if upload else BODY_LIMIT
+        detail = f"the request body exceeds {limit} bytes"
+        length = headers.get(b"content-length")
+        if length is not None and (not length.strip().isdigit() or int(length) > limit):
+            await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
+            return
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > limit:  # an HTTPException: FastAPI passes it through its body parsing as it is
+                raise HTTPException(413, detail)
+            return message
+
+        await self.app(scope, counted, send)

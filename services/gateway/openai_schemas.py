@@ -7,13 +7,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from services.gateway.schemas import AnswerOut
+from memo.query import MAX_QUESTION_CHARS
+from services.gateway.schemas import AnswerOut, Name, Text
 
 
 class TextPart(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class MessageIn(BaseModel):
@@ -21,7 +22,7 @@ class MessageIn(BaseModel):
 
     model_config = ConfigDict(strict=True)
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = None
+    content: Text | list[TextPart] | None = None
 
     def text(self) -> str:
         if isinstance(self.content, list):
@@ -41,7 +42,7 @@ class ChatIn(BaseModel):
     response_format, stop, logprobs...) is refused rather than ignored."""
 
     model_config = ConfigDict(strict=True, extra="forbid")
-    model: str = Field(min_length=1, max_length=200, description="the collection's name (GET /v1/models)")
+    model: Name = Field(min_length=1, max_length=200, description="the collection's name (GET /v1/models)")
     messages: list[MessageIn] = Field(min_length=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -53,7 +54,7 @@ class ChatIn(BaseModel):
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     seed: int | None = None
-    user: str | None = None
+    user: Name | None = Field(default=None, max_length=200)
 
     @field_validator("n")
     @classmethod
@@ -67,6 +68,8 @@ class ChatIn(BaseModel):
         last = self.messages[-1]
         if last.role != "user" or not last.text().strip():
             raise ValueError("the last message must be the user's question (role 'user', with text): it is answered")
+        if len(last.text()) > MAX_QUESTION_CHARS:
+            raise ValueError(f"the question (the last message) is longer than {MAX_QUESTION_CHARS} characters")
         if self.stream_options is not None and not self.stream:
             raise ValueError("stream_options is only allowed with stream: true")
         return self

@@ -3,13 +3,31 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from memo.catalog import clean_text
+
+
+def _text(value: str) -> str:
+    if not clean_text(value):
+        raise ValueError("control characters (NUL included), lone surrogates and bidirectional overrides are refused")
+    return value
+
+
+def _name(value: str) -> str:
+    if not clean_text(value, lines=False):
+        raise ValueError("a name holds no control characters, line breaks, lone surrogates or bidirectional overrides")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_text)]  # free text: a question, a message
+Name = Annotated[str, AfterValidator(_name)]  # one line: a name, an id, a URL
 
 
 class CollectionIn(BaseModel):
-    name: str = Field(min_length=1, max_length=200)
+    name: Name = Field(min_length=1, max_length=200)
 
 
 class CollectionOut(BaseModel):
@@ -92,8 +110,8 @@ class VersionOut(BaseModel):
 
 
 class QueryIn(BaseModel):
-    collection_id: str
-    question: str = Field(min_length=1, max_length=2000)
+    collection_id: Name = Field(max_length=200)
+    question: Text = Field(min_length=1, max_length=2000)
 
 
 class CitedReflectionOut(BaseModel):
@@ -149,9 +167,9 @@ class QueryOut(AnswerOut):
 
 class ExecutiveIn(BaseModel):
     backend: Literal["local", "openai"]
-    model: str | None = None
-    base_url: str | None = None
-    api_key: str | None = None
+    model: Name | None = Field(default=None, max_length=500)
+    base_url: Name | None = Field(default=None, max_length=1000)
+    api_key: Name | None = Field(default=None, max_length=500)
 
     @model_validator(mode="after")
     def _check(self) -> ExecutiveIn:
@@ -168,10 +186,12 @@ class ExecutiveOut(BaseModel):
 
 
 class KeyIn(BaseModel):
-    name: str = Field(min_length=1, max_length=200)
+    name: Name = Field(min_length=1, max_length=200)
     role: Literal["reader", "writer", "admin"]
     # the collection ids the key may use; omitted or null = every collection (present and future)
-    collections: list[str] | None = Field(default=None, min_length=1)
+    collections: list[Annotated[Name, Field(max_length=200)]] | None = Field(
+        default=None, min_length=1, max_length=1000
+    )
 
 
 class KeyOut(BaseModel):

@@ -14,6 +14,7 @@ from functools import cache
 from celery import Celery
 from celery.signals import worker_ready, worker_shutdown
 
+from memo import doctor
 from memo.db import Database
 from memo.errors import BackendError
 from memo.jobs import StaleJobCheck
@@ -62,6 +63,7 @@ def _start_stale_check(**_: object) -> None:
     from services.worker.dispatch import Dispatcher
 
     ctx = _context()
+    doctor.log_check(ctx.db, ctx.settings)  # what a crash left: reported (memo doctor)
     dispatcher = Dispatcher(ctx.db, ctx.settings)
     check = StaleJobCheck(ctx.db, ctx.settings, dispatcher.submit)
     check.run_once()

@@ -337,3 +337,43 @@ def test_query_returns_sources_and_abstains_on_what_no_document_supports(env):
     assert [v["active"] for v in client.get(f"/v1/collections/{cid}/versions").json()] == [False]
     r = client.post("/v1/query", json={"collection_id": cid, "question": paid})
     assert r.status_code == 409 and "no trained memory" in r.json()["detail"]
+
+
+def test_a_query_never_cites_another_collections_documents(env):
+    """Collection A's query is answered from A's reflections only: a Memory that recalls collection B's fact (as a
+    model trained on both would) finds no support in A, so the answer abstains and no B document is cited."""
+    from memo.db import Chunk, MemoryVersion, Reflection, ReflectionSource, VersionStatus
+
+    client, app, settings = env
+    hr, hr_doc, _ = _trained_collection(client, app)  # B: the leave policy
+    finance = client.post("/v1/collections", json={"name": "finance"}).json()["id"]  # A: travel
+    travel = b"Zorblax pays a travel per diem of 91 euros per day."
+    up = _upload(client, finance, "travel.txt", travel)
+    _finish(app, up["job"]["id"])
+    fin_doc = up["document"]["id"]
+    with app.state.db.session() as s:
+        chunk = Chunk(document_id=fin_doc, seq=0, text=travel.decode())
+        s.add(chunk)
+        s.flush()
+        r = Reflection(
+            collection_id=finance, document_id=fin_doc, chunk_id=chunk.id, kind="direct", answer="91 euros",
+            question="What travel per diem does Zorblax pay per day?", question_hash="t0",
+        )  # fmt: skip
+        s.add(r)
+        s.flush()
+        s.add(ReflectionSource(reflection_id=r.id, chunk_id=chunk.id, document_id=fin_doc))
+        s.add(MemoryVersion(collection_id=finance, base_model="m", adapter_path="/nowhere", status=VersionStatus.ready,
+                            active=True, documents=[fin_doc]))  # fmt: skip
+    paid = "How many days of paid leave do Zorblax employees get each year?"
+    per_diem = "What travel per diem does Zorblax pay per day?"
+    app.state.engines = ScriptedEngines(settings, {paid: "23 days", per_diem: "91 euros"})
+
+    leak = client.post("/v1/query", json={"collection_id": finance, "question": paid}).json()
+    assert leak["abstained"] is True and leak["sources"] == []
+    assert all(step["sources"] == [] for step in leak["trace"])
+    assert hr_doc not in str(leak)
+    own = client.post("/v1/query", json={"collection_id": finance, "question": per_diem}).json()
+    assert own["answer"] == "91 euros" and [s["document_id"] for s in own["sources"]] == [fin_doc]
+    # and B still answers it from B's document
+    theirs = client.post("/v1/query", json={"collection_id": hr, "question": paid}).json()
+    assert theirs["abstained"] is False and [s["document_id"] for s in theirs["sources"]] == [hr_doc]
