@@ -17,6 +17,10 @@ from memo.metrics import count_tokens
 
 log = logging.getLogger(__name__)
 
+# idle connections are dropped before a server's own keep-alive timeout (uvicorn's, vLLM's: 5 s) ends them, so that a
+# request is not written into a connection the server is closing
+KEEPALIVE_S = 3.0
+
 
 class OpenAIChat:
     """``slots``: bounds the requests in flight, shared with the process's other clients of the same role (see
@@ -102,13 +106,22 @@ class OpenAIChat:
 
     async def _post(self, path: str, body: dict[str, Any]) -> _Reply:
         if self._session is None:
-            self._session = aiohttp.ClientSession(headers=self._headers, timeout=self._timeout)
+            connector = aiohttp.TCPConnector(keepalive_timeout=KEEPALIVE_S)
+            self._session = aiohttp.ClientSession(headers=self._headers, timeout=self._timeout, connector=connector)
         async with self._slots:
-            try:
-                async with self._session.post(self.base_url + path, json=body) as resp:
-                    return _Reply(resp.status, await resp.text(errors="replace"))
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                raise BackendError(f"LLM server {self.base_url} unreachable: {type(exc).__name__} {exc}") from exc
+            for attempt in (0, 1):
+                try:
+                    async with self._session.post(self.base_url + path, json=body) as resp:
+                        return _Reply(resp.status, await resp.text(errors="replace"))
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    # a kept-alive connection the server closed meanwhile: once more, on a new connection (a
+                    # completion has no side effect on the server); a refused connection or a timeout is not retried
+                    dropped = isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError)
+                    if attempt == 0 and dropped and not isinstance(exc, aiohttp.ClientConnectorError):
+                        log.info("LLM server %s dropped the connection (%s): retrying once", self.base_url, exc)
+                        continue
+                    raise BackendError(f"LLM server {self.base_url} unreachable: {type(exc).__name__} {exc}") from exc
+        raise AssertionError("the loop returns or raises")
 
     async def _load_adapter(self) -> None:
         async with self._reload:  # concurrent requests that all met the 404 load it once

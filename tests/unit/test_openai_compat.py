@@ -73,3 +73,44 @@ async def test_the_tokens_a_server_reports_are_counted_under_the_role_of_the_cal
     assert tokens("executive", "prompt") - before["executive", "prompt"] == 11
     assert tokens("executive", "completion") - before["executive", "completion"] == 2
     assert tokens("other", "prompt") - before["other", "prompt"] == 11
+
+
+async def test_a_connection_the_server_drops_is_retried_once_on_a_new_one():
+    """A server that closes a connection without answering (a kept-alive connection it timed out as the request was
+    written) costs one retry, not the request; a server that always does it is an error."""
+    import asyncio
+    import json
+
+    body = json.dumps({"choices": [{"message": {"content": "Wayfarer"}}]}).encode()
+    drops = {"left": 1}
+    connections = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)
+        await reader.readuntil(b"\r\n\r\n")
+        if drops["left"] > 0:
+            drops["left"] -= 1
+            writer.close()  # no reply at all
+            return
+        head = (
+            "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
+        writer.write(head.encode() + body)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    llm = OpenAIChat(f"http://127.0.0.1:{port}/v1", "m")
+    try:
+        assert await llm.chat([{"role": "user", "content": "portal?"}]) == "Wayfarer"
+        assert len(connections) == 2
+        drops["left"] = 2
+        with pytest.raises(BackendError, match="unreachable"):
+            await llm.chat([{"role": "user", "content": "portal?"}])
+        assert len(connections) == 4  # one retry, not more
+    finally:
+        await llm.aclose()
+        server.close()
+        await server.wait_closed()
