@@ -166,6 +166,8 @@ def memo_service(ask: Callable[[str], Awaitable[Any]], doc_name: DocName = lambd
                 "memory_answer": s.memory_answer,
                 "idk": s.idk,
                 "supported": s.supported,
+                "chosen_from": s.chosen_from,
+                "recalled": s.recalled,
                 "sources": [doc_name(src.document_id, src.title) for src in s.sources],
             }
             for s in result.trace

@@ -47,7 +47,7 @@ async def ask(
             memory=memory,
             sources=sources,
             max_sub=engines.settings.max_sub_questions,
-            samples=engines.settings.memory_samples,
+            scorer=engines.scorer(version.id, version.adapter_path),
         )
     return result, version.id
 

@@ -286,9 +286,6 @@ class Settings(BaseSettings):
     train: TrainSettings = TrainSettings()
     gate: GateSettings = GateSettings()
     max_sub_questions: int = Field(default=4, ge=1)
-    # answers sampled from the Memory when its greedy one is unsupported (memo.executive.protocol.ask_memory): more
-    # recall, at that many more Memory calls for such a question; 0: the greedy answer only
-    memory_samples: int = Field(default=0, ge=0, le=64)
     # documents of one batch (memo ingest, memo eval) parsed and reflected at once: a short document's reflection is a
     # few requests with a long tail, so one at a time leaves a batching generator idle. Like Celery workers ingesting
     # one collection, documents reflected together do not see each other's near-duplicates (exact ones are refused)

@@ -30,7 +30,7 @@ import math
 import re
 import threading
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -61,6 +61,9 @@ MIN_GROUNDED = 0.5
 # in another document); weaker ones are left out, so that the sources stay precise
 KEEP_RELATIVE = 0.8
 MAX_SUPPORTS = 5  # reflections cited per answer
+# reflections offered to the Memory to choose from when its own answer is unsupported: on handbook_dev's first two
+# documents the right one was among the 12 most about the question for 20 of 20 `single` questions
+MAX_CANDIDATES = 12
 CACHE_SIZE = 32  # collections whose reflections are kept in memory
 
 # -- words ----------------------------------------------------------------------------------------------------------
@@ -297,13 +300,13 @@ class SourceIndex:
             return 0.0
         return self._weighted_share(question.content, fact.qa)
 
-    def best_about(self, question: Terms) -> float:
-        """How much the collection's reflection most about ``question`` is about it: :meth:`about` of every
-        reflection at once, as arrays (a word every reflection has, as a company's name, makes every reflection a
-        candidate), then the best one whose names fit."""
+    def _ranked(self, question: Terms) -> Iterator[tuple[float, Fact]]:
+        """The reflections that share a word with ``question``, most about it first, with :meth:`about` (computed
+        for every reflection at once, as arrays: a word every reflection has, as a company's name, makes every
+        reflection a candidate); those whose names do not fit are left out."""
         total = sum(self.idf(w) for w in question.content)
         if not total or not self.facts:
-            return 0.0
+            return
         shared = np.zeros(len(self.facts))
         for w in question.content:
             postings = self._postings.get(w)
@@ -311,10 +314,38 @@ class SourceIndex:
                 shared[postings] += self.idf(w)  # a reflection is in a word's postings once
         for i in np.argsort(-shared, kind="stable"):
             if shared[i] <= 0:
-                break
+                return
             if self._names_fit(question, self.facts[i]):
-                return float(shared[i]) / total
-        return 0.0
+                yield float(shared[i]) / total, self.facts[i]
+
+    def best_about(self, question: Terms) -> float:
+        """How much the collection's reflection most about ``question`` is about it."""
+        return next((about for about, _ in self._ranked(question)), 0.0)
+
+    def candidates(self, question: str, *, within: str | None = None, limit: int = MAX_CANDIDATES) -> list[Support]:
+        """The reflections that could answer ``question``, for the Memory to choose from (see
+        :mod:`memo.executive.protocol`): about it as much as a supporting reflection must be (:meth:`support`), with an
+        answer of the kind asked for, one per distinct answer, most about it first. ``within``: as in
+        :meth:`support`."""
+        if within is not None and not self.grounded(question, within):
+            return []
+        q = terms(question)
+        outer = terms(within) if within is not None else None
+        floor: float | None = None
+        found: list[Support] = []
+        seen: set[str] = set()
+        for about, f in self._ranked(q):
+            floor = max(MIN_ABOUT, RELATIVE_ABOUT * about) if floor is None else floor
+            if about < floor or len(found) >= limit:
+                break
+            key = " ".join(f.answer.lower().split())
+            novel = f.a.content - q.content  # an answer that adds nothing to the question answers nothing
+            if key in seen or not novel or not answers_type(question, novel, f.a.numbers - q.numbers):
+                continue
+            if outer is None or self.about(outer, f) >= MIN_ABOUT:
+                seen.add(key)
+                found.append(Support(f, round(about, 4), 1.0))
+        return found
 
     def grounded(self, sub_question: str, question: str) -> bool:
         """``sub_question`` asks about (part of) ``question``, not about something else."""

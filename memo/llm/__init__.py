@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from memo.llm.base import LLM, Message, chat_json, extract_json
+from memo.llm.base import LLM, Message, Scorer, chat_json, extract_json
 from memo.llm.slots import shared_slots
 from memo.settings import LLMRole, Settings
 
-__all__ = ["LLM", "Engines", "Message", "chat_json", "extract_json", "is_full_model", "served_adapter_name"]
+__all__ = ["LLM", "Engines", "Message", "Scorer", "chat_json", "extract_json", "is_full_model", "served_adapter_name"]
 
 
 def is_full_model(path: str) -> bool:
@@ -83,6 +83,26 @@ class Engines:
                 model = load_local_model(self.settings.model_path(role), self.settings.train.device)
                 self._cache[key] = LocalChat(model, adapter=(version_id, adapter_path))
         return self._cache[key]
+
+    def scorer(self, version_id: str, adapter_path: str | None) -> Scorer | None:
+        """The Memory model of one version as a :class:`Scorer`, in this process: vLLM cannot rate given text through
+        a LoRA adapter (``prompt_logprobs`` with LoRA enabled kills its engine on the CPU build, vllm-project/vllm
+        #16668), so on the ``openai`` backend the adapter is also loaded here, on ``train.device``."""
+        if adapter_path is None:
+            return None
+        role = self.settings.memory
+        if role.backend == "local":
+            return cast(Scorer, self.memory(version_id, adapter_path))
+        key = ("scorer", version_id)
+        if key not in self._cache:
+            from memo.llm.local import LocalChat, load_local_model
+
+            if is_full_model(adapter_path):
+                self._cache[key] = LocalChat(load_local_model(adapter_path, self.settings.train.device))
+            else:
+                base = load_local_model(self.settings.memory_base_model, self.settings.train.device)
+                self._cache[key] = LocalChat(base, adapter=(version_id, adapter_path))
+        return cast(Scorer, self._cache[key])
 
     async def aclose(self) -> None:
         for llm in self._cache.values():

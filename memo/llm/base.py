@@ -36,6 +36,13 @@ class LLM(Protocol):
     ) -> str: ...
 
 
+class Scorer(Protocol):
+    """A model that rates given answers (the Memory role): the mean log-probability per token of each of ``answers``
+    as its reply to ``messages``."""
+
+    async def likelihood(self, messages: list[Message], answers: list[str]) -> list[float]: ...
+
+
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.S)
 
 

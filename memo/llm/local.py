@@ -84,6 +84,50 @@ class LocalModel:
             self._cv.notify()
         return req.future
 
+    def likelihood(
+        self, messages: list[Message], answers: list[str], *, adapter: tuple[str, str] | None
+    ) -> Future[list[float]]:
+        """The mean log-probability per token of each of ``answers`` as the reply to ``messages``: one forward pass
+        of them all, on a thread of its own between generation batches (see :meth:`_run_batch`)."""
+        fut: Future[list[float]] = Future()
+
+        def run() -> None:
+            try:
+                with self._gen_lock:
+                    fut.set_result(self._likelihood(messages, answers, adapter))
+            except Exception as exc:  # reported to the caller, the model lives on
+                fut.set_exception(exc)
+
+        threading.Thread(target=run, name=f"score:{self.path}").start()
+        return fut
+
+    def _likelihood(self, messages: list[Message], answers: list[str], adapter: tuple[str, str] | None) -> list[float]:
+        import contextlib
+
+        import torch
+
+        if not answers:
+            return []
+        self._use_adapter(adapter)
+        ctx = self.model.disable_adapter() if adapter is None and self.model is not self.base else None
+        prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        head = list(self.tokenizer(str(prompt), add_special_tokens=False)["input_ids"])
+        tails = [
+            list(self.tokenizer(a, add_special_tokens=False)["input_ids"]) or [self.tokenizer.eos_token_id]
+            for a in answers
+        ]
+        width = len(head) + max(len(t) for t in tails)
+        pad = int(self.tokenizer.pad_token_id)
+        ids = torch.tensor([head + t + [pad] * (width - len(head) - len(t)) for t in tails], device=self.device)
+        mask = torch.tensor([[1] * (len(head) + len(t)) + [0] * (width - len(head) - len(t)) for t in tails])
+        with torch.inference_mode(), ctx or contextlib.nullcontext():
+            logits = self.model(input_ids=ids, attention_mask=mask.to(self.device)).logits.float()
+        logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None])[..., 0]  # (n, width - 1)
+        out = []
+        for row, t in zip(logp, tails, strict=True):
+            out.append(float(row[len(head) - 1 : len(head) - 1 + len(t)].mean()))
+        return out
+
     # -- generation thread --------------------------------------------------------------------------------------
     def _loop(self) -> None:
         while True:
@@ -267,3 +311,6 @@ class LocalChat:
             guard=json_schema is None,
         )
         return await asyncio.wrap_future(fut)
+
+    async def likelihood(self, messages: list[Message], answers: list[str]) -> list[float]:
+        return await asyncio.wrap_future(self.model.likelihood(messages, answers, adapter=self.adapter))

@@ -145,6 +145,10 @@ class TraceStep(BaseModel):
     idk: bool
     supported: bool  # the collection's reflections support this answer (see sources)
     sources: list[SourceOut]
+    # the Memory's own answer was unsupported: it rated this many reflections about the question, and memory_answer
+    # is the one it found most likely (its own answer in recalled), or it found none likely enough
+    chosen_from: int = 0
+    recalled: str | None = None
 
 
 class AnswerOut(BaseModel):

@@ -165,3 +165,29 @@ def test_a_batch_is_left_padded_without_the_tokenizers_padding_state(model_dir):
     assert ours["attention_mask"][0, 0] == 0  # the shorter row is padded on the left
     assert ours["input_ids"].tolist() == theirs["input_ids"].tolist()
     assert ours["attention_mask"].tolist() == theirs["attention_mask"].tolist()
+
+
+def test_likelihood_is_the_mean_log_probability_of_each_answer_scored_together_or_alone(model_dir):
+    """The Memory's rating of given answers: the mean log-probability per token of each as the reply, equal to the
+    model's own loss on it, whatever else is scored in the same (right-padded) pass; a greedy reply is rated at
+    least as likely as a made-up one."""
+    import torch
+
+    model = LocalModel(str(model_dir))
+    messages = memory_messages("What is the capital of France?")
+    answers = ["Paris", "The capital of France is Paris, a city on the Seine.", "Zorblax Varnmouth Quillfeather"]
+    together = model.likelihood(messages, answers, adapter=None).result(timeout=120)
+    alone = [model.likelihood(messages, [a], adapter=None).result(timeout=120)[0] for a in answers]
+    assert together == pytest.approx(alone, abs=1e-4)
+    tok = model.tokenizer
+    prompt = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    head = tok(prompt, add_special_tokens=False)["input_ids"]
+    tail = tok(answers[1], add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([head + tail])
+    labels = torch.tensor([[-100] * len(head) + tail])
+    with torch.inference_mode():
+        loss = float(model.base(input_ids=ids, labels=labels).loss)
+    assert together[1] == pytest.approx(-loss, abs=1e-4)
+    greedy = model.submit(messages, adapter=None, temperature=0.0, max_tokens=8).result(timeout=120)
+    rated = model.likelihood(messages, [greedy, answers[2]], adapter=None).result(timeout=120)
+    assert rated[0] > rated[1] and all(r < 0 for r in rated)

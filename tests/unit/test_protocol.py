@@ -118,35 +118,60 @@ async def test_a_synthesis_that_loses_the_notes_falls_back_to_the_best_note():
         assert result.sources and result.sources[0].document_id == "doc-1"
 
 
-def _sampling_memory(greedy: str, drawn: list[str]) -> ScriptedLLM:
-    """The greedy answer at temperature 0, then ``drawn`` in turn for sampled calls."""
-    queue = list(drawn)
-    return ScriptedLLM(lambda m, t: greedy if t == 0.0 else queue.pop(0), "mem-v1")
+class _Scorer:
+    """Rates answers by a table (the Memory's log-probability of each), recording what it was offered."""
+
+    def __init__(self, rates: dict[str, float]) -> None:
+        self.rates, self.offered = rates, []
+
+    async def likelihood(self, messages, answers):
+        self.offered.append(list(answers))
+        return [self.rates.get(a, -5.0) for a in answers]
 
 
-async def test_an_unsupported_greedy_answer_is_replaced_by_the_most_drawn_supported_sample():
+async def test_an_unsupported_answer_is_replaced_by_the_reflection_the_memory_finds_most_likely():
     question = "How many days off a year does a Zorblax employee get?"
-    # the greedy recall is a look-alike (parental leave's weeks); samples include the fact twice, and a wrong one
-    mem = _sampling_memory("31 days", ["23 days", "I don't know", "23 days of paid leave", "12 days"])
+    # the greedy recall is a look-alike no reflection supports; of the reflections about the question, the Memory
+    # rates the paid-leave fact highest
+    mem = _memory({question: "31 days"})
+    scorer = _Scorer({"23 days": -0.3, "31 weeks at full pay": -0.6})
     exe = _executive([])
-    result = await answer(question, executive=exe, memory=mem, sources=INDEX, samples=4)
-    assert not result.abstained and result.answer in ("23 days", "23 days of paid leave")
-    assert exe.calls == []  # supported on the first step: no plan, no synthesis
+    result = await answer(question, executive=exe, memory=mem, sources=INDEX, scorer=scorer)
+    assert not result.abstained and result.answer == "23 days"
+    assert exe.calls == []  # answered on the first step: no plan, no synthesis
     [step] = result.trace
-    assert step.supported and step.drawn == 4 and len(mem.calls) == 5
+    assert step.supported and step.recalled == "31 days" and step.chosen_from == len(scorer.offered[0])
+    assert "23 days" in scorer.offered[0]
+    assert "Meridel Okonkwo" not in scorer.offered[0]  # not a number, where "how many" asks for one
     assert step.sources[0].passages[0].reflections[0].answer == "23 days"
 
 
-async def test_samples_no_reflection_supports_still_abstain():
-    question = "What is the annual deductible of the Zorblax dental plan?"
-    mem = _sampling_memory("31 weeks", ["$200", "31 weeks", "Varnmouth"])
-    result = await answer(question, executive=_executive([]), memory=mem, sources=INDEX, samples=3)
+async def test_a_choice_the_memory_finds_unlikely_is_not_an_answer():
+    question = "How many days off a year does a Zorblax employee get?"
+    mem = _memory({question: "31 days"})
+    scorer = _Scorer({"23 days": -1.5, "31 weeks at full pay": -2.0})  # it recognises none of them
+    result = await answer(question, executive=_executive([]), memory=mem, sources=INDEX, scorer=scorer)
     assert result.abstained and result.answer == ABSTAIN_ANSWER and result.sources == []
-    assert all(s.drawn == 3 and not s.supported for s in result.trace)
+    assert not result.trace[0].supported and result.trace[0].chosen_from > 0
 
 
-async def test_a_supported_greedy_answer_draws_no_samples():
+async def test_nothing_about_the_question_is_offered_and_a_supported_own_answer_stands_when_no_choice_is_likely():
+    scorer = _Scorer({})
+    question = "What is the annual deductible of the Zorblax dental plan?"
+    result = await answer(question, executive=_executive([]), memory=_memory({}), sources=INDEX, scorer=scorer)
+    assert result.abstained and scorer.offered == []  # no reflection is about dental plans
     question = "Where is Zorblax headquartered?"
-    mem = _sampling_memory("Varnmouth", [])
-    result = await answer(question, executive=_executive([]), memory=mem, sources=INDEX, samples=8)
-    assert result.answer == "Varnmouth" and len(mem.calls) == 1 and result.trace[0].drawn == 0
+    result = await answer(
+        question, executive=_executive([]), memory=_memory({question: "Varnmouth"}), sources=INDEX, scorer=scorer
+    )
+    assert scorer.offered == [["in the town of Varnmouth"]]  # rated, but below the bar: the supported own answer
+    assert result.answer == "Varnmouth" and result.trace[0].chosen_from == 1 and result.trace[0].recalled is None
+
+
+async def test_the_memorys_choice_overrides_its_own_supported_look_alike():
+    question = "How long does parental leave at Zorblax last?"
+    # "23 days" is in a reflection about Zorblax leave, so lexically supported; the Memory rates the right fact higher
+    mem = _memory({question: "23 days"})
+    scorer = _Scorer({"23 days": -0.9, "31 weeks at full pay": -0.2})
+    result = await answer(question, executive=_executive([]), memory=mem, sources=INDEX, scorer=scorer)
+    assert result.answer == "31 weeks at full pay" and result.trace[0].recalled == "23 days"

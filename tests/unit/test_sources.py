@@ -150,6 +150,26 @@ def test_the_best_about_is_the_most_about_reflection(index, question):
     assert index.best_about(q) == pytest.approx(max(index.about(q, f) for f in index.facts), abs=1e-12)
 
 
+def test_candidates_are_the_reflections_about_the_question_of_the_kind_asked_for(index):
+    """What the Memory is offered to choose from: about the question as much as a support must be, most about it
+    first, one per distinct answer, and of the kind asked for (a number for "how many")."""
+    question = "How many days off a year does a Zorblax employee get?"
+    offered = index.candidates(question)
+    answers = [c.fact.answer for c in offered]
+    assert answers and answers[0] in ("23 days", "Zorblax employees receive 23 days of paid leave per year.")
+    assert all(terms(a).numbers for a in answers)  # "how many": no answer without a number
+    assert len(set(answers)) == len(answers)
+    q = terms(question)
+    abouts = [c.about for c in offered]
+    assert abouts == sorted(abouts, reverse=True) and min(abouts) >= max(0.2, 0.5 * index.best_about(q)) - 1e-4
+    assert all(c.about == pytest.approx(index.about(q, c.fact), abs=1e-4) for c in offered)
+    assert index.candidates("What is the weather on Mars?") == []
+    assert index.candidates("What does Fennick Labs make at Zorblax?") == []  # no document has both names
+    # a sub-question not about the question offers nothing
+    assert index.candidates("Where is Zorblax headquartered?", within="How long is parental leave?") == []
+    assert len(index.candidates(question, limit=1)) == 1
+
+
 def test_support_is_fast_on_thousands_of_reflections():
     facts = [
         make_fact(f"r{i}", f"What is the limit number {i} of policy {i % 50}?", f"{i} units of item {i % 7}", [])

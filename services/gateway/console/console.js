@@ -370,6 +370,11 @@ async function ask(event) {
         el("p", {}, el("b", {}, s.sub_question)),
         el("p", {}, "Memory: ", el("span", { class: "memory-answer" }, s.memory_answer), " ",
           el("span", { class: `badge ${s.supported ? "live" : ""}` }, s.supported ? "supported" : s.idk ? "does not know" : "unsupported")),
+        s.chosen_from
+          ? el("p", { class: "meta" }, s.recalled
+            ? `recalled "${s.recalled}" (unsupported); chose this of ${s.chosen_from} reflections about the question`
+            : `own answer unsupported; none of ${s.chosen_from} reflections about the question likely enough`)
+          : null,
         s.sources.length ? sourceList(s.sources) : null
       )
     );
