@@ -168,6 +168,7 @@ def memo_service(ask: Callable[[str], Awaitable[Any]], doc_name: DocName = lambd
                 "supported": s.supported,
                 "chosen_from": s.chosen_from,
                 "recalled": s.recalled,
+                "rating": s.rating,
                 "sources": [doc_name(src.document_id, src.title) for src in s.sources],
             }
             for s in result.trace

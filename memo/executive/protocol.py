@@ -2,8 +2,8 @@
 reflections about it the one it finds most likely (see :func:`ask_memory`), or else with its own answer if the
 reflections support it (:mod:`memo.sources`); that answer is the answer, as it is, with its sources. Failing both,
 the Executive plans sub-questions, the Memory answers each (in parallel, no shared context), and the Executive writes
-the answer from the supported answers (its notes) alone. When no answer is supported, the service abstains: a fixed reply and ``abstained``, without
-a synthesis call.
+the answer from the supported answers (its notes) alone. When no answer is supported, the service abstains: a fixed
+reply and ``abstained``, without a synthesis call.
 
 Why the Memory's own answer is not reworded: a small Executive's rewording can only lose what the Memory recalled.
 Why support and not a test for "I don't know": the Memory model does not know what it does not know (it answers an
@@ -27,9 +27,10 @@ from memo.sources import Source, SourceIndex, carries, merge_sources, terms
 # the reply when nothing the Memory said is supported by the collection's documents
 ABSTAIN_ANSWER = "I don't know: the documents do not answer this."
 MEMORY_MAX_TOKENS = 96
-# the least mean log-probability per token at which the Memory's choice among the reflections is an answer: one nat
-# (a geometric mean of 0.37 per token); below it, it does not recognise any of them as what it learned for the question
-MIN_CHOICE_LOGP = -1.0
+# the least rating (log of: the Memory's mean probability per token of the answer, times the share of the question
+# the reflection is about) at which the Memory's choice is an answer. On handbook_dev's first two documents the right
+# choices for `single` questions rated -1.85 and up, an unanswerable question's best -2.26 (and one -1.55)
+MIN_CHOICE_RATING = -2.0
 SYNTH_MAX_TOKENS = 128
 
 
@@ -37,8 +38,8 @@ SYNTH_MAX_TOKENS = 128
 class Step:
     """One question put to the Memory: its answer, whether it said it does not know, whether the collection's
     reflections support the answer, the documents and passages that do (best first), how many reflections it rated
-    (``chosen_from``), and its own greedy answer (``recalled``) when the answer is the reflection it chose (see
-    :func:`ask_memory`)."""
+    (``chosen_from``), its own greedy answer (``recalled``) when the answer is the reflection it chose, and the best
+    reflection's ``rating`` (see :func:`ask_memory`)."""
 
     sub_question: str
     memory_answer: str
@@ -47,6 +48,7 @@ class Step:
     sources: list[Source] = field(default_factory=list)
     chosen_from: int = 0
     recalled: str | None = None
+    rating: float | None = None  # the best rated reflection's rating (see ask_memory), chosen or not
 
     @property
     def score(self) -> float:
@@ -106,7 +108,7 @@ async def ask_memory(
     With a ``scorer`` (the same Memory, rating given answers) the answer is the Memory's choice: the reflections
     about the question (:meth:`SourceIndex.candidates`) are rated by how likely the Memory finds each as its reply,
     weighed by how much each is about the question (a product: log-probability plus log of the about share), and the
-    best is the answer if the Memory finds it likely enough (:data:`MIN_CHOICE_LOGP`). A small Memory's own greedy
+    best is the answer if its rating is high enough (:data:`MIN_CHOICE_RATING`). A small Memory's own greedy
     answer is often a look-alike of what it learned (a paraphrased question moves its mass to a neighbour), yet among
     the facts of the documents it still rates the right one highest: on handbook_dev's first two documents 0.85 of
     the `single` questions against 0.30 for its supported greedy answers (results/eval). Its own answer, if
@@ -119,15 +121,17 @@ async def ask_memory(
         scorer.likelihood(messages, [c.fact.answer for c in offered]) if scorer and offered else _none(),
     )
     reply = reply.strip()
+    rating = None
     if rated:
-        _, logp, best = max(
-            ((lp + math.log(c.about), lp, c) for lp, c in zip(rated, offered, strict=True)), key=lambda x: x[0]
+        rating, best = max(
+            ((lp + math.log(c.about), c) for lp, c in zip(rated, offered, strict=True)), key=lambda x: x[0]
         )
-        if logp >= MIN_CHOICE_LOGP:
-            return Step(sub_question, best.fact.answer, False, True, sources.cite([best]), len(offered), reply)
+        rating = round(rating, 4)
+        if rating >= MIN_CHOICE_RATING:
+            return Step(sub_question, best.fact.answer, False, True, sources.cite([best]), len(offered), reply, rating)
     idk = is_idk(reply)
     supports = [] if idk else sources.support(sub_question, reply, within=within)
-    return Step(sub_question, reply, idk, bool(supports), sources.cite(supports), len(offered))
+    return Step(sub_question, reply, idk, bool(supports), sources.cite(supports), len(offered), None, rating)
 
 
 async def _none() -> list[float]:

@@ -149,6 +149,9 @@ class TraceStep(BaseModel):
     # is the one it found most likely (its own answer in recalled), or it found none likely enough
     chosen_from: int = 0
     recalled: str | None = None
+    # log of (the Memory's mean probability per token of the best reflection's answer x its share of the question);
+    # the choice is the answer from -2.0 up
+    rating: float | None = None
 
 
 class AnswerOut(BaseModel):

@@ -1,4 +1,7 @@
 import json
+import math
+
+import pytest
 
 from memo.executive.protocol import ABSTAIN_ANSWER, answer, plan
 from memo.memory import is_idk
@@ -141,6 +144,8 @@ async def test_an_unsupported_answer_is_replaced_by_the_reflection_the_memory_fi
     assert exe.calls == []  # answered on the first step: no plan, no synthesis
     [step] = result.trace
     assert step.supported and step.recalled == "31 days" and step.chosen_from == len(scorer.offered[0])
+    about = next(c.about for c in INDEX.candidates(question) if c.fact.answer == "23 days")
+    assert step.rating == pytest.approx(-0.3 + math.log(about), abs=1e-3)  # weighed by its share of the question
     assert "23 days" in scorer.offered[0]
     assert "Meridel Okonkwo" not in scorer.offered[0]  # not a number, where "how many" asks for one
     assert step.sources[0].passages[0].reflections[0].answer == "23 days"
@@ -149,10 +154,11 @@ async def test_an_unsupported_answer_is_replaced_by_the_reflection_the_memory_fi
 async def test_a_choice_the_memory_finds_unlikely_is_not_an_answer():
     question = "How many days off a year does a Zorblax employee get?"
     mem = _memory({question: "31 days"})
-    scorer = _Scorer({"23 days": -1.5, "31 weeks at full pay": -2.0})  # it recognises none of them
+    scorer = _Scorer({"23 days": -2.5, "31 weeks at full pay": -3.0})  # it recognises none of them
     result = await answer(question, executive=_executive([]), memory=mem, sources=INDEX, scorer=scorer)
     assert result.abstained and result.answer == ABSTAIN_ANSWER and result.sources == []
-    assert not result.trace[0].supported and result.trace[0].chosen_from > 0
+    step = result.trace[0]
+    assert not step.supported and step.chosen_from > 0 and step.rating is not None and step.rating < -2.5
 
 
 async def test_nothing_about_the_question_is_offered_and_a_supported_own_answer_stands_when_no_choice_is_likely():
