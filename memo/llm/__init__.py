@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, cast
 
 from memo.llm.base import LLM, Message, Scorer, chat_json, extract_json
+from memo.llm.prepare import is_prepared
 from memo.llm.slots import shared_slots
 from memo.settings import LLMRole, Settings
+
+log = logging.getLogger(__name__)
 
 __all__ = ["LLM", "Engines", "Message", "Scorer", "chat_json", "extract_json", "is_full_model", "served_adapter_name"]
 
@@ -28,6 +32,7 @@ class Engines:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._cache: dict[tuple[Any, ...], LLM] = {}
+        self._warned: set[tuple[str, str]] = set()
 
     def for_role(self, role: LLMRole) -> LLM:
         key = ("role", role.backend, role.model, role.base_url, role.api_key)
@@ -87,7 +92,8 @@ class Engines:
     def scorer(self, version_id: str, adapter_path: str | None) -> Scorer | None:
         """The Memory model of one version as a :class:`Scorer`, in this process: vLLM cannot rate given text through
         a LoRA adapter (``prompt_logprobs`` with LoRA enabled kills its engine on the CPU build, vllm-project/vllm
-        #16668), so on the ``openai`` backend the adapter is also loaded here, on ``train.device``."""
+        #16668), so on the ``openai`` backend the adapter is also loaded here, on ``train.device``, on the weights
+        it was trained from (``memory_base_model``). Without them here: None, the Memory's own answers only (logged)."""
         if adapter_path is None:
             return None
         role = self.settings.memory
@@ -97,11 +103,15 @@ class Engines:
         if key not in self._cache:
             from memo.llm.local import LocalChat, load_local_model
 
-            if is_full_model(adapter_path):
-                self._cache[key] = LocalChat(load_local_model(adapter_path, self.settings.train.device))
-            else:
-                base = load_local_model(self.settings.memory_base_model, self.settings.train.device)
-                self._cache[key] = LocalChat(base, adapter=(version_id, adapter_path))
+            full = is_full_model(adapter_path)
+            weights = adapter_path if full else self.settings.memory_base_model
+            if not is_prepared(Path(weights)):
+                if ("no-scorer", weights) not in self._warned:
+                    self._warned.add(("no-scorer", weights))
+                    log.warning("no Memory weights at %s in this process: answers without the Memory's choice", weights)
+                return None
+            model = load_local_model(weights, self.settings.train.device)
+            self._cache[key] = LocalChat(model) if full else LocalChat(model, adapter=(version_id, adapter_path))
         return cast(Scorer, self._cache[key])
 
     async def aclose(self) -> None:

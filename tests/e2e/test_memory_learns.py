@@ -57,6 +57,8 @@ def test_trained_memory_answers_what_the_base_model_cannot(tmp_path, model_dir):
         body = r.json()
         assert body["memory_version_id"] == version["id"]
         assert body["trace"][0]["sub_question"] == PROBES[0][0]  # the question itself is always asked
+        # the trained Memory rated the reflections about the question (the real scorer, in process)
+        assert body["trace"][0]["chosen_from"] >= 1 and body["trace"][0]["rating"] is not None, body["trace"]
         assert body["answer"]
 
     async def compare() -> tuple[list[str], list[str]]:

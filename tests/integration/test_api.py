@@ -256,6 +256,9 @@ class ScriptedEngines:
     def memory(self, version_id, adapter_path):
         return self.memory_llm
 
+    def scorer(self, version_id, adapter_path):
+        return None  # the Memory's own answers only (the choice among reflections: tests/e2e)
+
     async def aclose(self) -> None:
         pass
 

@@ -48,6 +48,9 @@ class Engines:
     def memory(self, version_id, adapter_path):  # type: ignore[no-untyped-def]
         return self.memory_llm
 
+    def scorer(self, version_id, adapter_path):  # type: ignore[no-untyped-def]
+        return None  # the Memory's own answers only (the choice among reflections: tests/e2e)
+
     async def aclose(self) -> None:
         pass
 

@@ -191,3 +191,30 @@ def test_likelihood_is_the_mean_log_probability_of_each_answer_scored_together_o
     greedy = model.submit(messages, adapter=None, temperature=0.0, max_tokens=8).result(timeout=120)
     rated = model.likelihood(messages, [greedy, answers[2]], adapter=None).result(timeout=120)
     assert rated[0] > rated[1] and all(r < 0 for r in rated)
+
+
+async def test_the_scorer_of_a_served_memory_runs_here_on_its_training_weights_or_is_none_without_them(
+    tmp_path, model_dir, caplog
+):
+    """With the Memory on an OpenAI-compatible server, its rating of answers runs in this process (vLLM cannot rate
+    text through a LoRA adapter) on the weights it was trained from; a process without them answers without the
+    Memory's choice, and says so once."""
+    from memo.llm import Engines
+    from memo.settings import LLMRole
+    from tests.conftest import make_settings
+
+    served = LLMRole(backend="openai", base_url="http://127.0.0.1:9/v1", model="m")
+    with_weights = Engines(make_settings(tmp_path, memory=served, memory_train_base=str(model_dir)))
+    scorer = with_weights.scorer("v1", str(model_dir))  # a full model directory stands in for a version
+    assert scorer is not None and scorer is with_weights.scorer("v1", str(model_dir))  # cached
+    [rating] = await scorer.likelihood(memory_messages("Where is Zorblax?"), ["In Varnmouth."])
+    assert rating < 0
+    without = Engines(make_settings(tmp_path, memory=served, memory_train_base=str(tmp_path / "nowhere")))
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    assert without.scorer("v1", str(adapter)) is None and without.scorer("v1", str(adapter)) is None
+    assert [r.message for r in caplog.records].count(
+        f"no Memory weights at {tmp_path / 'nowhere'} in this process: answers without the Memory's choice"
+    ) == 1
+    assert with_weights.scorer("v1", None) is None  # no trained version yet
