@@ -217,6 +217,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="memo-gateway-bench-"))
     fake_port, gw_port = free_port(), free_port()
     fake_url = f"http://127.0.0.1:{fake_port}"
+    # the Memory's rating of reflections (memo.llm.Engines.scorer) is model work, not the gateway's own: the data
+    # directory has no model weights, so the gateway answers without it
     env = {
         "MEMO_DATA_DIR": str(work),
         "MEMO_MEMORY__BACKEND": "openai",
