@@ -97,8 +97,8 @@ class Engines:
         if adapter_path is None:
             return None
         role = self.settings.memory
-        if role.backend == "local":
-            return cast(Scorer, self.memory(version_id, adapter_path))
+        if role.backend == "local":  # the Memory's own client (Engines.memory's, not a subclass's wrapper of it)
+            return cast(Scorer, Engines.memory(self, version_id, adapter_path))
         key = ("scorer", version_id)
         if key not in self._cache:
             from memo.llm.local import LocalChat, load_local_model

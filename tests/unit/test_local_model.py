@@ -218,3 +218,17 @@ async def test_the_scorer_of_a_served_memory_runs_here_on_its_training_weights_o
         f"no Memory weights at {tmp_path / 'nowhere'} in this process: answers without the Memory's choice"
     ) == 1
     assert with_weights.scorer("v1", None) is None  # no trained version yet
+
+
+def test_the_scorer_of_a_local_memory_is_its_own_client_even_where_memory_is_wrapped(model_dir, tmp_path):
+    """A subclass of Engines that wraps its Memory clients (the benchmarks' metering) still gets a scorer that rates."""
+    from memo.llm import Engines
+    from tests.conftest import make_settings
+
+    class Wrapping(Engines):
+        def memory(self, version_id, adapter_path):  # type: ignore[no-untyped-def]
+            return object()  # no likelihood
+
+    engines = Wrapping(make_settings(tmp_path, model_dir))
+    scorer = engines.scorer("v1", str(model_dir))
+    assert scorer is not None and callable(getattr(scorer, "likelihood", None))

@@ -371,7 +371,7 @@ async function ask(event) {
         el("p", {}, "Memory: ", el("span", { class: "memory-answer" }, s.memory_answer), " ",
           el("span", { class: `badge ${s.supported ? "live" : ""}` }, s.supported ? "supported" : s.idk ? "does not know" : "unsupported")),
         s.chosen_from
-          ? el("p", { class: "meta" }, s.recalled
+          ? el("p", { class: "choice" }, s.recalled
             ? `recalled "${s.recalled}" (unsupported); chose this of ${s.chosen_from} reflections about the question`
             : `own answer unsupported; none of ${s.chosen_from} reflections about the question likely enough`)
           : null,
