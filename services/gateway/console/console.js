@@ -372,8 +372,8 @@ async function ask(event) {
           el("span", { class: `badge ${s.supported ? "live" : ""}` }, s.supported ? "supported" : s.idk ? "does not know" : "unsupported")),
         s.chosen_from
           ? el("p", { class: "choice" }, s.recalled
-            ? `recalled "${s.recalled}" (unsupported); chose this of ${s.chosen_from} reflections about the question`
-            : `own answer unsupported; none of ${s.chosen_from} reflections about the question likely enough`)
+            ? `its own answer "${s.recalled}"; this is the best rated of ${s.chosen_from} reflections about the question`
+            : `none of ${s.chosen_from} reflections about the question rated high enough`)
           : null,
         s.sources.length ? sourceList(s.sources) : null
       )
