@@ -110,9 +110,9 @@ async def ask_memory(
     weighed by how much each is about the question (a product: log-probability plus log of the about share), and the
     best is the answer if its rating is high enough (:data:`MIN_CHOICE_RATING`). A small Memory's own greedy
     answer is often a look-alike of what it learned (a paraphrased question moves its mass to a neighbour), yet among
-    the facts of the documents it still rates the right one highest: on handbook_dev's first two documents 0.85 of
-    the `single` questions against 0.30 for its supported greedy answers (results/eval). Its own answer, if
-    supported, is the answer otherwise."""
+    the facts of the documents it still rates the right one highest: on handbook_dev's first two documents 0.95 of
+    the `single` questions against 0.30 for its supported greedy answers (results/eval/README.md). Its own answer,
+    if supported, is the answer otherwise."""
     within = None if sub_question == question else question
     messages = memory_messages(sub_question)
     offered = sources.candidates(sub_question, within=within) if scorer is not None else []
