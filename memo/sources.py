@@ -61,7 +61,7 @@ MIN_GROUNDED = 0.5
 # in another document); weaker ones are left out, so that the sources stay precise
 KEEP_RELATIVE = 0.8
 MAX_SUPPORTS = 5  # reflections cited per answer
-# reflections offered to the Memory to choose from when its own answer is unsupported: on handbook_dev's first two
+# reflections offered to the Memory to choose from (memo.executive.protocol.ask_memory): on handbook_dev's first two
 # documents the right one was among the 12 most about the question for 20 of 20 `single` questions
 MAX_CANDIDATES = 12
 CACHE_SIZE = 32  # collections whose reflections are kept in memory

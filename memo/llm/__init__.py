@@ -32,7 +32,7 @@ class Engines:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._cache: dict[tuple[Any, ...], LLM] = {}
-        self._warned: set[tuple[str, str]] = set()
+        self._unscored: set[str] = set()  # weights found missing for a scorer, warned about once
 
     def for_role(self, role: LLMRole) -> LLM:
         key = ("role", role.backend, role.model, role.base_url, role.api_key)
@@ -106,8 +106,8 @@ class Engines:
             full = is_full_model(adapter_path)
             weights = adapter_path if full else self.settings.memory_base_model
             if not is_prepared(Path(weights)):
-                if ("no-scorer", weights) not in self._warned:
-                    self._warned.add(("no-scorer", weights))
+                if weights not in self._unscored:
+                    self._unscored.add(weights)
                     log.warning("no Memory weights at %s in this process: answers without the Memory's choice", weights)
                 return None
             model = load_local_model(weights, self.settings.train.device)

@@ -9,11 +9,12 @@ guard of :mod:`memo.llm.base`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from memo.llm.base import Message, loop_start, trim_repetition
 from memo.llm.prepare import require_model
@@ -102,14 +103,11 @@ class LocalModel:
         return fut
 
     def _likelihood(self, messages: list[Message], answers: list[str], adapter: tuple[str, str] | None) -> list[float]:
-        import contextlib
-
         import torch
 
         if not answers:
             return []
-        self._use_adapter(adapter)
-        ctx = self.model.disable_adapter() if adapter is None and self.model is not self.base else None
+        ctx = self._adapter_context(adapter)
         prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         head = list(self.tokenizer(str(prompt), add_special_tokens=False)["input_ids"])
         tails = [
@@ -120,7 +118,7 @@ class LocalModel:
         pad = int(self.tokenizer.pad_token_id)
         ids = torch.tensor([head + t + [pad] * (width - len(head) - len(t)) for t in tails], device=self.device)
         mask = torch.tensor([[1] * (len(head) + len(t)) + [0] * (width - len(head) - len(t)) for t in tails])
-        with torch.inference_mode(), ctx or contextlib.nullcontext():
+        with torch.inference_mode(), ctx:
             logits = self.model(input_ids=ids, attention_mask=mask.to(self.device)).logits.float()
         logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None])[..., 0]  # (n, width - 1)
         out = []
@@ -180,6 +178,13 @@ class LocalModel:
             log.info("loaded adapter %s from %s", name, path)
         self.model.set_adapter(name)
 
+    def _adapter_context(self, adapter: tuple[str, str] | None) -> contextlib.AbstractContextManager[Any]:
+        """``adapter`` set for the next forward pass; the base model alone (the adapters disabled) for None."""
+        self._use_adapter(adapter)
+        if adapter is None and self.model is not self.base:
+            return cast(contextlib.AbstractContextManager[Any], self.model.disable_adapter())
+        return contextlib.nullcontext()
+
     def unload_adapter(self, name: str) -> bool:
         """Free an adapter's weights (a later request for it loads it again). True if it was unloaded; the last
         adapter stays (peft keeps one, and it is small)."""
@@ -191,13 +196,10 @@ class LocalModel:
             return True
 
     def _generate(self, batch: list[_Request]) -> list[str]:
-        import contextlib
-
         import torch
 
         adapter = batch[0].adapter
-        self._use_adapter(adapter)
-        ctx = self.model.disable_adapter() if adapter is None and self.model is not self.base else None
+        ctx = self._adapter_context(adapter)
         enc = self._left_padded([r.prompt for r in batch])
         temperature = batch[0].temperature
         kwargs: dict[str, Any] = {"max_new_tokens": max(r.max_tokens for r in batch)}
@@ -210,7 +212,7 @@ class LocalModel:
 
             stop = RepetitionStop(self.tokenizer, enc["input_ids"].shape[1], [r.guard for r in batch])
             kwargs["stopping_criteria"] = StoppingCriteriaList([stop])
-        with torch.inference_mode(), ctx or contextlib.nullcontext():
+        with torch.inference_mode(), ctx:
             out: torch.Tensor = self.model.generate(
                 **enc,
                 pad_token_id=self.tokenizer.pad_token_id,

@@ -145,8 +145,8 @@ class TraceStep(BaseModel):
     idk: bool
     supported: bool  # the collection's reflections support this answer (see sources)
     sources: list[SourceOut]
-    # the Memory's own answer was unsupported: it rated this many reflections about the question, and memory_answer
-    # is the one it found most likely (its own answer in recalled), or it found none likely enough
+    # the Memory rated this many reflections about the question; when memory_answer is the one it rated best, its own
+    # greedy answer is in recalled (None: none rated high enough, memory_answer is its own answer)
     chosen_from: int = 0
     recalled: str | None = None
     # log of (the Memory's mean probability per token of the best reflection's answer x its share of the question);
