@@ -95,36 +95,38 @@ class LocalModel:
         def run() -> None:
             try:
                 with self._gen_lock:
-                    fut.set_result(self._likelihood(messages, answers, adapter))
+                    rated = self.token_logprobs([(messages, a) for a in answers], adapter)
+                    fut.set_result([sum(t) / len(t) for t in rated])
             except Exception as exc:  # reported to the caller, the model lives on
                 fut.set_exception(exc)
 
         threading.Thread(target=run, name=f"score:{self.path}").start()
         return fut
 
-    def _likelihood(self, messages: list[Message], answers: list[str], adapter: tuple[str, str] | None) -> list[float]:
+    def token_logprobs(
+        self, pairs: list[tuple[list[Message], str]], adapter: tuple[str, str] | None
+    ) -> list[list[float]]:
+        """The log-probability of every token of each answer as the reply to its messages, for ``pairs`` of
+        (messages, answer) (the caller holds the generation lock): one right-padded forward pass."""
         import torch
 
-        if not answers:
+        if not pairs:
             return []
         ctx = self._adapter_context(adapter)
-        prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        head = list(self.tokenizer(str(prompt), add_special_tokens=False)["input_ids"])
-        tails = [
-            list(self.tokenizer(a, add_special_tokens=False)["input_ids"]) or [self.tokenizer.eos_token_id]
-            for a in answers
-        ]
-        width = len(head) + max(len(t) for t in tails)
+        rows = []
+        for messages, answer in pairs:
+            prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            head = list(self.tokenizer(str(prompt), add_special_tokens=False)["input_ids"])
+            tail = list(self.tokenizer(answer, add_special_tokens=False)["input_ids"]) or [self.tokenizer.eos_token_id]
+            rows.append((head, tail))
+        width = max(len(h) + len(t) for h, t in rows)
         pad = int(self.tokenizer.pad_token_id)
-        ids = torch.tensor([head + t + [pad] * (width - len(head) - len(t)) for t in tails], device=self.device)
-        mask = torch.tensor([[1] * (len(head) + len(t)) + [0] * (width - len(head) - len(t)) for t in tails])
+        ids = torch.tensor([h + t + [pad] * (width - len(h) - len(t)) for h, t in rows], device=self.device)
+        mask = torch.tensor([[1] * (len(h) + len(t)) + [0] * (width - len(h) - len(t)) for h, t in rows])
         with torch.inference_mode(), ctx:
             logits = self.model(input_ids=ids, attention_mask=mask.to(self.device)).logits.float()
         logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None])[..., 0]  # (n, width - 1)
-        out = []
-        for row, t in zip(logp, tails, strict=True):
-            out.append(float(row[len(head) - 1 : len(head) - 1 + len(t)].mean()))
-        return out
+        return [row[len(h) - 1 : len(h) - 1 + len(t)].tolist() for row, (h, t) in zip(logp, rows, strict=True)]
 
     # -- generation thread --------------------------------------------------------------------------------------
     def _loop(self) -> None:
