@@ -27,10 +27,13 @@ from memo.sources import Source, SourceIndex, carries, merge_sources, terms
 # the reply when nothing the Memory said is supported by the collection's documents
 ABSTAIN_ANSWER = "I don't know: the documents do not answer this."
 MEMORY_MAX_TOKENS = 96
-# the least rating (log of: the Memory's mean probability per token of the answer, times the share of the question
-# the reflection is about) at which the Memory's choice is an answer. On handbook_dev's first two documents the right
-# choices for `single` questions rated -1.85 and up, an unanswerable question's best -2.26 (and one -1.55)
-MIN_CHOICE_RATING = -2.0
+# the rating of an offered reflection: the log of the Memory's mean probability per token of its answer, times the
+# square of the share of the question the reflection is about (a look-alike about another office, caregiver or role
+# shares less of the question). Weight and bar set on handbook_dev's 8 documents (results/eval/handbook/choice.md):
+# `single` right 0.92 with 0.83 of the questions whose document was left out abstaining, against 0.88 and 0.82 for
+# the plain product at -2.0
+ABOUT_WEIGHT = 2.0
+MIN_CHOICE_RATING = -3.0
 SYNTH_MAX_TOKENS = 128
 
 
@@ -107,12 +110,12 @@ async def ask_memory(
 
     With a ``scorer`` (the same Memory, rating given answers) the answer is the Memory's choice: the reflections
     about the question (:meth:`SourceIndex.candidates`) are rated by how likely the Memory finds each as its reply,
-    weighed by how much each is about the question (a product: log-probability plus log of the about share), and the
-    best is the answer if its rating is high enough (:data:`MIN_CHOICE_RATING`). A small Memory's own greedy
-    answer is often a look-alike of what it learned (a paraphrased question moves its mass to a neighbour), yet among
-    the facts of the documents it still rates the right one highest: on handbook_dev's first two documents 0.95 of
-    the `single` questions against 0.30 for its supported greedy answers (results/eval/README.md). Its own answer,
-    if supported, is the answer otherwise."""
+    weighed by how much each is about the question (log-probability plus :data:`ABOUT_WEIGHT` times the log of the
+    about share), and the best is the answer if its rating is high enough (:data:`MIN_CHOICE_RATING`). A small
+    Memory's own greedy answer is often a look-alike of what it learned (a paraphrased question moves its mass to a
+    neighbour), yet among the facts of the documents it still rates the right one highest: on handbook_dev's 8
+    documents 0.88-0.92 of the `single` questions against 0.36 for its own answers (results/eval/README.md). Its own
+    answer, if supported, is the answer otherwise."""
     within = None if sub_question == question else question
     messages = memory_messages(sub_question)
     offered = sources.candidates(sub_question, within=within) if scorer is not None else []
@@ -124,7 +127,8 @@ async def ask_memory(
     rating = None
     if rated:
         rating, best = max(
-            ((lp + math.log(c.about), c) for lp, c in zip(rated, offered, strict=True)), key=lambda x: x[0]
+            ((lp + ABOUT_WEIGHT * math.log(c.about), c) for lp, c in zip(rated, offered, strict=True)),
+            key=lambda x: x[0],
         )
         rating = round(rating, 4)
         if rating >= MIN_CHOICE_RATING:

@@ -149,8 +149,8 @@ class TraceStep(BaseModel):
     # greedy answer is in recalled (None: none rated high enough, memory_answer is its own answer)
     chosen_from: int = 0
     recalled: str | None = None
-    # log of (the Memory's mean probability per token of the best reflection's answer x its share of the question);
-    # the choice is the answer from -2.0 up
+    # log of (the Memory's mean probability per token of the best reflection's answer x the square of its share of
+    # the question); the choice is the answer from -3.0 up
     rating: float | None = None
 
 

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from memo.executive.protocol import ABSTAIN_ANSWER, answer, plan
+from memo.executive.protocol import ABOUT_WEIGHT, ABSTAIN_ANSWER, answer, plan
 from memo.memory import is_idk
 from memo.sources import SourceIndex, make_fact
 
@@ -145,7 +145,8 @@ async def test_an_unsupported_answer_is_replaced_by_the_reflection_the_memory_fi
     [step] = result.trace
     assert step.supported and step.recalled == "31 days" and step.chosen_from == len(scorer.offered[0])
     about = next(c.about for c in INDEX.candidates(question) if c.fact.answer == "23 days")
-    assert step.rating == pytest.approx(-0.3 + math.log(about), abs=1e-3)  # weighed by its share of the question
+    # weighed by its share of the question
+    assert step.rating == pytest.approx(-0.3 + ABOUT_WEIGHT * math.log(about), abs=1e-3)
     assert "23 days" in scorer.offered[0]
     assert "Meridel Okonkwo" not in scorer.offered[0]  # not a number, where "how many" asks for one
     assert step.sources[0].passages[0].reflections[0].answer == "23 days"
@@ -181,3 +182,15 @@ async def test_the_memorys_choice_overrides_its_own_supported_look_alike():
     scorer = _Scorer({"23 days": -0.9, "31 weeks at full pay": -0.2})
     result = await answer(question, executive=_executive([]), memory=mem, sources=INDEX, scorer=scorer)
     assert result.answer == "31 weeks at full pay" and result.trace[0].recalled == "23 days"
+
+
+async def test_a_look_alike_about_less_of_the_question_loses_though_the_memory_rates_it_higher():
+    question = "How much leave at full pay do Zorblax employees get?"
+    # the Memory finds the paid-leave days a little likelier, but that fact is about half as much of the question
+    # (nothing of "full pay"): weighed by the square of the share, the parental-leave fact is the choice
+    scorer = _Scorer({"23 days": -0.3, "31 weeks at full pay": -0.9})
+    result = await answer(question, executive=_executive([]), memory=_memory({}), sources=INDEX, scorer=scorer)
+    about = {c.fact.answer: c.about for c in INDEX.candidates(question)}
+    assert about["23 days"] < about["31 weeks at full pay"]
+    assert -0.3 + math.log(about["23 days"]) > -0.9 + math.log(about["31 weeks at full pay"])  # the plain product
+    assert result.answer == "31 weeks at full pay" and not result.abstained
