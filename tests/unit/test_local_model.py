@@ -193,7 +193,6 @@ def test_likelihood_is_the_mean_log_probability_of_each_answer_scored_together_o
     assert rated[0] > rated[1] and all(r < 0 for r in rated)
 
 
-
 def test_token_logprobs_of_answers_to_different_prompts_in_one_pass_equal_each_alone(model_dir):
     """Pairs of (prompt, answer) of different lengths rated in one right-padded pass: each answer's per-token
     log-probabilities are those it gets alone, one per token of the answer."""
@@ -208,6 +207,8 @@ def test_token_logprobs_of_answers_to_different_prompts_in_one_pass_equal_each_a
     for t, a, (_, answer) in zip(together, alone, pairs, strict=True):
         assert len(t) == len(model.tokenizer(answer, add_special_tokens=False)["input_ids"])
         assert t == pytest.approx(a, abs=1e-4)
+
+
 async def test_the_scorer_of_a_served_memory_runs_here_on_its_training_weights_or_is_none_without_them(
     tmp_path, model_dir, caplog
 ):
