@@ -31,7 +31,7 @@ from benchmarks.harness import EvalConfig, document_names, eval_settings, memory
 from benchmarks.metrics import states_any
 from memo import catalog
 from memo.db import Database
-from memo.executive.protocol import ABOUT_WEIGHT, MIN_CHOICE_RATING
+from memo.executive.protocol import MIN_CHOICE_RATING, choice_rating
 from memo.llm.local import LocalChat, load_local_model
 from memo.memory import is_idk, memory_messages
 from memo.serving.publish import active_version
@@ -114,7 +114,7 @@ def _mean(x: list[float]) -> float:
 
 # a rule rates one offered reflection; the best rated is chosen if its rating reaches the bar
 RULES: dict[str, Callable[[dict[str, Any]], float]] = {
-    "service": lambda c: _mean(c["asked"]) + ABOUT_WEIGHT * math.log(c["about"]),
+    "service": lambda c: choice_rating(_mean(c["asked"]), c["about"]),
     "mean+about": lambda c: _mean(c["asked"]) + math.log(c["about"]),
     "mean": lambda c: _mean(c["asked"]),
     "contrast": lambda c: _mean(c["asked"]) - _mean(c["own"]),

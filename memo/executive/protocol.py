@@ -37,6 +37,12 @@ MIN_CHOICE_RATING = -3.0
 SYNTH_MAX_TOKENS = 128
 
 
+def choice_rating(mean_logprob: float, about: float) -> float:
+    """The rating of an offered reflection (see :data:`ABOUT_WEIGHT`): the Memory's mean log-probability per token
+    of its answer plus :data:`ABOUT_WEIGHT` times the log of its share of the question."""
+    return mean_logprob + ABOUT_WEIGHT * math.log(about)
+
+
 @dataclass
 class Step:
     """One question put to the Memory: its answer, whether it said it does not know, whether the collection's
@@ -127,8 +133,7 @@ async def ask_memory(
     rating = None
     if rated:
         rating, best = max(
-            ((lp + ABOUT_WEIGHT * math.log(c.about), c) for lp, c in zip(rated, offered, strict=True)),
-            key=lambda x: x[0],
+            ((choice_rating(lp, c.about), c) for lp, c in zip(rated, offered, strict=True)), key=lambda x: x[0]
         )
         rating = round(rating, 4)
         if rating >= MIN_CHOICE_RATING:
