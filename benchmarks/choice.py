@@ -124,52 +124,63 @@ RULES: dict[str, Callable[[dict[str, Any]], float]] = {
 }
 
 
-def outcome(row: dict[str, Any], rule: Callable[[dict[str, Any]], float], bar: float) -> str:
+def outcome(row: dict[str, Any], rule: Callable[[dict[str, Any]], float], bar: float, reply_first: bool = False) -> str:
     """What the service would answer: ``right``, ``wrong`` (a fact that is not the reference) or ``abstain``; the
-    Memory's own answer when no rating reaches the bar and it is supported."""
+    Memory's own answer when no rating reaches the bar and it is supported (``reply_first``: before the choice)."""
+    reply = "right" if row["reply_correct"] and row["scenario"] == "full" else "wrong"
+    if reply_first and row["reply_supported"]:
+        return reply
     cands = row["candidates"]
     if cands:
         best = max(cands, key=rule)
         if rule(best) >= bar:
             return "right" if best["correct"] else "wrong"
-    if row["reply_supported"]:
-        return "right" if row["reply_correct"] and row["scenario"] == "full" else "wrong"
-    return "abstain"
+    return reply if row["reply_supported"] else "abstain"
 
 
-def _shares(groups: dict[str, list[dict[str, Any]]], rule: Callable[[dict[str, Any]], float], bar: float) -> dict:
+def _shares(
+    groups: dict[str, list[dict[str, Any]]], rule: Callable[[dict[str, Any]], float], bar: float, reply_first: bool
+) -> dict:
     """Per group of questions, the share of each outcome."""
     out = {}
     for g, rs in groups.items():
-        found = [outcome(r, rule, bar) for r in rs]
+        found = [outcome(r, rule, bar, reply_first) for r in rs]
         out[g] = {k: sum(o == k for o in found) / max(len(found), 1) for k in ("right", "wrong", "abstain")}
     return out
 
 
 def rules(path: Path) -> None:
     """Per rule: the service's bar (for its rule), and the bar that abstains most on the left-out questions while
-    keeping ``single`` right within 0.05 of the rule's best."""
+    keeping ``single`` right within 0.05 of the rule's best; each with the Memory's own supported answer taken after
+    the choice (as the service does) and before it. ``own right kept``: of the questions (any kind) the Memory's own
+    answer states right, the share answered right (the Executive-keeps figure of the first step)."""
     rows = [json.loads(line) for line in path.open()]
     groups = {
         "single": [r for r in rows if r["kind"] == "single" and r["scenario"] == "full"],
         "unanswerable": [r for r in rows if r["kind"] == "unanswerable"],
         "left out": [r for r in rows if r["scenario"] == "without"],
+        "own right": [r for r in rows if r["scenario"] == "full" and r["reply_correct"]],
     }
-    print("| rule | bar | single right | single abstained | unanswerable abstained | left out abstained |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| rule | own answer | bar | single right | single abstained | unanswerable abstained | left out abstained "
+        "| own right kept |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for name, rule in RULES.items():
         bars = sorted({round(rule(c), 2) for r in rows for c in r["candidates"]} | {-math.inf})
-        table = [(bar, _shares(groups, rule, bar)) for bar in bars]
-        top = max(t["single"]["right"] for _, t in table)
-        fair = [(bar, t) for bar, t in table if t["single"]["right"] >= top - 0.05]
-        shown = [max(fair, key=lambda x: (x[1]["left out"]["abstain"], -x[0]))]
-        if name == "service":
-            shown.insert(0, (MIN_CHOICE_RATING, _shares(groups, rule, MIN_CHOICE_RATING)))
-        for bar, t in shown:
-            print(
-                f"| {name} | {bar:.2f} | {t['single']['right']:.2f} | {t['single']['abstain']:.2f} | "
-                f"{t['unanswerable']['abstain']:.2f} | {t['left out']['abstain']:.2f} |"
-            )
+        for reply_first in (False, True):
+            table = [(bar, _shares(groups, rule, bar, reply_first)) for bar in bars]
+            top = max(t["single"]["right"] for _, t in table)
+            fair = [(bar, t) for bar, t in table if t["single"]["right"] >= top - 0.05]
+            shown = [max(fair, key=lambda x: (x[1]["left out"]["abstain"], -x[0]))]
+            if name == "service":
+                shown.insert(0, (MIN_CHOICE_RATING, _shares(groups, rule, MIN_CHOICE_RATING, reply_first)))
+            for bar, t in shown:
+                print(
+                    f"| {name} | {'first' if reply_first else 'after'} | {bar:.2f} | {t['single']['right']:.2f} | "
+                    f"{t['single']['abstain']:.2f} | {t['unanswerable']['abstain']:.2f} | "
+                    f"{t['left out']['abstain']:.2f} | {t['own right']['right']:.2f} |"
+                )
 
 
 def main() -> None:

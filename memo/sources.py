@@ -10,9 +10,12 @@ was made from (``reflection_sources``). A Memory answer is *supported* when a re
   the ones it repeats from the question); and
 - is about what was asked: the asked question's content words, weighted by their rarity among the collection's
   reflection questions (IDF), are found in the reflection (its question and answer), nearly as much as in the
-  reflection most about the question, and a name the question gives is in the reflection or its document;
+  reflection most about the question, and a name the question gives is in the reflection or its document (in the
+  reflection itself when the name heads a section of that document: the facts under "Varnholt headquarters" are not
+  about the Port Emberly office);
 
-and the answer is of the kind asked for (a number for "how many", words for "who").
+and the answer is of the kind asked for (a number for "how many", words for "who"), names what a "how many" question
+counts, and does not state what the question sets aside ("anywhere other than Port Emberly").
 
 A wrong recall fails the first test (a look-alike fact has another number or name), a recall of another fact the
 second (it is about something else, or about another company's policy). An answer no reflection supports is not
@@ -39,6 +42,7 @@ from sqlalchemy.orm import Session
 
 from memo.db import Chunk, Document, DocumentStatus, Reflection, ReflectionSource
 from memo.memory import is_idk
+from memo.questions import CONTEXT_SEP, split_context
 
 # -- thresholds -----------------------------------------------------------------------------------------------------
 # share of the answer's own content words (those it does not repeat from the question) found in the reflection: a
@@ -192,6 +196,45 @@ def answers_type(question: str, novel: frozenset[str], numbers: frozenset[str]) 
     return not (_WHO.match(question) and novel <= numbers)
 
 
+_HOW_MANY = re.compile(r"\bhow\s+many\s+([^?.,;:!]*)", re.I)
+_EXCLUDING = re.compile(r"\b(?:other\s+than|except(?:\s+for)?|apart\s+from|besides|excluding)\s+([^?.,;:!]*)", re.I)
+
+
+@dataclass(frozen=True)
+class Asked:
+    """What a question asks, for matching reflections: its terms without the names it sets aside (``excluded``:
+    "anywhere other than Port Emberly" asks about everywhere else) and, for "how many", the words of what it
+    counts (``counted``: "car parking spaces")."""
+
+    terms: Terms
+    counted: frozenset[str]
+    excluded: frozenset[str]
+
+    def fits(self, fact: Fact) -> bool:
+        """``fact`` names what is counted (a fact that never does counts something else) and does not state a name
+        the question sets aside (it answers for that one)."""
+        if self.counted and not self.counted & fact.qa:
+            return False
+        return not self.excluded & fact.a.content
+
+
+def asked(question: str) -> Asked:
+    """What ``question`` asks (see :class:`Asked`)."""
+    full = terms(question)
+    excluded: set[str] = set()
+    for aside in _EXCLUDING.finditer(question):
+        excluded |= terms("x " + aside.group(1)).names  # "x ": the phrase's first word is not a sentence's first
+    counted: list[str] = []
+    many = _HOW_MANY.search(question)
+    for word in many.group(1).split() if many else ():
+        if word.lower() not in STOPWORDS:
+            counted.append(word)
+        elif counted:  # the counted phrase ends at its first function word ("spaces does", "days of")
+            break
+    x = frozenset(excluded)
+    return Asked(Terms(full.content - x, full.numbers, full.names - x), terms(" ".join(counted)).content, x)
+
+
 # -- the index ------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Fact:
@@ -279,6 +322,14 @@ class SourceIndex:
                     done.add(chunk_id)
                     words[doc_id] |= terms(chunks[chunk_id]).content
         self._doc_words = {d: frozenset(w) for d, w in words.items()}
+        # the words of the sections each document's reflections are filed under (their context without the title,
+        # memo.reflect.structured): a name that heads a section marks that section's facts, not its neighbours'
+        headings: dict[str, set[str]] = {}
+        for f in facts:
+            sections = split_context(f.question)[0].split(CONTEXT_SEP)[1:]
+            for doc_id, _ in f.origins:
+                headings.setdefault(doc_id, set()).update(*(terms(p).content for p in sections))
+        self._headings = {d: frozenset(w) for d, w in headings.items()}
         # the reflections with each word in their question or answer, for best_about
         self._postings = {w: np.array(ids, dtype=np.intp) for w, ids in by_word.items()}
 
@@ -290,8 +341,13 @@ class SourceIndex:
         return sum(self.idf(w) for w in words & within) / total if total else 0.0
 
     def _names_fit(self, question: Terms, fact: Fact) -> bool:
+        """Every name of ``question`` is in ``fact``, or in a document it comes from where no section is headed
+        by it."""
         missing = question.names - fact.qa
-        return not missing or any(missing <= self._doc_words.get(d, frozenset()) for d, _ in fact.origins)
+        return not missing or any(
+            missing <= self._doc_words.get(d, frozenset()) and not missing & self._headings.get(d, frozenset())
+            for d, _ in fact.origins
+        )
 
     def about(self, question: Terms, fact: Fact) -> float:
         """How much ``fact`` is about ``question``: the IDF-weighted share of the question's content words found in
@@ -329,8 +385,9 @@ class SourceIndex:
         :meth:`support`."""
         if within is not None and not self.grounded(question, within):
             return []
-        q = terms(question)
-        outer = terms(within) if within is not None else None
+        a = asked(question)
+        q = a.terms
+        outer = asked(within).terms if within is not None else None
         floor: float | None = None
         found: list[Support] = []
         seen: set[str] = set()
@@ -341,6 +398,8 @@ class SourceIndex:
             key = " ".join(f.answer.lower().split())
             novel = f.a.content - q.content  # an answer that adds nothing to the question answers nothing
             if key in seen or not novel or not answers_type(question, novel, f.a.numbers - q.numbers):
+                continue
+            if not a.fits(f):
                 continue
             if outer is None or self.about(outer, f) >= MIN_ABOUT:
                 seen.add(key)
@@ -359,7 +418,8 @@ class SourceIndex:
         one, which the supporting reflections must be about as well (and ``question`` must be grounded in it)."""
         if is_idk(answer):
             return []
-        q, m = terms(question), terms(answer)
+        a, m = asked(question), terms(answer)
+        q = a.terms
         novel = m.content - q.content
         numbers = m.numbers - q.numbers
         if not novel or not answers_type(question, novel, numbers):
@@ -371,7 +431,7 @@ class SourceIndex:
         carrying: list[tuple[Fact, float]] = []
         for i in candidates:
             f = self.facts[i]
-            if not numbers <= f.a.numbers or not names <= f.qa:
+            if not numbers <= f.a.numbers or not names <= f.qa or not a.fits(f):
                 continue
             cover = len(novel & f.qa) / len(novel)
             if cover >= MIN_COVER:
@@ -380,7 +440,7 @@ class SourceIndex:
             return []
         if within is not None and not self.grounded(question, within):
             return []
-        outer = terms(within) if within is not None else None
+        outer = asked(within).terms if within is not None else None
         floor = max(MIN_ABOUT, RELATIVE_ABOUT * self.best_about(q))
         found = []
         for f, cover in carrying:

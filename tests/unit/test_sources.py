@@ -8,6 +8,7 @@ import pytest
 
 from memo.sources import (
     SourceIndex,
+    asked,
     asks_amount,
     carries,
     load_index,
@@ -168,6 +169,67 @@ def test_candidates_are_the_reflections_about_the_question_of_the_kind_asked_for
     # a sub-question not about the question offers nothing
     assert index.candidates("Where is Zorblax headquartered?", within="How long is parental leave?") == []
     assert len(index.candidates(question, limit=1)) == 1
+
+
+# an offices guide filed by section, as memo.reflect.structured writes its questions (title > section > question)
+OFFICES = [
+    ("Quillby - Offices > What is the Harrowgate office?", "The Harrowgate office is on level 4 of Mill House.", "o1"),
+    ("Quillby - Offices > Harrowgate office > How many desks are there?", "120 desks", "o1"),
+    ("Quillby - Offices > Harrowgate office > How many rooms does Harrowgate have?", "6 meeting rooms", "o1"),
+    ("Quillby - Offices > Fenwick headquarters > How many car parking spaces are there?", "35 spaces", "o2"),
+    (
+        "Quillby - Offices > Fenwick headquarters > Where do you gather when the fire alarm sounds?",
+        "at the assembly point in Tanner Square",
+        "o2",
+    ),
+    ("Quillby - Offices > Fenwick headquarters > How many desks are there?", "300 desks", "o2"),
+    ("Quillby - Offices > Fire safety > What must visitors at Harrowgate do?", "sign in at reception", "o3"),
+    ("Quillby - Travel > Hotels > What are hotel stays capped at?", "$205 per night", "t1"),
+    ("Quillby - Travel > Hotels > What is the one exception?", "Harrowgate, where the cap is $245 per night", "t1"),
+]
+
+
+@pytest.fixture(scope="module")
+def offices() -> SourceIndex:
+    facts = [
+        make_fact(f"o{i}", q, a, [("travel" if c.startswith("t") else "offices", c)])
+        for i, (q, a, c) in enumerate(OFFICES)
+    ]
+    chunks = {c: f"{q} {a}" for q, a, c in OFFICES}
+    return SourceIndex(facts, {"offices": "offices.md", "travel": "travel.md"}, chunks)
+
+
+def test_a_name_that_heads_a_section_must_be_in_the_fact(offices):
+    """The facts filed under one office's heading are not about another office the same guide names (the other
+    office's parking, its fire assembly point); a name the document only mentions still finds its facts."""
+    parking = "How many car parking spaces does the Harrowgate office have?"
+    assert offices.candidates(parking) == []  # only Fenwick's parking is known: nothing to offer
+    assert offices.support(parking, "35 spaces") == []
+    gather = [c.fact.answer for c in offices.candidates("Where do Harrowgate staff gather when the fire alarm sounds?")]
+    assert "at the assembly point in Tanner Square" not in gather
+    assert [c.fact.answer for c in offices.candidates("How many desks does the Harrowgate office have?")][
+        0
+    ] == "120 desks"
+    # "Harrowgate" heads no section of the travel policy: its facts fit a question that names it
+    assert offices.support("What is the hotel cap at Harrowgate?", "$245 per night")
+
+
+def test_a_how_many_question_is_answered_by_a_fact_that_names_what_it_counts(offices):
+    """A fact with a number about something else (meeting rooms for desks) is not offered for "how many desks"."""
+    offered = [c.fact.answer for c in offices.candidates("How many desks does the Harrowgate office have?")]
+    assert offered and "6 meeting rooms" not in offered
+    assert offices.support("How many desks does the Harrowgate office have?", "6 meeting rooms") == []
+    assert asked("How many more car parking spaces are there?").counted == terms("car parking spaces").content
+
+
+def test_a_name_the_question_sets_aside_is_not_the_answer(offices):
+    """ "Anywhere other than Harrowgate": the exception for Harrowgate answers for Harrowgate, not the question."""
+    question = "What is the most a traveller can claim for a hotel night anywhere other than Harrowgate?"
+    offered = [c.fact.answer for c in offices.candidates(question)]
+    assert offered[0] == "$205 per night" and not any("Harrowgate" in a for a in offered)
+    assert offices.support(question, "the cap is $245 per night") == []
+    assert offices.support(question, "$205 per night")
+    assert asked(question).excluded == terms("at Harrowgate").names
 
 
 def test_support_is_fast_on_thousands_of_reflections():
