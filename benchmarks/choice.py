@@ -114,7 +114,8 @@ def _mean(x: list[float]) -> float:
 
 # a rule rates one offered reflection; the best rated is chosen if its rating reaches the bar
 RULES: dict[str, Callable[[dict[str, Any]], float]] = {
-    "service": lambda c: choice_rating(_mean(c["asked"]), c["about"]),
+    "service": lambda c: choice_rating(_mean(c["asked"]), _mean(c["own"]), c["about"]),
+    "mean+2about": lambda c: _mean(c["asked"]) + 2 * math.log(c["about"]),
     "mean+about": lambda c: _mean(c["asked"]) + math.log(c["about"]),
     "mean": lambda c: _mean(c["asked"]),
     "contrast": lambda c: _mean(c["asked"]) - _mean(c["own"]),

@@ -27,20 +27,23 @@ from memo.sources import Source, SourceIndex, carries, merge_sources, terms
 # the reply when nothing the Memory said is supported by the collection's documents
 ABSTAIN_ANSWER = "I don't know: the documents do not answer this."
 MEMORY_MAX_TOKENS = 96
-# the rating of an offered reflection: the log of the Memory's mean probability per token of its answer, times the
-# square of the share of the question the reflection is about (a look-alike about another office, caregiver or role
-# shares less of the question). Weight and bar set on handbook_dev's 8 documents (results/eval/handbook/choice.md):
-# `single` right 0.92 with 0.83 of the questions whose document was left out abstaining, against 0.88 and 0.82 for
-# the plain product at -2.0
-ABOUT_WEIGHT = 2.0
-MIN_CHOICE_RATING = -3.0
+# the rating of an offered reflection: how much likelier the Memory finds its answer as the reply to the reflection's
+# own question than to the user's (the mean log-probability per token of each, subtracted: an answer that is likely
+# whatever is asked, or that belongs to another question, loses), plus three times the log of the share of the
+# question the reflection is about (a look-alike about another office, caregiver or role shares less of it). Weight
+# and bar set on handbook_dev's 8 documents (results/eval/handbook/choice.md): against the likelihood given the user's
+# question alone (plus twice the log share, bar -3.0), `single` right 0.86 against 0.80, and 0.92 of the questions
+# whose document was left out abstaining against 0.87
+ABOUT_WEIGHT = 3.0
+MIN_CHOICE_RATING = -3.5
 SYNTH_MAX_TOKENS = 128
 
 
-def choice_rating(mean_logprob: float, about: float) -> float:
+def choice_rating(asked: float, own: float, about: float) -> float:
     """The rating of an offered reflection (see :data:`ABOUT_WEIGHT`): the Memory's mean log-probability per token
-    of its answer plus :data:`ABOUT_WEIGHT` times the log of its share of the question."""
-    return mean_logprob + ABOUT_WEIGHT * math.log(about)
+    of its answer as the reply to the question (``asked``) minus that as the reply to the reflection's own question
+    (``own``), plus :data:`ABOUT_WEIGHT` times the log of its share of the question."""
+    return asked - own + ABOUT_WEIGHT * math.log(about)
 
 
 @dataclass
@@ -115,25 +118,31 @@ async def ask_memory(
     """The Memory's answer to ``sub_question`` and its support (about ``question`` too, when it is a sub-question).
 
     With a ``scorer`` (the same Memory, rating given answers) the answer is the Memory's choice: the reflections
-    about the question (:meth:`SourceIndex.candidates`) are rated by how likely the Memory finds each as its reply,
-    weighed by how much each is about the question (log-probability plus :data:`ABOUT_WEIGHT` times the log of the
-    about share), and the best is the answer if its rating is high enough (:data:`MIN_CHOICE_RATING`). A small
+    about the question (:meth:`SourceIndex.candidates`) are rated by how likely the Memory finds each as its reply
+    to the question against as its reply to the reflection's own question, weighed by how much each is about the
+    question (:func:`choice_rating`), and the best is the answer if its rating is high enough
+    (:data:`MIN_CHOICE_RATING`). A small
     Memory's own greedy answer is often a look-alike of what it learned (a paraphrased question moves its mass to a
     neighbour), yet among the facts of the documents it still rates the right one highest: on handbook_dev's 8
-    documents 0.88-0.92 of the `single` questions against 0.36 for its own answers (results/eval/README.md). Its own
-    answer, if supported, is the answer otherwise."""
+    documents 0.86-0.92 of the `single` questions against 0.31-0.36 for its own answers (results/eval/README.md).
+    Its own answer, if supported, is the answer otherwise."""
     within = None if sub_question == question else question
     messages = memory_messages(sub_question)
     offered = sources.candidates(sub_question, within=within) if scorer is not None else []
+    pairs = [(messages, c.fact.answer) for c in offered] + [
+        (memory_messages(c.fact.question), c.fact.answer) for c in offered
+    ]
     reply, rated = await asyncio.gather(
         memory.chat(messages, temperature=0.0, max_tokens=MEMORY_MAX_TOKENS),
-        scorer.likelihood(messages, [c.fact.answer for c in offered]) if scorer and offered else _none(),
+        scorer.likelihood(pairs) if scorer and offered else _none(),
     )
     reply = reply.strip()
     rating = None
     if rated:
+        asked, own = rated[: len(offered)], rated[len(offered) :]
         rating, best = max(
-            ((choice_rating(lp, c.about), c) for lp, c in zip(rated, offered, strict=True)), key=lambda x: x[0]
+            ((choice_rating(a, o, c.about), c) for a, o, c in zip(asked, own, offered, strict=True)),
+            key=lambda x: x[0],
         )
         rating = round(rating, 4)
         if rating >= MIN_CHOICE_RATING:

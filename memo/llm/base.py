@@ -37,10 +37,10 @@ class LLM(Protocol):
 
 
 class Scorer(Protocol):
-    """A model that rates given answers (the Memory role): the mean log-probability per token of each of ``answers``
-    as its reply to ``messages``."""
+    """A model that rates given answers (the Memory role): for each (messages, answer) pair, the mean
+    log-probability per token of the answer as its reply to the messages."""
 
-    async def likelihood(self, messages: list[Message], answers: list[str]) -> list[float]: ...
+    async def likelihood(self, pairs: list[tuple[list[Message], str]]) -> list[float]: ...
 
 
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.S)

@@ -86,16 +86,17 @@ class LocalModel:
         return req.future
 
     def likelihood(
-        self, messages: list[Message], answers: list[str], *, adapter: tuple[str, str] | None
+        self, pairs: list[tuple[list[Message], str]], *, adapter: tuple[str, str] | None
     ) -> Future[list[float]]:
-        """The mean log-probability per token of each of ``answers`` as the reply to ``messages``: one forward pass
-        of them all, on a thread of its own between generation batches (see :meth:`_run_batch`)."""
+        """The mean log-probability per token of each answer as the reply to its messages, for ``pairs`` of
+        (messages, answer): one forward pass of them all, on a thread of its own between generation batches (see
+        :meth:`_run_batch`)."""
         fut: Future[list[float]] = Future()
 
         def run() -> None:
             try:
                 with self._gen_lock:
-                    rated = self.token_logprobs([(messages, a) for a in answers], adapter)
+                    rated = self.token_logprobs(pairs, adapter)
                     fut.set_result([sum(t) / len(t) for t in rated])
             except Exception as exc:  # reported to the caller, the model lives on
                 fut.set_exception(exc)
@@ -316,5 +317,5 @@ class LocalChat:
         )
         return await asyncio.wrap_future(fut)
 
-    async def likelihood(self, messages: list[Message], answers: list[str]) -> list[float]:
-        return await asyncio.wrap_future(self.model.likelihood(messages, answers, adapter=self.adapter))
+    async def likelihood(self, pairs: list[tuple[list[Message], str]]) -> list[float]:
+        return await asyncio.wrap_future(self.model.likelihood(pairs, adapter=self.adapter))

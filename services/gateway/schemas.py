@@ -149,8 +149,9 @@ class TraceStep(BaseModel):
     # greedy answer is in recalled (None: none rated high enough, memory_answer is its own answer)
     chosen_from: int = 0
     recalled: str | None = None
-    # log of (the Memory's mean probability per token of the best reflection's answer x the square of its share of
-    # the question); the choice is the answer from -3.0 up
+    # the best reflection's rating: the Memory's mean log-probability per token of its answer as the reply to the
+    # question minus that as the reply to the reflection's own question, plus 3 x the log of its share of the
+    # question; the choice is the answer from -3.5 up
     rating: float | None = None
 
 

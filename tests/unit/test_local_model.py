@@ -176,8 +176,8 @@ def test_likelihood_is_the_mean_log_probability_of_each_answer_scored_together_o
     model = LocalModel(str(model_dir))
     messages = memory_messages("What is the capital of France?")
     answers = ["Paris", "The capital of France is Paris, a city on the Seine.", "Zorblax Varnmouth Quillfeather"]
-    together = model.likelihood(messages, answers, adapter=None).result(timeout=120)
-    alone = [model.likelihood(messages, [a], adapter=None).result(timeout=120)[0] for a in answers]
+    together = model.likelihood([(messages, a) for a in answers], adapter=None).result(timeout=120)
+    alone = [model.likelihood([(messages, a)], adapter=None).result(timeout=120)[0] for a in answers]
     assert together == pytest.approx(alone, abs=1e-4)
     tok = model.tokenizer
     prompt = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -189,7 +189,7 @@ def test_likelihood_is_the_mean_log_probability_of_each_answer_scored_together_o
         loss = float(model.base(input_ids=ids, labels=labels).loss)
     assert together[1] == pytest.approx(-loss, abs=1e-4)
     greedy = model.submit(messages, adapter=None, temperature=0.0, max_tokens=8).result(timeout=120)
-    rated = model.likelihood(messages, [greedy, answers[2]], adapter=None).result(timeout=120)
+    rated = model.likelihood([(messages, greedy), (messages, answers[2])], adapter=None).result(timeout=120)
     assert rated[0] > rated[1] and all(r < 0 for r in rated)
 
 
@@ -223,7 +223,7 @@ async def test_the_scorer_of_a_served_memory_runs_here_on_its_training_weights_o
     with_weights = Engines(make_settings(tmp_path, memory=served, memory_train_base=str(model_dir)))
     scorer = with_weights.scorer("v1", str(model_dir))  # a full model directory stands in for a version
     assert scorer is not None and scorer is with_weights.scorer("v1", str(model_dir))  # cached
-    [rating] = await scorer.likelihood(memory_messages("Where is Zorblax?"), ["In Varnmouth."])
+    [rating] = await scorer.likelihood([(memory_messages("Where is Zorblax?"), "In Varnmouth.")])
     assert rating < 0
     without = Engines(make_settings(tmp_path, memory=served, memory_train_base=str(tmp_path / "nowhere")))
     adapter = tmp_path / "adapter"

@@ -121,15 +121,25 @@ async def test_a_synthesis_that_loses_the_notes_falls_back_to_the_best_note():
         assert result.sources and result.sources[0].document_id == "doc-1"
 
 
+OWN_QUESTION = {a: q for q, a in PAIRS}
+
+
 class _Scorer:
-    """Rates answers by a table (the Memory's log-probability of each), recording what it was offered."""
+    """Rates answers by tables (the Memory's mean log-probability of each): ``rates`` as the reply to the user's
+    question, ``own`` as the reply to the reflection's own question (default 0: a trained pair is known), recording
+    the answers it was offered for the user's question."""
 
-    def __init__(self, rates: dict[str, float]) -> None:
-        self.rates, self.offered = rates, []
+    def __init__(self, rates: dict[str, float], own: dict[str, float] | None = None) -> None:
+        self.rates, self.own, self.offered = rates, own or {}, []
 
-    async def likelihood(self, messages, answers):
-        self.offered.append(list(answers))
-        return [self.rates.get(a, -5.0) for a in answers]
+    async def likelihood(self, pairs):
+        asked = [a for m, a in pairs if m[-1]["content"] != OWN_QUESTION.get(a)]
+        if asked:
+            self.offered.append(asked)
+        return [
+            self.own.get(a, 0.0) if m[-1]["content"] == OWN_QUESTION.get(a) else self.rates.get(a, -5.0)
+            for m, a in pairs
+        ]
 
 
 async def test_an_unsupported_answer_is_replaced_by_the_reflection_the_memory_finds_most_likely():
@@ -146,7 +156,7 @@ async def test_an_unsupported_answer_is_replaced_by_the_reflection_the_memory_fi
     assert step.supported and step.recalled == "31 days" and step.chosen_from == len(scorer.offered[0])
     about = next(c.about for c in INDEX.candidates(question) if c.fact.answer == "23 days")
     # weighed by its share of the question
-    assert step.rating == pytest.approx(-0.3 + ABOUT_WEIGHT * math.log(about), abs=1e-3)
+    assert step.rating == pytest.approx(-0.3 - 0.0 + ABOUT_WEIGHT * math.log(about), abs=1e-3)
     assert "23 days" in scorer.offered[0]
     assert "Meridel Okonkwo" not in scorer.offered[0]  # not a number, where "how many" asks for one
     assert step.sources[0].passages[0].reflections[0].answer == "23 days"
@@ -155,11 +165,12 @@ async def test_an_unsupported_answer_is_replaced_by_the_reflection_the_memory_fi
 async def test_a_choice_the_memory_finds_unlikely_is_not_an_answer():
     question = "How many days off a year does a Zorblax employee get?"
     mem = _memory({question: "31 days"})
-    scorer = _Scorer({"23 days": -2.5, "31 weeks at full pay": -3.0})  # it recognises none of them
+    # it finds each far less likely as the reply to this question than to the reflection's own: none is the answer
+    scorer = _Scorer({"23 days": -3.0, "31 weeks at full pay": -3.5})
     result = await answer(question, executive=_executive([]), memory=mem, sources=INDEX, scorer=scorer)
     assert result.abstained and result.answer == ABSTAIN_ANSWER and result.sources == []
     step = result.trace[0]
-    assert not step.supported and step.chosen_from > 0 and step.rating is not None and step.rating < -2.5
+    assert not step.supported and step.chosen_from > 0 and step.rating is not None and step.rating < -3.0
 
 
 async def test_nothing_about_the_question_is_offered_and_a_supported_own_answer_stands_when_no_choice_is_likely():
@@ -167,12 +178,13 @@ async def test_nothing_about_the_question_is_offered_and_a_supported_own_answer_
     question = "What is the annual deductible of the Zorblax dental plan?"
     result = await answer(question, executive=_executive([]), memory=_memory({}), sources=INDEX, scorer=scorer)
     assert result.abstained and scorer.offered == []  # no reflection is about dental plans
-    question = "Where is Zorblax headquartered?"
+    question = "Where is Zorblax headquartered these days?"
     result = await answer(
         question, executive=_executive([]), memory=_memory({question: "Varnmouth"}), sources=INDEX, scorer=scorer
     )
-    assert scorer.offered == [["in the town of Varnmouth"]]  # rated, but below the bar: the supported own answer
-    assert result.answer == "Varnmouth" and result.trace[0].chosen_from == 1 and result.trace[0].recalled is None
+    assert "in the town of Varnmouth" in scorer.offered[0]  # rated, but below the bar: the supported own answer
+    assert result.answer == "Varnmouth" and result.trace[0].chosen_from == len(scorer.offered[0])
+    assert result.trace[0].recalled is None
 
 
 async def test_the_memorys_choice_overrides_its_own_supported_look_alike():
