@@ -502,10 +502,14 @@ def plots(results: dict[str, Any], out: Path) -> list[Path]:
     return paths
 
 
-def combine(runs: list[Path], out: Path) -> dict[str, Any]:
+MEMORY_METHODS = ("memo", "memory-only")  # the methods that answer from the trained collection
+
+
+def combine(runs: list[Path], out: Path, keep: dict[Path, set[str]] | None = None) -> dict[str, Any]:
     """One report from runs of the same benchmark and Executive that answered different methods (e.g. the baselines
-    while the memory was still training), written to ``out``. Refuses runs that differ in corpus, questions or
-    Executive, or that answered a method twice."""
+    while the memory was still training), written to ``out``. ``keep``: of a run, only these methods (the others it
+    answered are left out, with its memory's figures when no memory method is kept). Refuses runs that differ in
+    corpus, questions or Executive, or that answered a kept method twice."""
     from benchmarks.baselines import METHODS
     from memo.errors import InvalidInput
 
@@ -518,6 +522,17 @@ def combine(runs: list[Path], out: Path) -> dict[str, Any]:
             raise InvalidInput(f"{run} holds no results.json and records.jsonl of a memo eval run")
         results = json.loads(path.read_text())
         records = [json.loads(line) for line in (run / "records.jsonl").read_text().splitlines() if line.strip()]
+        only = (keep or {}).get(run)
+        if only is not None:
+            missing = sorted(only - set(results["methods"]))
+            if missing:
+                raise InvalidInput(f"{run} did not answer {', '.join(missing)}")
+            results["methods"] = {m: f for m, f in results["methods"].items() if m in only}
+            results["setup_seconds"] = {m: v for m, v in results.get("setup_seconds", {}).items() if m in only}
+            records = [r for r in records if r["method"] in only]
+            if not only & set(MEMORY_METHODS):
+                for key in ("collection", "updates", "time_to_answerable"):
+                    results[key] = None
         loaded.append((run, results, records))
     first = loaded[0][1]
     for run, results, _ in loaded[1:]:

@@ -421,7 +421,13 @@ def eval_(
 
 @app.command("eval-combine")
 def eval_combine(
-    runs: Annotated[list[Path], typer.Argument(help="Result folders of memo eval runs (same benchmark, Executive).")],
+    runs: Annotated[
+        list[str],
+        typer.Argument(
+            help="Result folders of memo eval runs (same benchmark, Executive); FOLDER:m1,m2 takes only those "
+            "methods of a run (e.g. a re-answered memo from a newer run, the baselines from an older one)."
+        ),
+    ],
     out: Annotated[Path, typer.Option(help="Where the combined report goes.")],
 ) -> None:
     """One report from eval runs that answered different methods (e.g. baselines while the memory trained)."""
@@ -429,8 +435,15 @@ def eval_combine(
     from memo.errors import MemoError
 
     _setup()
+    folders: list[Path] = []
+    keep: dict[Path, set[str]] = {}
+    for run in runs:
+        folder, _, methods = run.partition(":")
+        folders.append(Path(folder))
+        if methods:
+            keep[Path(folder)] = {m.strip() for m in methods.split(",") if m.strip()}
     try:
-        report.combine(runs, out)
+        report.combine(folders, out, keep)
     except MemoError as exc:
         _fail(exc.message)
     typer.echo((out / "results.md").read_text())

@@ -120,6 +120,19 @@ def test_combine_runs_that_answered_different_methods(tmp_path):
     assert len((tmp_path / "all" / "records.jsonl").read_text().splitlines()) == 6
 
 
+def test_combine_takes_only_the_kept_methods_of_a_run(tmp_path):
+    """A memo re-answered in a newer run replaces the older run's: the older one gives only its baselines, and the
+    memory's figures (collection) come from the newer run."""
+    old_coll = {"name": "c", "version_id": "old", "reflections": 7, "reused": False, "ingest_seconds": 3.0}
+    new_coll = {**old_coll, "version_id": "new"}
+    old = _run(tmp_path, "old", ["memo", "bm25"], collection=old_coll)
+    new = _run(tmp_path, "new", ["memo"], collection=new_coll)
+    merged = report.combine([old, new], tmp_path / "all", keep={old: {"bm25"}})
+    assert list(merged["methods"]) == ["memo", "bm25"] and merged["collection"] == new_coll
+    assert merged["setup_seconds"] == {"bm25": 1.0, "memo": 1.0}
+    assert len((tmp_path / "all" / "records.jsonl").read_text().splitlines()) == 4
+
+
 def test_combine_refuses_runs_that_are_not_comparable(tmp_path):
     import pytest
 
@@ -132,6 +145,8 @@ def test_combine_refuses_runs_that_are_not_comparable(tmp_path):
         report.combine([base, _run(tmp_path, "again", ["bm25"])], tmp_path / "x")
     with pytest.raises(InvalidInput, match="no results.json"):
         report.combine([base, tmp_path / "missing"], tmp_path / "x")
+    with pytest.raises(InvalidInput, match="did not answer memo"):
+        report.combine([base, _run(tmp_path, "mem", ["memo"])], tmp_path / "x", keep={base: {"memo"}})
     assert not (tmp_path / "x").exists()
 
 
