@@ -113,6 +113,8 @@ def _mean(x: list[float]) -> float:
 
 
 # a rule rates one offered reflection; the best rated is chosen if its rating reaches the bar
+# the bars the service used (its rule now, the rule before: mean + 2 log about, from -3.0), shown besides the best
+SERVICE_BARS = {"service": MIN_CHOICE_RATING, "mean+2about": -3.0}
 RULES: dict[str, Callable[[dict[str, Any]], float]] = {
     "service": lambda c: choice_rating(_mean(c["asked"]), _mean(c["own"]), c["about"]),
     "mean+2about": lambda c: _mean(c["asked"]) + 2 * math.log(c["about"]),
@@ -174,8 +176,9 @@ def rules(path: Path) -> None:
             top = max(t["single"]["right"] for _, t in table)
             fair = [(bar, t) for bar, t in table if t["single"]["right"] >= top - 0.05]
             shown = [max(fair, key=lambda x: (x[1]["left out"]["abstain"], -x[0]))]
-            if name == "service":
-                shown.insert(0, (MIN_CHOICE_RATING, _shares(groups, rule, MIN_CHOICE_RATING, reply_first)))
+            if name in SERVICE_BARS:
+                bar = SERVICE_BARS[name]
+                shown.insert(0, (bar, _shares(groups, rule, bar, reply_first)))
             for bar, t in shown:
                 print(
                     f"| {name} | {'first' if reply_first else 'after'} | {bar:.2f} | {t['single']['right']:.2f} | "
