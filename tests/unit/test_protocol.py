@@ -199,10 +199,24 @@ async def test_the_memorys_choice_overrides_its_own_supported_look_alike():
 async def test_a_look_alike_about_less_of_the_question_loses_though_the_memory_rates_it_higher():
     question = "How much leave at full pay do Zorblax employees get?"
     # the Memory finds the paid-leave days a little likelier, but that fact is about half as much of the question
-    # (nothing of "full pay"): weighed by the square of the share, the parental-leave fact is the choice
+    # (nothing of "full pay"): weighed by the share to the power ABOUT_WEIGHT, the parental-leave fact is the choice
     scorer = _Scorer({"23 days": -0.3, "31 weeks at full pay": -0.9})
     result = await answer(question, executive=_executive([]), memory=_memory({}), sources=INDEX, scorer=scorer)
     about = {c.fact.answer: c.about for c in INDEX.candidates(question)}
     assert about["23 days"] < about["31 weeks at full pay"]
     assert -0.3 + math.log(about["23 days"]) > -0.9 + math.log(about["31 weeks at full pay"])  # the plain product
     assert result.answer == "31 weeks at full pay" and not result.abstained
+
+
+async def test_an_answer_that_belongs_to_another_question_loses_to_one_as_likely_for_either():
+    question = "How much leave do Zorblax employees get?"
+    # the Memory finds the parental-leave answer far likelier as the reply, but it is as likely again as the reply to
+    # its own question; the paid-leave days, unlikely as the Memory's own words, are as unlikely to either question
+    rates = {"23 days": -2.0, "31 weeks at full pay": -0.2}
+    scorer = _Scorer(rates, own={"23 days": -2.0, "31 weeks at full pay": 0.0})
+    result = await answer(question, executive=_executive([]), memory=_memory({}), sources=INDEX, scorer=scorer)
+    about = {c.fact.answer: c.about for c in INDEX.candidates(question)}
+    without = {a: rates[a] + ABOUT_WEIGHT * math.log(about[a]) for a in rates}  # the rating without the subtraction
+    assert without["31 weeks at full pay"] > without["23 days"]
+    assert result.answer == "23 days" and not result.abstained
+    assert result.trace[0].rating == pytest.approx(ABOUT_WEIGHT * math.log(about["23 days"]), abs=1e-3)
