@@ -502,15 +502,12 @@ def plots(results: dict[str, Any], out: Path) -> list[Path]:
     return paths
 
 
-MEMORY_METHODS = ("memo", "memory-only")  # the methods that answer from the trained collection
-
-
 def combine(runs: list[Path], out: Path, keep: dict[Path, set[str]] | None = None) -> dict[str, Any]:
     """One report from runs of the same benchmark and Executive that answered different methods (e.g. the baselines
     while the memory was still training), written to ``out``. ``keep``: of a run, only these methods (the others it
     answered are left out, with its memory's figures when no memory method is kept). Refuses runs that differ in
     corpus, questions or Executive, or that answered a kept method twice."""
-    from benchmarks.baselines import METHODS
+    from benchmarks.baselines import MEMORY_METHODS, METHODS
     from memo.errors import InvalidInput
 
     if len(runs) < 2:
@@ -530,7 +527,7 @@ def combine(runs: list[Path], out: Path, keep: dict[Path, set[str]] | None = Non
             results["methods"] = {m: f for m, f in results["methods"].items() if m in only}
             results["setup_seconds"] = {m: v for m, v in results.get("setup_seconds", {}).items() if m in only}
             records = [r for r in records if r["method"] in only]
-            if not only & set(MEMORY_METHODS):
+            if not only & MEMORY_METHODS:
                 for key in ("collection", "updates", "time_to_answerable"):
                     results[key] = None
         loaded.append((run, results, records))

@@ -324,12 +324,12 @@ class SourceIndex:
         self._doc_words = {d: frozenset(w) for d, w in words.items()}
         # the words of the sections each document's reflections are filed under (their context without the title,
         # memo.reflect.structured): a name that heads a section marks that section's facts, not its neighbours'
-        headings: dict[str, set[str]] = {}
+        sections: dict[str, set[str]] = {}  # each distinct heading once: many reflections share a section
         for f in facts:
-            sections = split_context(f.question)[0].split(CONTEXT_SEP)[1:]
+            parts = split_context(f.question)[0].split(CONTEXT_SEP)[1:]
             for doc_id, _ in f.origins:
-                headings.setdefault(doc_id, set()).update(*(terms(p).content for p in sections))
-        self._headings = {d: frozenset(w) for d, w in headings.items()}
+                sections.setdefault(doc_id, set()).update(parts)
+        self._headings = {d: frozenset().union(*(terms(p).content for p in ps)) for d, ps in sections.items()}
         # the reflections with each word in their question or answer, for best_about
         self._postings = {w: np.array(ids, dtype=np.intp) for w, ids in by_word.items()}
 
@@ -397,9 +397,7 @@ class SourceIndex:
                 break
             key = " ".join(f.answer.lower().split())
             novel = f.a.content - q.content  # an answer that adds nothing to the question answers nothing
-            if key in seen or not novel or not answers_type(question, novel, f.a.numbers - q.numbers):
-                continue
-            if not a.fits(f):
+            if key in seen or not novel or not answers_type(question, novel, f.a.numbers - q.numbers) or not a.fits(f):
                 continue
             if outer is None or self.about(outer, f) >= MIN_ABOUT:
                 seen.add(key)
