@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -14,6 +17,15 @@ from sqlalchemy.orm import Session, sessionmaker
 from memo.settings import Settings
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+
+log = logging.getLogger(__name__)
+
+# a new connection to a database server that refuses it (restarting, starting up) is tried again for this long: a
+# restart of a few seconds is waited out by requests and jobs alike, a longer outage fails after it (the gateway
+# answers 503). psycopg's connect_timeout bounds an attempt on a server that does not answer at all (a host gone);
+# generous, since on a loaded machine a healthy server's connection set-up took over 5 s
+CONNECT_WAIT_S = 5.0
+CONNECT_TIMEOUT_S = 30
 
 
 def make_engine(url: str) -> Engine:
@@ -31,7 +43,27 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    # pool_pre_ping: a pooled connection the server closed (a restart) is replaced at checkout, not handed out
+    engine = create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": CONNECT_TIMEOUT_S})
+
+    @event.listens_for(engine, "do_connect")
+    def _connect_patiently(dialect, _record, cargs, cparams):  # type: ignore[no-untyped-def]
+        return connect_within(lambda: dialect.connect(*cargs, **cparams), dialect.loaded_dbapi.OperationalError)
+
+    return engine
+
+
+def connect_within(connect: Any, refused: type[Exception], wait_s: float = CONNECT_WAIT_S) -> Any:
+    """``connect()``, tried again every quarter second while it raises ``refused``, for at most ``wait_s``."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return connect()
+        except refused as exc:
+            if time.monotonic() >= deadline:
+                raise
+            log.info("database refused a connection (%s): trying again", str(exc).splitlines()[0] if str(exc) else exc)
+            time.sleep(0.25)
 
 
 class Database:

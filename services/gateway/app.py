@@ -11,15 +11,19 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DataError
+from kombu.exceptions import OperationalError as BrokerError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from sqlalchemy.exc import DataError, DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from memo import doctor
 from memo.db import Database
-from memo.errors import MemoError
+from memo.errors import BackendError, MemoError
 from memo.jobs import StaleJobCheck
 from memo.llm import Engines
 from memo.settings import Settings, get_settings
 from services.gateway.auth import AuthMiddleware
+from services.gateway.errors import unavailable, unavailable_response
 from services.gateway.middleware import BodyLimitMiddleware, RequestMiddleware
 from services.gateway.ratelimit import RateLimitMiddleware, rate_limiter
 from services.gateway.routes import admin, chat, collections, console, jobs, ops, query
@@ -72,6 +76,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(MemoError)
     async def _memo_error(_request: Request, exc: MemoError) -> JSONResponse:
         return JSONResponse(status_code=exc.status_code, content={"detail": exc.message})
+
+    # a dependency that is down (the database, the broker, an LLM server): 503 with Retry-After, not 500/502
+    async def _unavailable(_request: Request, exc: Exception) -> JSONResponse:
+        what = unavailable(exc)
+        if what is not None:
+            return unavailable_response(what, exc)
+        if isinstance(exc, MemoError):  # an LLM server's unusable answer: its own status (502)
+            return JSONResponse(status_code=exc.status_code, content={"detail": exc.message})
+        raise exc  # the request middleware answers 500
+
+    for kind in (OperationalError, InterfaceError, DisconnectionError, PoolTimeout, BrokerError, RedisConnectionError):
+        app.add_exception_handler(kind, _unavailable)
+    app.add_exception_handler(BackendError, _unavailable)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -10,6 +10,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from services.gateway.errors import unavailable, unavailable_response
 from services.gateway.metrics import UNMATCHED_ROUTE, observe_request
 from services.logs import key_id_var, request_id_from, request_id_var
 
@@ -43,11 +44,16 @@ class RequestMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
-        except Exception:
-            if status == 0:  # an error no handler answered: a JSON 500 with the request id (the server logs the error)
-                await JSONResponse({"detail": "internal server error"}, status_code=500)(scope, receive, send_with_id)
-            # the id stays set, so the server's record of the traceback, logged in this context, carries it too
-            raise
+        except Exception as exc:
+            what = unavailable(exc)  # a dependency down outside the routes (the key lookup): 503, logged, not raised
+            if what is None or status != 0:
+                if status == 0:  # an error no handler answered: a JSON 500 with the request id (the server logs it)
+                    await JSONResponse({"detail": "internal server error"}, status_code=500)(
+                        scope, receive, send_with_id
+                    )
+                # the id stays set, so the server's record of the traceback, logged in this context, carries it too
+                raise
+            await unavailable_response(what, exc)(scope, receive, send_with_id)
         finally:
             seconds = time.perf_counter() - start
             # the matched route's template ("/v1/jobs/{job_id}"), set in the scope by the router: ids stay out of labels
