@@ -817,7 +817,8 @@ NOTES = """## How to read it
   reads); *ok* 2xx; *503 + Retry-After*: a 503 with a `Retry-After` header and a JSON `detail`; *other*: any other
   status or no answer within the client's 60 s timeout (a hang). *first ok after back*: seconds from the service
   accepting again to the first successful query (Redis: to every job finished). A client waits as `Retry-After` says
-  (at most 1 s here) before asking again.
+  (at most 1 s here) before asking again. *jobs succeeded*: the jobs of the scenario's database once it ended (the
+  vLLM scenario runs on the PostgreSQL scenario's database and makes none of its own).
 - **Redis.** A real Celery worker process (solo pool) on a private Redis; the first job is held in its reflect stage
   (its generator, an OpenAI-compatible stub that the scenario holds: the job queue is under test, not the LLM), the
   second waits in the broker; Redis is SIGKILLed, an upload is sent meanwhile, Redis starts again. Without
@@ -835,10 +836,12 @@ NOTES = """## How to read it
   again at once, while an upload's job runs and queries stream; a new connection refused is tried again for 5 s
   (`memo/db/session.py`), so a restart of a second or two is waited out. A statement in flight when the sessions are
   ended fails, though: a job whose stage met it is marked failed by `memo.pipeline.run_stage` (*jobs failed by the
-  restart* in restarts.json, with the error) and completes on `POST /v1/jobs/{id}/retry`, which resumes it; the
-  table counts jobs as they ended after that retry. Then an outage longer than that wait: the
-  clients get 503 (`services/gateway/errors.py`: database, broker and unreachable-LLM errors, in routes and in the
-  key lookup before them) until it is back; `pool_pre_ping` replaces the dead pooled connections.
+  restart* in restarts.json, with the error) and completes on `POST /v1/jobs/{id}/retry`, which resumes it; the table
+  counts jobs as they ended after that retry. It is a race: none was cut in the run above, one of three in an earlier
+  test run (`OperationalError: consuming input failed: server closed the connection unexpectedly`). Then an outage
+  longer than that wait: the clients get 503 (`services/gateway/errors.py`: database, broker and unreachable-LLM
+  errors, in routes and in the key lookup before them) until it is back; `pool_pre_ping` replaces the dead pooled
+  connections.
 - **vLLM.** The server hosting the Executive, the Generator and the Memory's adapter is SIGKILLed and started again
   on the same port: queries get 503 (connection refused) until it answers, then the first query that names the
   adapter gets a 404 from the new server and loads it again (`memo/llm/openai_compat.py`); its start-up on this
