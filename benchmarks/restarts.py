@@ -537,12 +537,13 @@ def redis_restart(
         worker = subprocess.Popen(
             [sys.executable, "-m", "services.cli", "worker"], env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT
         )
-    wait_until("the worker ready", lambda: b"ready." in (work / "worker.log").read_bytes(), LOADED_S, 0.5)
-    gateway = Gateway(settings)
+    gateway: Gateway | None = None
     calls = Calls()
     persistence = "appendonly yes (fsync every second)" if appendonly else "none (--save '' --appendonly no)"
     fig: dict[str, Any] = {"service": "redis", "persistence": persistence}
-    try:
+    try:  # the worker, the generator and Redis are stopped whatever fails from here
+        wait_until("the worker ready", lambda: b"ready." in (work / "worker.log").read_bytes(), LOADED_S, 0.5)
+        gateway = Gateway(settings)
         with gateway.client() as client:
             cid = client.post("/v1/collections", json={"name": "restarts-redis"}).json()["id"]
             generator.gate.clear()  # every completion waits: the first job stays in its reflect stage
@@ -586,7 +587,8 @@ def redis_restart(
             )
     finally:
         generator.close()
-        gateway.close()
+        if gateway is not None:
+            gateway.close()
         worker.send_signal(signal.SIGTERM)
         try:
             worker.wait(60)
