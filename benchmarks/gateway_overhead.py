@@ -25,7 +25,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -138,32 +140,53 @@ def seed(env: dict[str, str], documents: int, chunks: int, pairs: int) -> tuple[
         return coll.id, secret
 
 
-# -- the load ------------------------------------------------------------------------------------------------------
+# -- the load (also benchmarks.load's client) -----------------------------------------------------------------------
+Body = dict[str, Any] | Callable[[int], dict[str, Any]]
+Record = Callable[[float, float, int], None]
+
+
 async def load(
-    url: str, headers: dict[str, str], body: dict, clients: int, seconds: float
+    url: str,
+    headers: dict[str, str],
+    body: Body,
+    clients: int,
+    seconds: float,
+    *,
+    timeout_s: float = 60.0,
+    record: Record | None = None,
+    until: asyncio.Event | None = None,
 ) -> tuple[list[float], int, float]:
     """``clients`` loops, each on its own keep-alive connection (an httpx client each: one pool of many connections
     costs the load client CPU per request that grows with their number, on the cores the gateway needs), each sending
-    the next query when its last one is answered, for ``seconds``. Returns the latencies of the answered queries,
-    the errors (non-200 or failed) and the wall time."""
+    the next query when its last one is answered, for ``seconds``. ``body``: the JSON of every query, or a function of
+    the query's number (0, 1, ... across all clients) that gives it. ``record``: called for every query with its end
+    (``time.perf_counter()``), its seconds and its status (0: no response). ``until``: once set, the clients stop
+    early (after their query in flight). Returns the latencies of the answered queries, the errors (non-200 or
+    failed) and the wall time."""
     latencies: list[float] = []
     errors = 0
+    sent = 0
     stop = time.perf_counter() + seconds
 
     async def one_client() -> None:
-        nonlocal errors
-        async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60) as client:
-            while time.perf_counter() < stop:
+        nonlocal errors, sent
+        async with httpx.AsyncClient(base_url=url, headers=headers, timeout=timeout_s) as client:
+            while time.perf_counter() < stop and not (until is not None and until.is_set()):
+                payload = body(sent) if callable(body) else body
+                sent += 1
                 start = time.perf_counter()
                 try:
-                    r = await client.post("/v1/query", json=body)
-                    ok = r.status_code == 200
+                    r = await client.post("/v1/query", json=payload)
+                    status = r.status_code
                 except httpx.HTTPError:
-                    ok = False
-                if ok:
-                    latencies.append(time.perf_counter() - start)
+                    status = 0
+                end = time.perf_counter()
+                if status == 200:
+                    latencies.append(end - start)
                 else:
                     errors += 1
+                if record is not None:
+                    record(end, end - start, status)
 
     began = time.perf_counter()
     await asyncio.gather(*(one_client() for _ in range(clients)))

@@ -152,6 +152,14 @@ async def ask_memory(
     return Step(sub_question, reply, idk, bool(supports), sources.cite(supports), len(offered), None, rating)
 
 
+async def ask_memory_all(
+    memory: LLM, sources: SourceIndex, sub_questions: list[str], question: str, scorer: Scorer | None = None
+) -> list[Step]:
+    """The parallel memory step: every sub-question of ``question`` put to the Memory at once, each on its own (no
+    shared context), as :func:`ask_memory` answers it."""
+    return list(await asyncio.gather(*(ask_memory(memory, sources, q, question, scorer) for q in sub_questions)))
+
+
 async def _none() -> list[float]:
     return []
 
@@ -175,7 +183,7 @@ async def answer(
     if first.supported:  # what the Memory knew, as it said it: no plan, no synthesis
         return Answer(question, first.memory_answer, executive.name, memory.name, False, first.sources, [first])
     subs = await plan(executive, question, max_sub)
-    rest = await asyncio.gather(*(ask_memory(memory, sources, q, question, scorer) for q in subs if q != question))
+    rest = await ask_memory_all(memory, sources, [q for q in subs if q != question], question, scorer)
     trace = [first, *rest]
     notes = sorted((s for s in trace if s.supported), key=lambda s: -s.score)
     if not notes:  # nothing supported: abstain, no synthesis call

@@ -96,6 +96,10 @@ class LocalModel:
         def run() -> None:
             try:
                 with self._gen_lock:
+                    # its caller gave up while it waited (a query past its deadline, a failed sibling call): no forward
+                    # pass, and no result set on a cancelled future (InvalidStateError, which killed this thread)
+                    if not fut.set_running_or_notify_cancel():
+                        return
                     rated = self.token_logprobs(pairs, adapter)
                     fut.set_result([sum(t) / len(t) for t in rated])
             except Exception as exc:  # reported to the caller, the model lives on
