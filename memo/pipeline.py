@@ -275,10 +275,13 @@ def stage_publish(ctx: Context, job_id: str) -> None:
     """Serve the job's version; the documents it learned become ``trained`` in the same transaction."""
     job = _job(ctx, job_id)
 
-    def mark_trained(session: Session) -> None:
+    def mark_trained(session: Session, learned: list[str]) -> None:
+        # only what the version learned: a document reflected after its training began is not known by it
         docs = session.scalars(
             select(Document).where(
-                Document.collection_id == job.collection_id, Document.status == DocumentStatus.reflected
+                Document.collection_id == job.collection_id,
+                Document.status == DocumentStatus.reflected,
+                Document.id.in_(learned),
             )
         ).all()
         for d in docs:
@@ -290,7 +293,8 @@ def stage_publish(ctx: Context, job_id: str) -> None:
             return  # the collection's last document was removed: nothing to publish
         if version is None:
             raise NotFound(f"job {job_id} has no trained memory version to publish")
-        switch_served_version(s, ctx.settings, version.id, mark_trained)
+        learned = list(version.documents)
+        switch_served_version(s, ctx.settings, version.id, lambda session: mark_trained(session, learned))
 
 
 _STAGE_FNS: dict[str, Callable[[Context, str], None]] = {

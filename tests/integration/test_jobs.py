@@ -222,3 +222,30 @@ def test_a_worker_requeues_stale_jobs_when_it_starts(tmp_path, monkeypatch):
     finally:
         celery_app._stop_stale_check()
         celery_app._context.cache_clear()
+
+
+# -- publish ---------------------------------------------------------------------------------------------------------
+def test_publish_marks_trained_only_the_documents_its_version_learned(db, settings):
+    """A document reflected while another job's version trained is not known by that version: its publish leaves
+    the document ``reflected`` (its own job trains it, and holds its reflections out for the gate)."""
+    from memo.db import Document, DocumentStatus, MemoryVersion, VersionStatus
+
+    first, later = _job(db, settings), _job(db, settings)
+    with db.session() as s:
+        docs = {j: s.get(Job, j).document_id for j in (first, later)}
+        for d in docs.values():
+            s.get(Document, d).status = DocumentStatus.reflected
+        version = MemoryVersion(
+            collection_id=s.get(Job, first).collection_id,
+            base_model="base",
+            status=VersionStatus.ready,
+            documents=[docs[first]],  # trained before the later document was reflected
+        )
+        s.add(version)
+        s.flush()
+        s.get(Job, first).memory_version_id = version.id
+    pipeline.stage_publish(Context(db, settings), first)
+    with db.session() as s:
+        assert s.get(Document, docs[first]).status == DocumentStatus.trained
+        assert s.get(Document, docs[later]).status == DocumentStatus.reflected
+        assert s.get(MemoryVersion, version.id).active
