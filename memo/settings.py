@@ -252,6 +252,10 @@ class JobSettings(BaseModel):
     stale_after_s: float = Field(default=300.0, gt=0)
     check_every_s: float = Field(default=60.0, gt=0)
     max_requeues: int = Field(default=3, ge=0)
+    # Redis broker: a task not acknowledged within this time is delivered again (acks_late). It must outlast the
+    # longest stage (a training of hours), else a live task is delivered twice; a dead worker's jobs are requeued
+    # sooner by the heartbeat check above, not by this timeout
+    visibility_timeout_s: float = Field(default=86400.0, gt=0)
 
     @model_validator(mode="after")
     def _check(self) -> JobSettings:

@@ -152,12 +152,17 @@ def run_decoder(decoder: Any, x: Any, mask: Any, prefix: Any = None) -> Any:
 
 def fingerprint(
     base_model: str, pairs: Sequence[Pair], eval_pairs: Sequence[Pair], cfg: Recipe, start: str | None = None
-) -> str:
-    """What a checkpoint is valid for: the same base, starting adapter, data and recipe (its recipe fields only, so
-    settings that do not shape this training, e.g. the update policy of :class:`TrainSettings`, do not count)."""
-    recipe = cfg.model_dump(include=set(Recipe.model_fields))
-    blob = json.dumps([base_model, start, list(pairs), list(eval_pairs), recipe], sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+) -> dict[str, str]:
+    """What a checkpoint is valid for, part by part: the same base, starting adapter, data and recipe (its recipe
+    fields only, so settings that do not shape this training, e.g. the update policy of :class:`TrainSettings`, do
+    not count)."""
+    parts = {
+        "base": [base_model, start],
+        "pairs": list(pairs),
+        "heldout": list(eval_pairs),
+        "recipe": cfg.model_dump(include=set(Recipe.model_fields)),
+    }
+    return {k: hashlib.sha256(json.dumps(v, sort_keys=True).encode()).hexdigest()[:16] for k, v in parts.items()}
 
 
 def _trainable(model: Any) -> dict[str, Any]:
@@ -542,7 +547,9 @@ def train_sft(
             passes, known_at, known_seconds = state["passes"], state["known_at"], state["known_seconds"]
             log.info("resuming training from step %d (%s)", step, checkpoint_dir)
         else:
-            log.info("ignoring checkpoint %s: made for other data or settings", checkpoint_dir)
+            made = state["fingerprint"] if isinstance(state["fingerprint"], dict) else {}
+            differ = sorted(k for k in key if made.get(k) != key[k])
+            log.info("ignoring checkpoint %s: made for another %s", checkpoint_dir, ", ".join(differ))
 
     def checkpoint(batch_in_epoch: int) -> None:
         assert checkpoint_dir is not None

@@ -28,17 +28,24 @@ def celery_app(settings: Settings) -> Celery:
     """The app for ``settings.broker_url``, with the stage tasks registered (built once per broker)."""
     if not settings.broker_url:
         raise ValueError("MEMO_BROKER_URL is not set: without a broker, jobs run in-process")
-    return _build(settings.broker_url)
+    return _build(settings.broker_url, settings.jobs.visibility_timeout_s)
 
 
 @cache
-def _build(broker_url: str) -> Celery:
+def _build(broker_url: str, visibility_timeout_s: float) -> Celery:
     app = Celery("memo", broker=broker_url)
     app.conf.update(
         task_ignore_result=True,
-        task_acks_late=True,  # a worker that dies mid-task leaves the message for another worker
+        # a task is acknowledged when it ends, not when it starts: a worker that dies mid-task leaves the message in
+        # the broker. With Redis it comes back after the visibility timeout (JobSettings.visibility_timeout_s);
+        # the heartbeat check requeues the job long before, and a second delivery finds it claimed or done
+        task_acks_late=True,
         task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
+        broker_transport_options={"visibility_timeout": visibility_timeout_s},
+        worker_prefetch_multiplier=1,  # a worker holds only the task it runs: the others stay for other workers
+        # a broker connection lost mid-task does not cancel the running stage (Celery 6's default would): it goes on,
+        # and its job is recovered by the heartbeat and lost-message checks if its message is gone
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         broker_connection_retry_on_startup=True,
         task_routes={f"memo.{stage}": {"queue": q} for stage, q in QUEUES.items()},
     )
