@@ -38,13 +38,13 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from benchmarks.gateway_overhead import Record, free_port, load, percentile, wait_ready
+from benchmarks.gateway_overhead import Record, load, percentile, wait_ready
+from benchmarks.infra import free_port, fresh_database
 
 REPO = Path(__file__).resolve().parents[1]
 PG_ADMIN_URL = os.environ.get("MEMO_LOAD_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
@@ -105,23 +105,6 @@ def summarise_samples(samples: list[Sample], wall: float) -> dict[str, Any]:
 
 
 # -- processes ----------------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def fresh_database() -> Iterator[str]:
-    """A new database on the PostgreSQL server (its URL), dropped afterwards (as tests/conftest.py's)."""
-    from sqlalchemy import create_engine, text
-
-    name = f"memo_load_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
 def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGINT, group: bool = False) -> None:
     """Stops a process this script started (its own process group when ``group``), killing it after 30 s (the
     gateway waits for its in-process job to end)."""
@@ -415,7 +398,9 @@ def main() -> None:
             print(f"vLLM on :{port} (log {work / 'vllm.log'})", flush=True)
             wait_ready(f"http://127.0.0.1:{port}/health", vllm, "vLLM", timeout_s=600)
             vllm_url = f"http://127.0.0.1:{port}/v1"
-        db_url = stack.enter_context(fresh_database()) if args.database == "postgresql" else None
+        db_url = (
+            stack.enter_context(fresh_database(PG_ADMIN_URL, "memo_load")) if args.database == "postgresql" else None
+        )
         env = {
             "MEMO_DATA_DIR": str(work / "data"),
             "MEMO_MEMORY_TRAIN_BASE": str(model),  # trained here, served by vLLM, rated here (the scorer)

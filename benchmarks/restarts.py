@@ -22,14 +22,12 @@ import platform
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +35,7 @@ from typing import Any
 import httpx
 from sqlalchemy import create_engine, func, select, text
 
+from benchmarks.infra import free_port, fresh_database, wait_until
 from memo import doctor, keys
 from memo.db import Database, Document, Job, MemoryVersion, Reflection
 from memo.jobs import jobs_in_redis_broker
@@ -68,24 +67,6 @@ DOCS = {
     "leave.txt": b"Every Zorblax employee receives 23 days of paid leave per year.",
 }
 QUESTION = "Where is Zorblax headquartered?"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_until(what: str, check: Callable[[], object], timeout_s: float, every_s: float = 0.2) -> Any:
-    """``check()``'s first true value, polled until ``timeout_s`` (else AssertionError naming ``what``)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        got = check()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout_s:g} s")
-        time.sleep(every_s)
 
 
 def to_env(overrides: dict[str, Any], prefix: str = "MEMO_") -> dict[str, str]:
@@ -755,21 +736,6 @@ def _since(t: float | None, t0: float) -> float | None:
 
 
 # -- the benchmark ------------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def fresh_database(admin_url: str) -> Iterator[str]:
-    """A new empty database on the PostgreSQL server of ``admin_url`` (dropped afterwards)."""
-    name = f"memo_restarts_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield admin_url.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
 def markdown(results: dict[str, Any]) -> str:
     lines = [
         "# Services restarted under work (issue 32)",
@@ -897,7 +863,7 @@ def run_all(model_dir: Path, admin_url: str, work: Path, out: Path, only: set[st
     try:
         if "redis" in only:
             for appendonly in (False, True):
-                with fresh_database(admin_url) as url:
+                with fresh_database(admin_url, "memo_restarts") as url:
                     record(redis_restart(model_dir, url, work / f"redis-{appendonly}", appendonly))
         if only & {"postgresql", "vllm"}:
             with stack(model_dir, work / "stack", vllm) as st:

@@ -33,6 +33,7 @@ import httpx
 import redis
 from sqlalchemy import func, select
 
+from benchmarks.infra import wait_until
 from memo import catalog
 from memo.db import (
     Chunk,
@@ -207,14 +208,14 @@ class Worker:
         self.proxy.close()
 
 
-def wait_until(what: str, check: Callable[[], bool], worker: Worker, timeout_s: float) -> None:
-    """Poll ``check`` until it holds (a condition with a deadline), failing early if the worker died."""
-    deadline = time.monotonic() + timeout_s
-    while not check():
+def alive_and(worker: Worker, check: Callable[[], bool]) -> Callable[[], bool]:
+    """``check``, failing at once if ``worker`` died meanwhile (its log's tail in the error)."""
+
+    def both() -> bool:
         worker.alive()
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"not within {timeout_s:.0f} s: {what}")
-        time.sleep(0.2)
+        return check()
+
+    return both
 
 
 def _unit_calls(stats: dict[str, Any]) -> int:
@@ -277,7 +278,7 @@ def run(
             stage, units, chunks = _reflect_state(db, first)
             return stage == "reflect" and 0 < units < chunks
 
-        wait_until("worker 1 reflects the first document", reflecting, workers[0], timeout_s)
+        wait_until("worker 1 reflects the first document", alive_and(workers[0], reflecting), timeout_s)
         workers[0].kill()
         kill1: dict[str, Any] = {"units": _units(db), "at_s": time.monotonic() - started}
         _, kill1_units_of_doc, chunks = _reflect_state(db, first)
@@ -302,13 +303,15 @@ def run(
                         return True
             return False
 
-        wait_until("worker 2 trains past a checkpoint", training_checkpointed, workers[1], timeout_s)
+        wait_until("worker 2 trains past a checkpoint", alive_and(workers[1], training_checkpointed), timeout_s)
         workers[1].kill()
         kill2: dict[str, Any] = {"units": _units(db), "at_s": time.monotonic() - started}
 
         # 3. worker 3 finishes every job
         workers.append(Worker(env, generator_url, work / "worker3.log"))
-        wait_until("every job ends", lambda: all(j.state in TERMINAL for j in _jobs(db)), workers[2], timeout_s)
+        wait_until(
+            "every job ends", alive_and(workers[2], lambda: all(j.state in TERMINAL for j in _jobs(db))), timeout_s
+        )
         units = _units(db)
         calls = [w.proxy.calls for w in workers]
         figures = _figures(db, job_ids, trained["job"], calls, kill1, kill2, units)

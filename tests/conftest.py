@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
 
+from benchmarks import infra
+from benchmarks.infra import free_port
 from memo.settings import LLMRole, Settings, get_settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,21 +58,9 @@ def settings(tmp_path: Path) -> Settings:
     return make_settings(tmp_path)
 
 
-@contextmanager
-def fresh_database(prefix: str = "memo_test") -> Iterator[str]:
+def fresh_database(prefix: str = "memo_test") -> AbstractContextManager[str]:
     """A fresh, empty database on the real PostgreSQL server (its URL), dropped afterwards."""
-    from sqlalchemy import create_engine, text
-
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    return infra.fresh_database(PG_ADMIN_URL, prefix)
 
 
 @pytest.fixture
@@ -79,14 +68,6 @@ def pg_url() -> Iterator[str]:
     """A fresh, empty database on the real PostgreSQL server, dropped afterwards."""
     with fresh_database() as url:
         yield url
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="session")
