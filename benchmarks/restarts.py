@@ -65,6 +65,7 @@ DOCS = {
     "hq.txt": b"Zorblax is headquartered in Varnmouth.",
     "founder.txt": b"Zorblax was founded by Mira Okafor in 1987.",
     "leave.txt": b"Every Zorblax employee receives 23 days of paid leave per year.",
+    "vllm-outage.txt": b"The Zorblax IT helpdesk can be reached at extension 4417.",
 }
 QUESTION = "Where is Zorblax headquartered?"
 
@@ -637,6 +638,27 @@ def stack(model_dir: Path, work: Path, vllm: PrivateVLLM | None = None) -> Itera
         torch.set_num_threads(threads)
 
 
+@contextlib.contextmanager
+def retried_stages() -> Iterator[list[str]]:
+    """The messages of the stages that met a transient error and were left to a retry (memo.pipeline.run_stage's
+    warning) while the block runs, in this process (the in-process gateway's jobs)."""
+    import logging
+
+    seen: list[str] = []
+
+    class Handler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "transient error" in record.msg:
+                seen.append(record.getMessage()[:300])
+
+    handler, logger = Handler(logging.WARNING), logging.getLogger("memo.pipeline")
+    logger.addHandler(handler)
+    try:
+        yield seen
+    finally:
+        logger.removeHandler(handler)
+
+
 def postgres_restart(st: Stack, timeout_s: float = LOADED_S) -> dict[str, Any]:
     """A query stream and uploads against the gateway; PostgreSQL is restarted (``pg_ctl stop -m fast``
     then start: every session ended) while an upload's job runs, and a second upload follows at once. Then an outage
@@ -654,21 +676,18 @@ def postgres_restart(st: Stack, timeout_s: float = LOADED_S) -> dict[str, Any]:
                 lambda: client.get(f"/v1/jobs/{first}").json()["stage"] in ("reflect", "train"),
                 LOADED_S,
             )
-            t0 = time.monotonic()
-            st.pg.stop("fast")
-            st.pg.start()
-            fig["restart_seconds"] = round(time.monotonic() - t0, 2)
-            _upload(calls, client, st.collection_id, "leave.txt")
-            job_ids = _job_ids(st.settings)
-            states = wait_jobs_done(client, job_ids, timeout_s)
+            with retried_stages() as retried:
+                t0 = time.monotonic()
+                st.pg.stop("fast")
+                st.pg.start()
+                fig["restart_seconds"] = round(time.monotonic() - t0, 2)
+                _upload(calls, client, st.collection_id, "leave.txt")
+                job_ids = _job_ids(st.settings)
+                states = wait_jobs_done(client, job_ids, timeout_s)
             fig["after_restart_first_ok_s"] = _since(calls.first_ok_after(t0, "query"), t0)
-            # a stage whose connection the restart cut fails its job (memo.pipeline.run_stage records the error): the
-            # documented way back is a retry, which resumes it; each such job's error is kept in the figures
-            fig["jobs_failed_by_restart"] = []
-            for job_id in [j for j, state in states.items() if state == "failed"]:
-                fig["jobs_failed_by_restart"].append(client.get(f"/v1/jobs/{job_id}").json()["error"][:300])
-                calls.send(client, "retry", "POST", f"/v1/jobs/{job_id}/retry")
-            states = wait_jobs_done(client, job_ids, timeout_s)
+            # a stage whose statement the restart cut is run again after a backoff (memo.pipeline.transient): no job
+            # fails, and nobody has to retry one
+            fig["stages_retried"] = retried
 
             # an outage: the database stays down until a client has been told so, then comes back
             down = time.monotonic()
@@ -709,21 +728,27 @@ def vllm_restart(st: Stack, timeout_s: float = LOADED_S) -> dict[str, Any]:
     fig["adapter_served_before"] = adapter in st.vllm.served()
     stream = QueryStream(st.gateway, calls, st.collection_id, clients=QUERY_CLIENTS)
     try:
-        wait_until("a first answered query", lambda: calls.first_ok_after(0.0, "query"), LOADED_S)
-        down = time.monotonic()
-        st.vllm.kill()
-        st.vllm.launch()  # same port; it forgets every adapter
-        wait_until("a 503 while vLLM is away", lambda: calls.unavailable_since(down), 60)
-        st.vllm.wait_ready(timeout_s)
-        back = time.monotonic()
-        wait_until("a query answered after vLLM is back", lambda: calls.first_ok_after(back, "query"), LOADED_S)
-        fig.update(
-            {
-                "outage_seconds": round(back - down, 1),
-                "seconds_to_first_ok_after_back": _since(calls.first_ok_after(back, "query"), back),
-                "adapter_served_after": adapter in st.vllm.served(),
-            }
-        )
+        with retried_stages() as retried, st.gateway.client() as client:
+            wait_until("a first answered query", lambda: calls.first_ok_after(0.0, "query"), LOADED_S)
+            # an upload whose in-process job reflects on the server about to go: its stage waits for it, and retries
+            job_id = _upload(calls, client, st.collection_id, "vllm-outage.txt")
+            assert job_id is not None, calls.figures()
+            down = time.monotonic()
+            st.vllm.kill()
+            st.vllm.launch()  # same port; it forgets every adapter
+            wait_until("a 503 while vLLM is away", lambda: calls.unavailable_since(down), 60)
+            st.vllm.wait_ready(timeout_s)
+            back = time.monotonic()
+            wait_until("a query answered after vLLM is back", lambda: calls.first_ok_after(back, "query"), LOADED_S)
+            fig.update(
+                {
+                    "outage_seconds": round(back - down, 1),
+                    "seconds_to_first_ok_after_back": _since(calls.first_ok_after(back, "query"), back),
+                    "adapter_served_after": adapter in st.vllm.served(),
+                    "upload_job": wait_jobs_done(client, [job_id], timeout_s)[job_id],
+                }
+            )
+        fig["stages_retried"] = retried
     finally:
         stream.stop()
     fig["calls"] = calls.figures()
@@ -754,7 +779,7 @@ def markdown(results: dict[str, Any]) -> str:
     what = {
         "redis": "killed with a job running and one queued, started again",
         "postgresql": "restarted (fast) under queries and an upload's job; then down until a client saw it",
-        "vllm": "killed under a query stream (every role and the adapter on it), started again",
+        "vllm": "killed under a query stream and an upload's job (every role and the adapter on it), started again",
     }
     for sc in results["scenarios"]:
         c = sc["calls"]
@@ -773,6 +798,11 @@ def markdown(results: dict[str, Any]) -> str:
             f"reflections {d['reflections']} "
             f"(duplicates {d['duplicate_reflections']}), versions {d['versions']}, requeues {d['requeues']}, "
             f"doctor findings {len(d['doctor_findings'])}"
+            + (
+                f", stages retried after a transient error {len(sc['stages_retried'])}"
+                if "stages_retried" in sc
+                else ""
+            )
             + (f"; {k}: {sc[k]}" if (k := "seconds_to_all_jobs_done_after_back") in sc else "")
         )
     lines += ["", NOTES]
@@ -803,22 +833,19 @@ NOTES = """## How to read it
   server. `pg_ctl stop -m fast` ends every session (the transaction in flight is rolled back) and the cluster starts
   again at once, while an upload's job runs and queries stream; a new connection refused is tried again for 5 s
   (`memo/db/session.py`), so a restart of a second or two is waited out. A statement in flight when the sessions are
-  ended fails, though: a job whose stage met it is marked failed by `memo.pipeline.run_stage` (*jobs failed by the
-  restart* in restarts.json, with the error) and completes on `POST /v1/jobs/{id}/retry`, which resumes it; the table
-  counts jobs as they ended after that retry. It is a race: none was cut in the run above, one of three in an earlier
-  test run (`OperationalError: consuming input failed: server closed the connection unexpectedly`). Then an outage
+  ended fails: the stage that met it is left `queued` with the reason and run again after a backoff
+  (`memo.pipeline.transient`, `MEMO_JOBS__RETRIES`), resuming its units (*stages retried* in restarts.json, with the
+  error); no job fails and no client retries one. It is a race: not every run cuts a statement. Then an outage
   longer than that wait: the clients get 503 (`services/gateway/errors.py`: database, broker and unreachable-LLM
   errors, in routes and in the key lookup before them) until it is back; `pool_pre_ping` replaces the dead pooled
   connections.
 - **vLLM.** The server hosting the Executive, the Generator and the Memory's adapter is SIGKILLed and started again
   on the same port: queries get 503 (connection refused) until it answers, then the first query that names the
   adapter gets a 404 from the new server and loads it again (`memo/llm/openai_compat.py`); its start-up on this
-  loaded machine is most of the outage.
-- **Not covered.** A stage that meets a dropped database connection (a restart, or an outage longer than the 5 s
-  connect wait) fails its job instead of leaving it to be retried by itself: that needs `run_stage` to treat a
-  database disconnect as transient (leave the job to the stale-job check, or a Celery retry). An LLM server down
-  while an in-process job reflects fails the job likewise (Celery workers retry `BackendError` with backoff). A
-  stream already started (`stream: true`) cannot turn into a 503.
+  loaded machine is most of the outage. An upload sent just before the kill has its in-process job's reflect stage
+  meet the outage: the stage waits (`BackendError`, retried after 2, 4, 8 ... s) and the job succeeds once the
+  server is back, as a Celery worker's task does.
+- **Not covered.** A stream already started (`stream: true`) cannot turn into a 503.
 """
 
 

@@ -15,6 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import or_, select, update
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from memo.blobs import BlobStore
@@ -31,7 +32,7 @@ from memo.db import (
     VersionStatus,
 )
 from memo.db.models import utcnow
-from memo.errors import GateFailed, InvalidInput, JobCancelled, NotFound
+from memo.errors import BackendError, GateFailed, InvalidInput, JobCancelled, NotFound
 from memo.ingest.chunk import chunk_text, chunk_tokens, token_counter
 from memo.ingest.parse import parse
 from memo.jobs import LIVE_STATES, Heartbeat, runner_id
@@ -306,11 +307,29 @@ _STAGE_FNS: dict[str, Callable[[Context, str], None]] = {
 }
 
 
-def run_stage(ctx: Context, job_id: str, stage: str) -> str:
+def transient(exc: BaseException) -> bool:
+    """An error a later attempt may not meet: an LLM server down or restarting, the database's connection cut or
+    refused (a restart), a lock or deadlock."""
+    if isinstance(exc, BackendError):
+        return True
+    return isinstance(exc, DBAPIError) and (
+        exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)
+    )
+
+
+def retry_delay(settings: Settings, attempt: int) -> float:
+    """Seconds before the retry after failed attempt ``attempt`` (0-based) of a stage (``MEMO_JOBS__RETRY_*``)."""
+    return min(settings.jobs.retry_backoff_s * 2**attempt, 300.0)
+
+
+def run_stage(ctx: Context, job_id: str, stage: str, *, retry: bool = False) -> str:
     """Run one stage of a job, recording stage, state and any error on the job row, its heartbeat written while it
     runs. Returns the job id. Does nothing to a job that has finished or been cancelled, or that another live
     process is running (a duplicate delivery, or a requeue of a job that was only slow): a job runs once at a time.
-    A job whose cancel was asked for stops at its next unit boundary and ends ``cancelled``."""
+    A job whose cancel was asked for stops at its next unit boundary and ends ``cancelled``.
+
+    With ``retry`` (the caller runs the stage again after a transient error, :func:`transient`), such an error
+    leaves the job ``queued`` with the error as the reason it waits, instead of ``failed``; it is raised either way."""
     if not _claim(ctx, job_id, stage):
         return job_id
     claimed = _job(ctx, job_id)
@@ -331,12 +350,25 @@ def run_stage(ctx: Context, job_id: str, stage: str) -> str:
                 job.state, job.heartbeat_at = JobState.cancelled, None
         return job_id
     except Exception as exc:
-        log.exception("job %s failed in stage %s", job_id, stage)
-        with ctx.db.session() as s:
-            job = s.get(Job, job_id)
-            if job is not None:
-                job.state = JobState.failed
-                job.error = f"{type(exc).__name__}: {exc}"
+        again = retry and transient(exc)
+        if again:
+            log.warning(
+                "job %s met a transient error in stage %s, to be retried: %s: %s",
+                job_id,
+                stage,
+                type(exc).__name__,
+                exc,
+            )
+        else:
+            log.exception("job %s failed in stage %s", job_id, stage)
+        try:
+            with ctx.db.session() as s:
+                job = s.get(Job, job_id)
+                if job is not None:
+                    job.state = JobState.queued if again else JobState.failed
+                    job.error = f"{'retrying after ' if again else ''}{type(exc).__name__}: {exc}"
+        except Exception:  # the database is the error: the stale job check finds the job if no retry does
+            log.warning("job %s: its state after the error was not written", job_id, exc_info=True)
         raise
     finally:
         heartbeat.close()
@@ -385,6 +417,17 @@ def _claim(ctx: Context, job_id: str, stage: str) -> bool:
 
 
 def run_pipeline(ctx: Context, job_id: str) -> None:
-    """All stages in order, in this process."""
+    """All stages in order, in this process; a stage that meets a transient error runs again after a backoff
+    (``MEMO_JOBS__RETRIES``), as a Celery worker retries it."""
     for stage in STAGES:
-        run_stage(ctx, job_id, stage)
+        attempt = 0
+        while True:
+            retry = attempt < ctx.settings.jobs.retries
+            try:
+                run_stage(ctx, job_id, stage, retry=retry)
+                break
+            except Exception as exc:
+                if not (retry and transient(exc)):
+                    raise
+            time.sleep(retry_delay(ctx.settings, attempt))
+            attempt += 1

@@ -256,6 +256,11 @@ class JobSettings(BaseModel):
     # longest stage (a training of hours), else a live task is delivered twice; a dead worker's jobs are requeued
     # sooner by the heartbeat check above, not by this timeout
     visibility_timeout_s: float = Field(default=86400.0, gt=0)
+    # a stage that meets a transient error (an LLM server or the database away for a moment: memo.pipeline.transient)
+    # runs again after retry_backoff_s x 2^n seconds (n = 0, 1, ...; at most 5 minutes), up to `retries` times, before
+    # its job fails; the defaults wait out ~2 minutes, what a vLLM CPU server takes to restart
+    retries: int = Field(default=6, ge=0)
+    retry_backoff_s: float = Field(default=2.0, ge=0)
 
     @model_validator(mode="after")
     def _check(self) -> JobSettings:

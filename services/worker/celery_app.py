@@ -11,14 +11,13 @@ from __future__ import annotations
 
 from functools import cache
 
-from celery import Celery
+from celery import Celery, Task
 from celery.signals import worker_ready, worker_shutdown
 
 from memo import doctor
 from memo.db import Database
-from memo.errors import BackendError
 from memo.jobs import StaleJobCheck
-from memo.pipeline import Context, run_stage
+from memo.pipeline import Context, retry_delay, run_stage, transient
 from memo.settings import Settings, get_settings
 
 QUEUES = {"parse": "ingest", "reflect": "generate", "train": "train", "evaluate": "train", "publish": "ingest"}
@@ -85,11 +84,14 @@ def _stop_stale_check(**_: object) -> None:
 
 
 def _register(app: Celery, stage: str) -> None:
-    @app.task(
-        name=f"memo.{stage}",
-        autoretry_for=(BackendError,),  # an LLM server that is down or restarting: try again later
-        retry_backoff=True,
-        max_retries=5,
-    )
-    def task(job_id: str) -> str:
-        return run_stage(_context(), job_id, stage)
+    @app.task(name=f"memo.{stage}", bind=True, max_retries=None)
+    def task(self: Task, job_id: str) -> str:
+        ctx = _context()
+        attempt = self.request.retries
+        retry = attempt < ctx.settings.jobs.retries
+        try:
+            return run_stage(ctx, job_id, stage, retry=retry)
+        except Exception as exc:
+            if retry and transient(exc):  # an LLM server or the database away for a moment: again after a backoff
+                raise self.retry(exc=exc, countdown=retry_delay(ctx.settings, attempt)) from exc
+            raise

@@ -162,12 +162,12 @@ def test_redis_restart_loses_no_job(vllm, model_dir, pg_url, tmp_path):
 @slow
 def test_postgres_restart_under_queries_and_uploads(stack):
     fig = restarts.postgres_restart(stack)
-    # a job whose stage the restart cut is failed by the pipeline (its statement's connection was ended) and resumed
-    # by a retry; anything else than a database disconnect is a failure here
-    assert all("OperationalError" in error for error in fig["jobs_failed_by_restart"]), fig["jobs_failed_by_restart"]
+    # a stage whose statement the restart cut (a race: not every run meets one) ran again by itself; only a database
+    # disconnect may have been retried, and no job failed (assert_clean) nor needed a retry from a client
+    assert all("OperationalError" in m or "InterfaceError" in m for m in fig["stages_retried"]), fig["stages_retried"]
     assert_clean(fig)
     assert fig["calls"]["by_kind"]["upload"] == 2 and fig["calls"]["ok"] >= 3
-    assert fig["calls"]["by_kind"].get("retry", 0) == len(fig["jobs_failed_by_restart"])
+    assert "retry" not in fig["calls"]["by_kind"]
     assert fig["jobs"] == fig["jobs_succeeded"] == 3 and fig["data"]["documents"] == 3, fig
     assert fig["data"]["versions"] == 3
     assert fig["calls"]["unavailable_503"] >= 1  # the outage was seen, as a 503
@@ -179,6 +179,9 @@ def test_postgres_restart_under_queries_and_uploads(stack):
 def test_vllm_restart_under_a_query_stream(stack):
     fig = restarts.vllm_restart(stack)
     assert_clean(fig)
+    # the upload's in-process job met the outage in its stage and finished by itself, after a retry
+    assert fig["upload_job"] == "succeeded"
+    assert fig["stages_retried"] and all("BackendError" in m for m in fig["stages_retried"]), fig["stages_retried"]
     assert fig["adapter_served_before"] and fig["adapter_served_after"]  # reloaded by the first query that needed it
     assert fig["calls"]["unavailable_503"] >= 1
     assert fig["seconds_to_first_ok_after_back"] is not None

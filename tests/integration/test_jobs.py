@@ -8,14 +8,16 @@ from datetime import timedelta
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy.exc import OperationalError
 
 from memo import catalog, pipeline
 from memo.db import Database, Job, JobState
 from memo.db.models import utcnow
+from memo.errors import BackendError
 from memo.jobs import recover_stale_jobs, runner_id
 from memo.pipeline import Context, run_pipeline, run_stage
 from services.gateway.app import create_app
-from tests.conftest import api_key, make_settings
+from tests.conftest import REDIS_URL, api_key, make_settings
 from tests.integration.test_api import RecordingDispatcher
 
 HOUR_AGO = timedelta(hours=1)
@@ -222,6 +224,91 @@ def test_a_worker_requeues_stale_jobs_when_it_starts(tmp_path, monkeypatch):
     finally:
         celery_app._stop_stale_check()
         celery_app._context.cache_clear()
+
+
+# -- transient errors -------------------------------------------------------------------------------------------------
+CUT = OperationalError("UPDATE jobs", {}, Exception("server closed the connection unexpectedly"))
+
+
+def _failing_parse(db: Database, errors: list[Exception], seen: list[tuple]):
+    """A parse stage that raises ``errors`` one per run, then succeeds; records the job's row as each run starts."""
+
+    def parse(ctx: Context, jid: str) -> None:
+        row = _row(db, jid)
+        seen.append((row.state, row.error))
+        if errors:
+            raise errors.pop(0)
+
+    return parse
+
+
+@pytest.mark.parametrize("error", [CUT, BackendError("memory: connection refused")], ids=["database", "llm"])
+def test_a_transient_error_is_retried_in_process_and_the_job_completes(db, settings, monkeypatch, error):
+    settings = settings.model_copy(update={"jobs": settings.jobs.model_copy(update={"retry_backoff_s": 0.01})})
+    job_id = _job(db, settings)
+    seen: list[tuple] = []
+    monkeypatch.setitem(pipeline._STAGE_FNS, "parse", _failing_parse(db, [error, error], seen))
+    for stage in pipeline.STAGES[1:]:
+        monkeypatch.setitem(pipeline._STAGE_FNS, stage, lambda ctx, jid: None)
+    run_pipeline(Context(db, settings), job_id)
+    # each retry found the job waiting with the reason, and claimed it again
+    assert [state for state, _ in seen] == [JobState.running] * 3
+    row = _row(db, job_id)
+    assert (row.state, row.error, row.requeues) == (JobState.succeeded, None, 0)
+
+
+def test_a_transient_error_fails_the_job_once_the_retries_are_spent(db, settings, monkeypatch):
+    jobs = settings.jobs.model_copy(update={"retries": 2, "retry_backoff_s": 0.01})
+    settings = settings.model_copy(update={"jobs": jobs})
+    job_id = _job(db, settings)
+    seen: list[tuple] = []
+    monkeypatch.setitem(pipeline._STAGE_FNS, "parse", _failing_parse(db, [CUT] * 5, seen))
+    with pytest.raises(OperationalError):
+        run_pipeline(Context(db, settings), job_id)
+    assert len(seen) == 3  # the first run and 2 retries
+    row = _row(db, job_id)
+    assert row.state == JobState.failed and "server closed the connection" in row.error
+
+
+def test_a_stage_waiting_for_its_retry_is_queued_with_the_reason(db, settings, monkeypatch):
+    job_id = _job(db, settings)
+    monkeypatch.setitem(pipeline._STAGE_FNS, "parse", _failing_parse(db, [CUT], []))
+    with pytest.raises(OperationalError):
+        run_stage(Context(db, settings), job_id, "parse", retry=True)
+    row = _row(db, job_id)
+    assert row.state == JobState.queued and row.error.startswith("retrying after OperationalError")
+
+
+def test_an_error_that_is_not_transient_fails_the_job_at_once(db, settings, monkeypatch):
+    job_id = _job(db, settings)
+    seen: list[tuple] = []
+    monkeypatch.setitem(pipeline._STAGE_FNS, "parse", _failing_parse(db, [ValueError("bad pdf")], seen))
+    with pytest.raises(ValueError):
+        run_pipeline(Context(db, settings), job_id)
+    assert len(seen) == 1
+    row = _row(db, job_id)
+    assert (row.state, row.error) == (JobState.failed, "ValueError: bad pdf")
+
+
+def test_a_celery_task_retries_a_transient_error(db, settings, monkeypatch):
+    """The worker's task (run eagerly: Celery's retry re-runs it in place) retries as run_pipeline does, and fails
+    the job once its retries are spent."""
+    from services.worker import celery_app
+
+    settings = settings.model_copy(update={"broker_url": REDIS_URL})
+    monkeypatch.setattr(celery_app, "_context", lambda: Context(db, settings, via_broker=True))
+    task = celery_app.celery_app(settings).tasks["memo.parse"]
+    job_id = _job(db, settings)
+    seen: list[tuple] = []
+    monkeypatch.setitem(pipeline._STAGE_FNS, "parse", _failing_parse(db, [CUT, CUT], seen))
+    assert task.apply(args=(job_id,)).get() == job_id
+    assert len(seen) == 3 and _row(db, job_id).state == JobState.running  # the next stage's task would go on
+    spent = _job(db, settings)
+    monkeypatch.setitem(pipeline._STAGE_FNS, "parse", _failing_parse(db, [CUT] * 99, seen := []))
+    with pytest.raises(OperationalError):
+        task.apply(args=(spent,)).get()
+    assert len(seen) == settings.jobs.retries + 1
+    assert _row(db, spent).state == JobState.failed
 
 
 # -- publish ---------------------------------------------------------------------------------------------------------
