@@ -207,11 +207,25 @@ def query_levels(
     return rows
 
 
+def forget_asked(scorer: Any, questions: list[str]) -> None:
+    """Drops the scorer's remembered ratings of answers as replies to ``questions`` (a timed run rates them as a
+    new question would) and keeps those of reflections as replies to their own questions (remembered by a serving
+    gateway after the first queries that offered them)."""
+    from memo.memory import memory_messages
+
+    model = scorer.model
+    asked = {str(model.tokenizer.apply_chat_template(memory_messages(q), tokenize=False, add_generation_prompt=True))
+             for q in questions}  # fmt: skip
+    with model._gen_lock:
+        model._rated = {k: v for k, v in model._rated.items() if k[1] not in asked}
+
+
 async def memory_step(
     env: dict[str, str], collection_id: str, questions: list[str], ks: list[int], repeats: int
 ) -> dict[str, Any]:
     """Times :func:`memo.executive.protocol.ask_memory_all` with K sub-questions, with the gateway's scorer and
-    without it, repeats interleaved across K (so a burst of other work on the machine spreads over every K)."""
+    without it, repeats interleaved across K (so a burst of other work on the machine spreads over every K); and each
+    of the largest K's sub-questions alone, the cost of one sub-question that K = 1 stands for."""
     os.environ.update(env)
     from memo.db import Database
     from memo.executive.protocol import ask_memory_all
@@ -230,26 +244,48 @@ async def memory_step(
         version_id, adapter = version.id, version.adapter_path
     memory = engines.memory(version_id, adapter)
     scorer = engines.scorer(version_id, adapter)
-    parent = " ".join(questions[: max(ks)])  # the same parent for every K: each sub-question offered the same facts
+    subs = questions[: max(ks)]
+    parent = " ".join(subs)  # the same parent for every K: each sub-question offered the same facts
     out: dict[str, Any] = {"scorer": scorer is not None, "parent_question": parent}
+
+    async def timed(qs: list[str], rater: Any) -> tuple[float, list[Any]]:
+        if rater is not None:
+            forget_asked(rater, qs)
+        start = time.perf_counter()
+        steps = await ask_memory_all(memory, sources, qs, parent, rater)
+        return time.perf_counter() - start, steps
+
     try:
         for variant, rater in (("with_scorer", scorer), ("vllm_only", None)):
             times: dict[int, list[float]] = {k: [] for k in ks}
+            alone: dict[str, list[float]] = {q: [] for q in subs}
             offered: dict[int, list[int]] = {}
-            await ask_memory_all(memory, sources, questions[:1], parent, rater)  # warm-up: loads, prefix cache
+            words: dict[str, int] = {}
+            await ask_memory_all(memory, sources, subs, parent, rater)  # warm-up: loads, own-question ratings
             for _ in range(repeats):
                 for k in ks:
-                    start = time.perf_counter()
-                    steps = await ask_memory_all(memory, sources, questions[:k], parent, rater)
-                    times[k].append(time.perf_counter() - start)
+                    seconds, steps = await timed(subs[:k], rater)
+                    times[k].append(seconds)
                     offered[k] = [s.chosen_from for s in steps]
+                for q in subs:
+                    seconds, [step] = await timed([q], rater)
+                    alone[q].append(seconds)
+                    words[q] = len((step.recalled or step.memory_answer).split())  # the Memory's own reply
+            alone_median = [statistics.median(v) for v in alone.values()]
+            top = statistics.median(times[max(ks)])
             out[variant] = {
                 "times_s": {str(k): [round(t, 3) for t in v] for k, v in times.items()},
                 "median_s": {str(k): round(statistics.median(v), 3) for k, v in times.items()},
                 "ratio": {str(k): r for k, r in ratios(times).items()},
+                "alone_median_s": {q: round(t, 3) for q, t in zip(subs, alone_median, strict=True)},
+                "reply_words": words,
+                "ratio_to_mean_alone": round(top / statistics.mean(alone_median), 3),
+                "ratio_to_slowest_alone": round(top / max(alone_median), 3),
                 "offered_per_sub_question": {str(k): v for k, v in offered.items()},
             }
-            print(f"  {variant}: {out[variant]['median_s']} ratio {out[variant]['ratio']}", flush=True)
+            v = out[variant]
+            print(f"  {variant}: {v['median_s']} ratio {v['ratio']}, K={max(ks)} to the mean alone "
+                  f"{v['ratio_to_mean_alone']}, to the slowest {v['ratio_to_slowest_alone']}", flush=True)  # fmt: skip
     finally:
         await engines.aclose()
         db.dispose()
@@ -507,6 +543,9 @@ def print_tables(r: dict[str, Any]) -> None:
             print(
                 f"| {k} | {ms(w['median_s'][k])} | {w['ratio'][k]:.2f} | {ms(v['median_s'][k])} | {v['ratio'][k]:.2f} |"
             )
+        for name, x in (("step", w), ("vLLM alone", v)):
+            print(f"{name}: K={k} / the mean of its sub-questions alone {x['ratio_to_mean_alone']}, "
+                  f"/ the slowest alone {x['ratio_to_slowest_alone']}")  # fmt: skip
     if "uploads" in r:
         u = r["uploads"]
         print(f"\n| {u['clients']} clients | queries | errors | queries/s | p50 ms | p99 ms | max ms |")

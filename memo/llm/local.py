@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+RATED_CACHE = 100_000  # remembered ratings per model: a few MB
+
 
 @dataclass
 class _Request:
@@ -63,6 +65,8 @@ class LocalModel:
         self._queue: list[_Request] = []
         self._cv = threading.Condition()
         self._gen_lock = threading.Lock()
+        # (adapter, prompt, answer) -> the answer's token log-probabilities (see token_logprobs), oldest first
+        self._rated: dict[tuple[tuple[str, str] | None, str, str], list[float]] = {}
         self._thread = threading.Thread(target=self._loop, name=f"generate:{self.path}", daemon=True)
         self._thread.start()
 
@@ -112,26 +116,80 @@ class LocalModel:
         self, pairs: list[tuple[list[Message], str]], adapter: tuple[str, str] | None
     ) -> list[list[float]]:
         """The log-probability of every token of each answer as the reply to its messages, for ``pairs`` of
-        (messages, answer) (the caller holds the generation lock): one right-padded forward pass."""
+        (messages, answer) (the caller holds the generation lock). A pair rated before on the same adapter is
+        remembered (a reflection as the reply to its own question is rated for every question it is offered to);
+        answers to the same messages share one pass of the prompt (:meth:`_rate_shared_prompt`), the other pairs go
+        in one right-padded pass (:meth:`_rate_rows`)."""
+        if not pairs:
+            return []
+        ctx = self._adapter_context(adapter)
+        keys = []
+        for messages, answer in pairs:
+            prompt = str(self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+            keys.append((adapter, prompt, answer))
+        by_prompt: dict[str, list[str]] = {}
+        for key in dict.fromkeys(k for k in keys if k not in self._rated):
+            by_prompt.setdefault(key[1], []).append(key[2])
+        shared = {p: a for p, a in by_prompt.items() if len(a) > 1}
+        single = [(p, a[0]) for p, a in by_prompt.items() if len(a) == 1]
+        with ctx:
+            for prompt, answers in shared.items():
+                for answer, rated in zip(answers, self._rate_shared_prompt(prompt, answers), strict=True):
+                    self._remember((adapter, prompt, answer), rated)
+            for (prompt, answer), rated in zip(single, self._rate_rows(single), strict=True):
+                self._remember((adapter, prompt, answer), rated)
+        return [self._rated[k] for k in keys]
+
+    def _remember(self, key: tuple[tuple[str, str] | None, str, str], rated: list[float]) -> None:
+        self._rated[key] = rated
+        if len(self._rated) > RATED_CACHE:
+            del self._rated[next(iter(self._rated))]  # the oldest
+
+    def _ids(self, prompt: str, answer: str) -> tuple[list[int], list[int]]:
+        head = list(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        tail = list(self.tokenizer(answer, add_special_tokens=False)["input_ids"]) or [self.tokenizer.eos_token_id]
+        return head, tail
+
+    def _rate_rows(self, pairs: list[tuple[str, str]]) -> list[list[float]]:
+        """Each (prompt, answer) as its own row of one right-padded pass."""
         import torch
 
         if not pairs:
             return []
-        ctx = self._adapter_context(adapter)
-        rows = []
-        for messages, answer in pairs:
-            prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            head = list(self.tokenizer(str(prompt), add_special_tokens=False)["input_ids"])
-            tail = list(self.tokenizer(answer, add_special_tokens=False)["input_ids"]) or [self.tokenizer.eos_token_id]
-            rows.append((head, tail))
+        rows = [self._ids(prompt, answer) for prompt, answer in pairs]
         width = max(len(h) + len(t) for h, t in rows)
         pad = int(self.tokenizer.pad_token_id)
         ids = torch.tensor([h + t + [pad] * (width - len(h) - len(t)) for h, t in rows], device=self.device)
         mask = torch.tensor([[1] * (len(h) + len(t)) + [0] * (width - len(h) - len(t)) for h, t in rows])
-        with torch.inference_mode(), ctx:
-            logits = self.model(input_ids=ids, attention_mask=mask.to(self.device)).logits.float()
-        logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None])[..., 0]  # (n, width - 1)
-        return [row[len(h) - 1 : len(h) - 1 + len(t)].tolist() for row, (h, t) in zip(logp, rows, strict=True)]
+        first = min(len(h) for h, _ in rows) - 1  # logits before the first answer token are not needed
+        with torch.inference_mode():
+            out = self.model(input_ids=ids, attention_mask=mask.to(self.device), logits_to_keep=width - first)
+        logits = out.logits[:, :-1].float()  # positions first .. width - 2, predicting first + 1 .. width - 1
+        logp = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, first + 1 :, None])[..., 0]
+        return [
+            row[len(h) - 1 - first : len(h) - 1 - first + len(t)].tolist()
+            for row, (h, t) in zip(logp, rows, strict=True)
+        ]
+
+    def _rate_shared_prompt(self, prompt: str, answers: list[str]) -> list[list[float]]:
+        """Answers to one prompt: the prompt's pass once, its key-value cache repeated for a right-padded pass of
+        the answers alone (a question's offered reflections: most of each row is the shared prompt)."""
+        import torch
+
+        head, _ = self._ids(prompt, "x")
+        tails = [self._ids(prompt, a)[1] for a in answers]
+        with torch.inference_mode():
+            out = self.model(input_ids=torch.tensor([head], device=self.device), use_cache=True, logits_to_keep=1)
+            first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)  # the first answer token's distribution
+            cache = out.cache
+            cache.batch_repeat_interleave(len(tails))
+            width = max(len(t) for t in tails)
+            pad = int(self.tokenizer.pad_token_id)
+            ids = torch.tensor([t + [pad] * (width - len(t)) for t in tails], device=self.device)
+            mask = torch.tensor([[1] * (len(head) + len(t)) + [0] * (width - len(t)) for t in tails])
+            rest = self.model(input_ids=ids, attention_mask=mask.to(self.device), cache=cache).logits
+            logp = torch.log_softmax(rest[:, :-1].float(), dim=-1).gather(-1, ids[:, 1:, None])[..., 0]
+        return [[float(first[t[0]]), *row[: len(t) - 1].tolist()] for row, t in zip(logp, tails, strict=True)]
 
     # -- generation thread --------------------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -200,6 +258,7 @@ class LocalModel:
                 return False
             self.model.delete_adapter(name)
             del self._adapters[name]
+            self._rated = {k: v for k, v in self._rated.items() if k[0] is None or k[0][0] != name}
             return True
 
     def _generate(self, batch: list[_Request]) -> list[str]:

@@ -177,6 +177,7 @@ def test_likelihood_is_the_mean_log_probability_of_each_answer_scored_together_o
     messages = memory_messages("What is the capital of France?")
     answers = ["Paris", "The capital of France is Paris, a city on the Seine.", "Zorblax Varnmouth Quillfeather"]
     together = model.likelihood([(messages, a) for a in answers], adapter=None).result(timeout=120)
+    model._rated.clear()  # rated again, not remembered: the shared prompt's pass against each row alone
     alone = [model.likelihood([(messages, a)], adapter=None).result(timeout=120)[0] for a in answers]
     assert together == pytest.approx(alone, abs=1e-4)
     tok = model.tokenizer
@@ -203,10 +204,41 @@ def test_token_logprobs_of_answers_to_different_prompts_in_one_pass_equal_each_a
     ]
     with model._gen_lock:
         together = model.token_logprobs(pairs, None)
+        model._rated.clear()
         alone = [model.token_logprobs([p], None)[0] for p in pairs]
     for t, a, (_, answer) in zip(together, alone, pairs, strict=True):
         assert len(t) == len(model.tokenizer(answer, add_special_tokens=False)["input_ids"])
         assert t == pytest.approx(a, abs=1e-4)
+
+
+def test_a_pair_rated_before_on_the_same_adapter_is_remembered_and_forgotten_with_its_adapter(model_dir, tmp_path):
+    """A mix of answers sharing a prompt and pairs of their own: rated once, a second rating runs no forward pass
+    for what was rated (and the same figures); another adapter rates again; unloading an adapter forgets its ones."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = LocalModel(str(model_dir))
+    for name in ("a1", "a2"):  # two real adapters (random LoRA weights: they change the ratings)
+        peft_model = get_peft_model(
+            AutoModelForCausalLM.from_pretrained(str(model_dir)),
+            LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+        )
+        peft_model.save_pretrained(tmp_path / name)
+    asked = memory_messages("Where is Zorblax headquartered?")
+    pairs = [(asked, "In Varnmouth."), (asked, "In Quillfeather."), (memory_messages("Who founded it?"), "Mira.")]
+    passes: list[int] = []
+    forward = model.base.forward
+    model.base.forward = lambda *a, **k: passes.append(1) or forward(*a, **k)
+    with model._gen_lock:
+        first = model.token_logprobs(pairs, ("a1", str(tmp_path / "a1")))
+        n = len(passes)
+        assert n >= 2  # the shared prompt's two passes, the single pair's row
+        assert model.token_logprobs(pairs[::-1], ("a1", str(tmp_path / "a1"))) == first[::-1]
+        assert len(passes) == n  # nothing computed again
+        other = model.token_logprobs(pairs, ("a2", str(tmp_path / "a2")))
+        assert len(passes) > n and other != first
+    assert model.unload_adapter("a1")
+    assert all(k[0] is None or k[0][0] != "a1" for k in model._rated) and model._rated
 
 
 async def test_the_scorer_of_a_served_memory_runs_here_on_its_training_weights_or_is_none_without_them(
