@@ -167,7 +167,7 @@ def memo_service(ask: Callable[[str], Awaitable[Any]], doc_name: DocName = lambd
                 "idk": s.idk,
                 "supported": s.supported,
                 "chosen_from": s.chosen_from,
-                "recalled": s.recalled,
+                "chosen": s.chosen,
                 "rating": s.rating,
                 "sources": [doc_name(src.document_id, src.title) for src in s.sources],
             }

@@ -260,7 +260,7 @@ async def memory_step(
             times: dict[int, list[float]] = {k: [] for k in ks}
             alone: dict[str, list[float]] = {q: [] for q in subs}
             offered: dict[int, list[int]] = {}
-            words: dict[str, int] = {}
+            chosen: dict[str, bool] = {}
             await ask_memory_all(memory, sources, subs, parent, rater)  # warm-up: loads, own-question ratings
             for _ in range(repeats):
                 for k in ks:
@@ -270,7 +270,7 @@ async def memory_step(
                 for q in subs:
                     seconds, [step] = await timed([q], rater)
                     alone[q].append(seconds)
-                    words[q] = len((step.recalled or step.memory_answer).split())  # the Memory's own reply
+                    chosen[q] = step.chosen  # the reflection the Memory chose, else its own (generated) answer
             alone_median = [statistics.median(v) for v in alone.values()]
             top = statistics.median(times[max(ks)])
             out[variant] = {
@@ -278,7 +278,7 @@ async def memory_step(
                 "median_s": {str(k): round(statistics.median(v), 3) for k, v in times.items()},
                 "ratio": {str(k): r for k, r in ratios(times).items()},
                 "alone_median_s": {q: round(t, 3) for q, t in zip(subs, alone_median, strict=True)},
-                "reply_words": words,
+                "chosen_alone": chosen,
                 "ratio_to_mean_alone": round(top / statistics.mean(alone_median), 3),
                 "ratio_to_slowest_alone": round(top / max(alone_median), 3),
                 "offered_per_sub_question": {str(k): v for k, v in offered.items()},

@@ -312,8 +312,8 @@ def print_answer(result: object, version: str) -> None:
     for step in result.trace:
         mark = " (IDK)" if step.idk else " (supported)" if step.supported else " (unsupported)"
         typer.echo(f"   sub-question: {step.sub_question}\n   memory{mark}: {step.memory_answer}")
-        if step.recalled is not None:
-            typer.echo(f"   (its own answer {step.recalled!r}; the best rated of {step.chosen_from} reflections)")
+        if step.chosen:
+            typer.echo(f"   (the best rated of {step.chosen_from} reflections)")
     if result.abstained:
         typer.secho(f"A: {result.answer}  [abstained: no document supports an answer]", fg=typer.colors.YELLOW)
     else:

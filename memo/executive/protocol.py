@@ -50,8 +50,8 @@ def choice_rating(asked: float, own: float, about: float) -> float:
 class Step:
     """One question put to the Memory: its answer, whether it said it does not know, whether the collection's
     reflections support the answer, the documents and passages that do (best first), how many reflections it rated
-    (``chosen_from``), its own greedy answer (``recalled``) when the answer is the reflection it chose, and the best
-    reflection's ``rating`` (see :func:`ask_memory`)."""
+    (``chosen_from``), whether the answer is the reflection it rated best (``chosen``; else its own greedy answer),
+    and the best reflection's ``rating`` (see :func:`ask_memory`)."""
 
     sub_question: str
     memory_answer: str
@@ -59,7 +59,7 @@ class Step:
     supported: bool = False
     sources: list[Source] = field(default_factory=list)
     chosen_from: int = 0
-    recalled: str | None = None
+    chosen: bool = False
     rating: float | None = None  # the best rated reflection's rating (see ask_memory), chosen or not
 
     @property
@@ -125,20 +125,17 @@ async def ask_memory(
     Memory's own greedy answer is often a look-alike of what it learned (a paraphrased question moves its mass to a
     neighbour), yet among the facts of the documents it still rates the right one highest: on handbook_dev's 8
     documents 0.86-0.92 of the `single` questions against 0.31-0.36 for its own answers (results/eval/README.md).
-    Its own answer, if supported, is the answer otherwise."""
+    Its own answer, if supported, is the answer otherwise: generated only then, after the rating (a rating is one
+    pass over the offered answers; generating is a pass per token, most of a query's time on a CPU server)."""
     within = None if sub_question == question else question
     messages = memory_messages(sub_question)
     offered = sources.candidates(sub_question, within=within) if scorer is not None else []
-    pairs = [(messages, c.fact.answer) for c in offered] + [
-        (memory_messages(c.fact.question), c.fact.answer) for c in offered
-    ]
-    reply, rated = await asyncio.gather(
-        memory.chat(messages, temperature=0.0, max_tokens=MEMORY_MAX_TOKENS),
-        scorer.likelihood(pairs) if scorer and offered else _none(),
-    )
-    reply = reply.strip()
     rating = None
-    if rated:
+    if scorer is not None and offered:
+        pairs = [(messages, c.fact.answer) for c in offered] + [
+            (memory_messages(c.fact.question), c.fact.answer) for c in offered
+        ]
+        rated = await scorer.likelihood(pairs)
         asked, own = rated[: len(offered)], rated[len(offered) :]
         rating, best = max(
             ((choice_rating(a, o, c.about), c) for a, o, c in zip(asked, own, offered, strict=True)),
@@ -146,10 +143,12 @@ async def ask_memory(
         )
         rating = round(rating, 4)
         if rating >= MIN_CHOICE_RATING:
-            return Step(sub_question, best.fact.answer, False, True, sources.cite([best]), len(offered), reply, rating)
+            cited = sources.cite([best])
+            return Step(sub_question, best.fact.answer, False, True, cited, len(offered), True, rating)
+    reply = (await memory.chat(messages, temperature=0.0, max_tokens=MEMORY_MAX_TOKENS)).strip()
     idk = is_idk(reply)
     supports = [] if idk else sources.support(sub_question, reply, within=within)
-    return Step(sub_question, reply, idk, bool(supports), sources.cite(supports), len(offered), None, rating)
+    return Step(sub_question, reply, idk, bool(supports), sources.cite(supports), len(offered), False, rating)
 
 
 async def ask_memory_all(
@@ -158,10 +157,6 @@ async def ask_memory_all(
     """The parallel memory step: every sub-question of ``question`` put to the Memory at once, each on its own (no
     shared context), as :func:`ask_memory` answers it."""
     return list(await asyncio.gather(*(ask_memory(memory, sources, q, question, scorer) for q in sub_questions)))
-
-
-async def _none() -> list[float]:
-    return []
 
 
 def _no_new_numbers(text: str, notes: list[Step], question: str) -> bool:

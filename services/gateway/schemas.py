@@ -145,10 +145,10 @@ class TraceStep(BaseModel):
     idk: bool
     supported: bool  # the collection's reflections support this answer (see sources)
     sources: list[SourceOut]
-    # the Memory rated this many reflections about the question; when memory_answer is the one it rated best, its own
-    # greedy answer is in recalled (None: none rated high enough, memory_answer is its own answer)
+    # the Memory rated this many reflections about the question; chosen: memory_answer is the one it rated best
+    # (else none rated high enough, and memory_answer is its own greedy answer)
     chosen_from: int = 0
-    recalled: str | None = None
+    chosen: bool = False
     # the best reflection's rating: the Memory's mean log-probability per token of its answer as the reply to the
     # question minus that as the reply to the reflection's own question, plus 3 x the log of its share of the
     # question; the choice is the answer from -3.5 up

@@ -153,7 +153,8 @@ async def test_an_unsupported_answer_is_replaced_by_the_reflection_the_memory_fi
     assert not result.abstained and result.answer == "23 days"
     assert exe.calls == []  # answered on the first step: no plan, no synthesis
     [step] = result.trace
-    assert step.supported and step.recalled == "31 days" and step.chosen_from == len(scorer.offered[0])
+    assert step.supported and step.chosen and step.chosen_from == len(scorer.offered[0])
+    assert mem.calls == []  # the choice answered: the Memory generated nothing
     about = next(c.about for c in INDEX.candidates(question) if c.fact.answer == "23 days")
     # weighed by its share of the question
     assert step.rating == pytest.approx(-0.3 - 0.0 + ABOUT_WEIGHT * math.log(about), abs=1e-3)
@@ -184,7 +185,7 @@ async def test_nothing_about_the_question_is_offered_and_a_supported_own_answer_
     )
     assert "in the town of Varnmouth" in scorer.offered[0]  # rated, but below the bar: the supported own answer
     assert result.answer == "Varnmouth" and result.trace[0].chosen_from == len(scorer.offered[0])
-    assert result.trace[0].recalled is None
+    assert not result.trace[0].chosen
 
 
 async def test_the_memorys_choice_overrides_its_own_supported_look_alike():
@@ -193,7 +194,7 @@ async def test_the_memorys_choice_overrides_its_own_supported_look_alike():
     mem = _memory({question: "23 days"})
     scorer = _Scorer({"23 days": -0.9, "31 weeks at full pay": -0.2})
     result = await answer(question, executive=_executive([]), memory=mem, sources=INDEX, scorer=scorer)
-    assert result.answer == "31 weeks at full pay" and result.trace[0].recalled == "23 days"
+    assert result.answer == "31 weeks at full pay" and result.trace[0].chosen
 
 
 async def test_a_look_alike_about_less_of_the_question_loses_though_the_memory_rates_it_higher():

@@ -371,9 +371,9 @@ async function ask(event) {
         el("p", {}, "Memory: ", el("span", { class: "memory-answer" }, s.memory_answer), " ",
           el("span", { class: `badge ${s.supported ? "live" : ""}` }, s.supported ? "supported" : s.idk ? "does not know" : "unsupported")),
         s.chosen_from
-          ? el("p", { class: "choice" }, s.recalled
-            ? `its own answer "${s.recalled}"; this is the best rated of ${s.chosen_from} reflections about the question`
-            : `none of ${s.chosen_from} reflections about the question rated high enough`)
+          ? el("p", { class: "choice" }, s.chosen
+            ? `the best rated of ${s.chosen_from} reflections about the question`
+            : `none of ${s.chosen_from} reflections about the question rated high enough: its own answer`)
           : null,
         s.sources.length ? sourceList(s.sources) : null
       )
