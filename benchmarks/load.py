@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import platform
@@ -59,6 +60,21 @@ EXTRA_QUESTIONS = [
     "When does the Zorblax travel policy allow business class?",
     "How much does Zorblax reimburse for meals while travelling?",
 ]
+# words a user might put around a question: every query of the run is worded differently, so each is a question the
+# gateway has not rated yet (it remembers ratings per question and memory version: a repeated question is ~free)
+OPENINGS = ["", "Quick question: ", "Could you tell me: ", "I need to know: ", "Please answer: ", "For a colleague: ",
+            "From the handbook: ", "One more thing: ", "Remind me: ", "Hello! "]  # fmt: skip
+CLOSINGS = ["", " Thanks.", " Thank you!", " Please be brief.", " Just the answer, please.", " Many thanks.",
+            " Cheers.", " Asking for the team.", " Briefly, please.", " Thanks in advance."]  # fmt: skip
+
+
+def worded(questions: list[str], n: int) -> str:
+    """The ``n``-th query of a run: the questions in turn, each round in other words (distinct for the first
+    len(questions) x 100 queries)."""
+    q, k = questions[n % len(questions)], n // len(questions)
+    return f"{OPENINGS[k % len(OPENINGS)]}{q}{CLOSINGS[(k // len(OPENINGS)) % len(CLOSINGS)]}"
+
+
 # the documents uploaded during the load: handbook_dev's, none of whose bytes the query collection holds
 HANDBOOK = REPO.parent / "shared" / "data" / "handbook_dev" / "documents.jsonl"
 CLIENT_TIMEOUT_S = 600.0  # the gateway's own deadline (MEMO_QUERY_TIMEOUT_S, 120 s) answers 504 first
@@ -497,8 +513,10 @@ def main() -> None:
                 args.json.parent.mkdir(parents=True, exist_ok=True)
                 args.json.write_text(json.dumps(result, indent=1) + "\n")
 
-        def body(n: int) -> dict[str, Any]:
-            return {"collection_id": coll["id"], "question": questions[n % len(questions)]}
+        sent = itertools.count()  # over every part of the run: no wording is asked twice
+
+        def body(_: int) -> dict[str, Any]:
+            return {"collection_id": coll["id"], "question": worded(questions, next(sent))}
 
         if "levels" not in skip:
             print(f"query load, {args.seconds:g} s per level", flush=True)

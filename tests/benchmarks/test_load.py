@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from benchmarks.load import handbook_files, ratios, recorder, split_by_window, summarise, summarise_samples
+from benchmarks.load import (
+    handbook_files,
+    ratios,
+    recorder,
+    split_by_window,
+    summarise,
+    summarise_samples,
+    worded,
+)
 
 
 def test_summarise_counts_rate_and_percentiles():
@@ -40,3 +48,10 @@ def test_handbook_files_are_cut_at_a_paragraph():
         paragraphs = data.decode().split("\n\n")
         assert paragraphs[0].startswith("# ")  # the title; more paragraphs only within the budget
         assert len(paragraphs) == 1 or len(data.split()) <= 80
+
+
+def test_every_query_of_a_run_is_worded_differently_around_the_same_questions():
+    questions = ["Who founded Zorblax?", "Where is Zorblax headquartered?", "When was it founded?"]
+    asked = [worded(questions, n) for n in range(len(questions) * 100)]
+    assert len(set(asked)) == len(asked)
+    assert all(questions[n % 3] in q for n, q in enumerate(asked)) and asked[:3] == questions
