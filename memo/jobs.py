@@ -41,6 +41,16 @@ def runner_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def run_in_background(settings: Settings) -> None:
+    """The calling thread, and the threads it starts (torch's OpenMP team among them), at ``jobs.nice`` (Linux
+    schedules threads by their own niceness; the calling thread runs jobs and nothing else)."""
+    try:
+        me = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, me, max(os.getpriority(os.PRIO_PROCESS, me), settings.jobs.nice))
+    except (OSError, AttributeError):  # not Linux or not allowed: jobs run at the process's priority
+        log.warning("job thread niceness not set", exc_info=True)
+
+
 class Heartbeat:
     """Writes ``heartbeat_at`` and ``runner`` of the jobs this process holds every ``interval_s``, from a daemon
     thread (started with the first job held, stopped by :meth:`close`)."""

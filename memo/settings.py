@@ -32,6 +32,10 @@ class LLMRole(BaseModel):
     api_key: str | None = None
     max_concurrency: int = Field(default=8, ge=1)
     timeout_s: float = Field(default=300.0, gt=0)
+    # openai backend on vLLM: the requests' scheduling priority (lower is served first; the server must run with
+    # --scheduling-policy priority, as deploy/vllm/serve.sh does; 0 = not sent). A generator at 1 on the server the
+    # Memory and Executive use at 0 lets queries go ahead of reflecting an upload (results/reliability/load.md)
+    priority: int = Field(default=0, ge=0)
 
     @model_validator(mode="after")
     def _check(self) -> LLMRole:
@@ -261,6 +265,9 @@ class JobSettings(BaseModel):
     # its job fails; the defaults wait out ~2 minutes, what a vLLM CPU server takes to restart
     retries: int = Field(default=6, ge=0)
     retry_backoff_s: float = Field(default=2.0, ge=0)
+    # the CPU niceness of the thread that runs jobs (the gateway's in-process runner, a Celery worker's): on a machine
+    # shared with the query path, a training yields the cores to the queries (results/reliability/load.md)
+    nice: int = Field(default=10, ge=0, le=19)
 
     @model_validator(mode="after")
     def _check(self) -> JobSettings:

@@ -19,4 +19,5 @@ exec "$venv/bin/python" -m vllm.entrypoints.openai.api_server \
   --host 127.0.0.1 --port "$port" \
   --dtype "$VLLM_DTYPE" --max-model-len 2048 \
   --enable-lora --max-lora-rank 64 --max-loras 4 \
+  --scheduling-policy priority \
   "$@"

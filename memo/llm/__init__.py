@@ -47,6 +47,7 @@ class Engines:
                     api_key=role.api_key,
                     timeout_s=role.timeout_s,
                     slots=shared_slots(key, role.max_concurrency),
+                    priority=role.priority,
                 )
             else:
                 from memo.llm.local import LocalChat, load_local_model
@@ -77,6 +78,7 @@ class Engines:
                     timeout_s=role.timeout_s,
                     lora_path=adapter_path,
                     slots=shared_slots(("memory", role.base_url), role.max_concurrency),  # every version
+                    priority=role.priority,
                 )
             elif is_full_model(adapter_path):  # a fully fine-tuned version is a model of its own
                 from memo.llm.local import LocalChat, load_local_model

@@ -44,9 +44,11 @@ class OpenAIChat:
         timeout_s: float = 300.0,
         lora_path: str | None = None,
         slots: Slots | None = None,
+        priority: int = 0,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.model = model
+        self.priority = priority
         self.lora_path = lora_path
         self._reload = asyncio.Lock()
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -75,6 +77,8 @@ class OpenAIChat:
             "temperature": temperature,
             "max_tokens": max_tokens,
         }
+        if self.priority:  # vLLM's priority scheduling (LLMRole.priority)
+            body["priority"] = self.priority
         if json_schema is not None and self.json_schema_supported:
             body["response_format"] = {
                 "type": "json_schema",

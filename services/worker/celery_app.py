@@ -16,7 +16,7 @@ from celery.signals import worker_ready, worker_shutdown
 
 from memo import doctor
 from memo.db import Database
-from memo.jobs import StaleJobCheck
+from memo.jobs import StaleJobCheck, run_in_background
 from memo.pipeline import Context, retry_delay, run_stage, transient
 from memo.settings import Settings, get_settings
 
@@ -87,6 +87,7 @@ def _register(app: Celery, stage: str) -> None:
     @app.task(name=f"memo.{stage}", bind=True, max_retries=None)
     def task(self: Task, job_id: str) -> str:
         ctx = _context()
+        run_in_background(ctx.settings)  # the solo pool's thread runs tasks only
         attempt = self.request.retries
         retry = attempt < ctx.settings.jobs.retries
         try:

@@ -8,7 +8,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from sqlalchemy import update
 
 from memo.db import Database, Job, JobState
-from memo.jobs import Heartbeat
+from memo.jobs import Heartbeat, run_in_background
 from memo.pipeline import STAGES, Context, run_pipeline
 from memo.settings import Settings
 
@@ -43,6 +43,7 @@ class Dispatcher:
         return self._pool.submit(self._run, job_id)
 
     def _run(self, job_id: str) -> None:
+        run_in_background(self.settings)  # this pool's one thread runs jobs only
         try:
             run_pipeline(Context(self.db, self.settings), job_id)
         except Exception:  # recorded on the job row by run_stage

@@ -31,7 +31,8 @@ def _env(tmp_path, model_dir, vllm_server, **reflect):
     settings = make_settings(
         tmp_path,
         model_dir,
-        generator=LLMRole(backend="openai", base_url=vllm_server, model="smollm2", max_concurrency=32),
+        # priority 1: the real server schedules by priority (deploy/vllm/serve.sh), and accepts it
+        generator=LLMRole(backend="openai", base_url=vllm_server, model="smollm2", max_concurrency=32, priority=1),
         chunk={"tokenizer": str(model_dir)},
         reflect={"direct_variants": 1, **reflect},
     )

@@ -3,6 +3,7 @@ twice at once, and POST /v1/jobs/{id}/cancel of queued, running and finished job
 
 from __future__ import annotations
 
+import os
 import threading
 from datetime import timedelta
 
@@ -297,18 +298,59 @@ def test_a_celery_task_retries_a_transient_error(db, settings, monkeypatch):
 
     settings = settings.model_copy(update={"broker_url": REDIS_URL})
     monkeypatch.setattr(celery_app, "_context", lambda: Context(db, settings, via_broker=True))
+    niced: list[int] = []  # eager: the task runs on this thread, whose niceness must not change for later tests
+    monkeypatch.setattr(celery_app, "run_in_background", lambda s: niced.append(s.jobs.nice))
     task = celery_app.celery_app(settings).tasks["memo.parse"]
     job_id = _job(db, settings)
     seen: list[tuple] = []
     monkeypatch.setitem(pipeline._STAGE_FNS, "parse", _failing_parse(db, [CUT, CUT], seen))
     assert task.apply(args=(job_id,)).get() == job_id
     assert len(seen) == 3 and _row(db, job_id).state == JobState.running  # the next stage's task would go on
+    assert niced == [settings.jobs.nice] * 3  # every run of the task on a background thread
     spent = _job(db, settings)
     monkeypatch.setitem(pipeline._STAGE_FNS, "parse", _failing_parse(db, [CUT] * 99, seen := []))
     with pytest.raises(OperationalError):
         task.apply(args=(spent,)).get()
     assert len(seen) == settings.jobs.retries + 1
     assert _row(db, spent).state == JobState.failed
+
+
+# -- the job thread's niceness -----------------------------------------------------------------------------------------
+def _niceness() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+def test_the_in_process_runner_runs_jobs_at_a_lower_cpu_priority_than_the_queries(db, settings, monkeypatch):
+    settings = settings.model_copy(update={"jobs": settings.jobs.model_copy(update={"nice": 7})})
+    job_id = _job(db, settings)
+    seen: list[int] = []
+    monkeypatch.setitem(pipeline._STAGE_FNS, "parse", lambda ctx, jid: seen.append(_niceness()))
+    for stage in pipeline.STAGES[1:]:
+        monkeypatch.setitem(pipeline._STAGE_FNS, stage, lambda ctx, jid: None)
+    from services.worker.dispatch import Dispatcher
+
+    dispatcher = Dispatcher(db, settings)
+    try:
+        dispatcher.submit(job_id).result(timeout=30)
+    finally:
+        dispatcher.shutdown()
+    assert seen == [max(7, _niceness())] and _niceness() < 7  # the job's thread only, never the caller's
+
+
+def test_a_job_thread_already_nicer_is_left_as_it_is(settings):
+    from memo.jobs import run_in_background
+
+    got: list[int] = []
+
+    def thread() -> None:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 15)
+        run_in_background(settings)  # nice 10 would raise its priority: not done
+        got.append(_niceness())
+
+    t = threading.Thread(target=thread)
+    t.start()
+    t.join()
+    assert got == [15]
 
 
 # -- publish ---------------------------------------------------------------------------------------------------------

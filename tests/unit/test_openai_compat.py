@@ -114,3 +114,14 @@ async def test_a_connection_the_server_drops_is_retried_once_on_a_new_one():
         await llm.aclose()
         server.close()
         await server.wait_closed()
+
+
+async def test_a_priority_is_sent_only_when_set(chat_server):
+    chat_server.reply = "Varnmouth."
+    for priority in (0, 1):
+        llm = OpenAIChat(chat_server.url, "smollm2", priority=priority)
+        try:
+            await llm.chat([{"role": "user", "content": "Where is Zorblax?"}])
+        finally:
+            await llm.aclose()
+    assert [r["body"].get("priority") for r in chat_server.seen] == [None, 1]
