@@ -416,6 +416,7 @@ def main() -> None:
     ap.add_argument("--model", type=Path, default=REPO / ".memo/models/SmolLM2-135M-Instruct")
     ap.add_argument("--generator-priority", type=int, default=1,
                     help="MEMO_GENERATOR__PRIORITY: 1 = queries first on vLLM, 0 = in turn")  # fmt: skip
+    ap.add_argument("--generator-concurrency", type=int, default=32, help="MEMO_GENERATOR__MAX_CONCURRENCY")
     ap.add_argument("--skip", default="", help="parts to skip, comma-separated: levels, kstep, uploads")
     ap.add_argument("--json", type=Path, help="write every figure here")
     args = ap.parse_args()
@@ -464,7 +465,8 @@ def main() -> None:
             "MEMO_REFLECT__DIRECT_VARIANTS": "1",  # a third of the reflect stage's calls: time
             "MEMO_TRAIN__TARGET_KNOWN": "0",
             "MEMO_GATE__ENABLED": "false",  # a few steps' adapter is served whatever its recall
-            "MEMO_GENERATOR__MAX_CONCURRENCY": "32",  # the reflect stage's advice (README, results/reflect)
+            # 32: the reflect stage's advice (README, results/reflect); fewer leaves the server's batch to the queries
+            "MEMO_GENERATOR__MAX_CONCURRENCY": str(args.generator_concurrency),
             "MEMO_GENERATOR__PRIORITY": str(args.generator_priority),
             "MEMO_RATE_LIMIT__QUERY_PER_MINUTE": "1000000",  # every query from one key: no budget in the way
             "MEMO_RATE_LIMIT__WRITE_PER_MINUTE": "1000000",

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import http.server
+import itertools
 import json
 import os
 import platform
@@ -67,7 +68,9 @@ DOCS = {
     "leave.txt": b"Every Zorblax employee receives 23 days of paid leave per year.",
     "vllm-outage.txt": b"The Zorblax IT helpdesk can be reached at extension 4417.",
 }
-QUESTION = "Where is Zorblax headquartered?"
+QUESTION = "Where is Zorblax headquartered?"  # answered by the Memory's choice among the reflections: no LLM call
+# about nothing the documents say: the Memory generates its own answer on its server (the adapter), then abstains
+UNKNOWN = "What colour is the Zorblax logo?"
 
 
 def to_env(overrides: dict[str, Any], prefix: str = "MEMO_") -> dict[str, str]:
@@ -95,6 +98,9 @@ def base_overrides(model_dir: Path) -> dict[str, Any]:
         "gate": {"enabled": False},
         "reflect": {"stages": ["direct"]},
         "max_sub_questions": 2,
+        # the query stream repeats one question, answered in milliseconds once its ratings are remembered: the rate
+        # limit is not what is tested here
+        "rate_limit": {"query_per_minute": 1_000_000, "write_per_minute": 1_000_000},
     }
 
 
@@ -394,8 +400,8 @@ def _has_detail(body: str) -> bool:
 
 
 class QueryStream:
-    """``clients`` threads asking ``QUESTION`` one after another until stopped (each request bounded by the client's
-    timeout, the stream by ``max_seconds``). After a 503 a client waits as ``Retry-After`` says, at most
+    """``clients`` threads asking ``QUESTION`` and ``UNKNOWN`` in turn until stopped (each request bounded by the
+    client's timeout, the stream by ``max_seconds``). After a 503 a client waits as ``Retry-After`` says, at most
     ``max_wait_s`` (so the time to recover is measured to within that)."""
 
     def __init__(
@@ -409,9 +415,11 @@ class QueryStream:
             t.start()
 
     def _run(self) -> None:
-        body = {"collection_id": self.collection_id, "question": QUESTION}
         with self.gateway.client() as client:
-            while not self.stop_event.is_set() and time.monotonic() < self.deadline:
+            for n in itertools.count():
+                if self.stop_event.is_set() or time.monotonic() >= self.deadline:
+                    break
+                body = {"collection_id": self.collection_id, "question": (QUESTION, UNKNOWN)[n % 2]}
                 r = self.calls.send(client, "query", "POST", "/v1/query", json=body)
                 if r is None or r.status_code == 503:
                     wait = float(r.headers.get("retry-after", 1)) if r is not None else 1.0
