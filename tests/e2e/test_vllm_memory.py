@@ -43,11 +43,12 @@ def test_memory_versions_are_served_by_vllm(tmp_path, model_dir, vllm_server):
         assert body["memory"] == served_adapter_name(version["id"])
         assert all(step["memory_answer"] for step in body["trace"])
 
-        # the server forgets the adapter (as a restarted vLLM does): the next query loads it again, nothing fails
+        # the server forgets the adapter (as a restarted vLLM does): the next query that has the Memory generate (one
+        # about nothing the documents say: no reflection to choose) loads it again, nothing fails
         name = served_adapter_name(version["id"])
         assert httpx.post(f"{vllm_server}/unload_lora_adapter", json={"lora_name": name}).status_code == 200
         assert name not in {m["id"] for m in httpx.get(f"{vllm_server}/models").json()["data"]}
-        r = client.post("/v1/query", json={"collection_id": coll.id, "question": "Where is Zorblax headquartered?"})
+        r = client.post("/v1/query", json={"collection_id": coll.id, "question": "What colour is the Zorblax logo?"})
         assert r.status_code == 200, r.text
         assert name in {m["id"] for m in httpx.get(f"{vllm_server}/models").json()["data"]}
 
@@ -101,12 +102,17 @@ def test_version_switches_under_a_stream_of_queries_lose_none(tmp_path, model_di
     stop = threading.Event()
 
     def stream() -> None:
+        # a question the Memory's choice answers (in the gateway, no vLLM call) and one it generates on vLLM through
+        # the served adapter, in turn, paced under the rate limit and bounded in time
+        questions = ("Where is Zorblax?", "What colour is the Zorblax logo?")
+        until = time.monotonic() + 900
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120, headers=headers) as client:
-            for _ in range(500):  # bounded
-                if stop.is_set():
-                    break
-                r = client.post("/v1/query", json={"collection_id": coll.id, "question": "Where is Zorblax?"})
+            n = 0
+            while not stop.is_set() and time.monotonic() < until:
+                r = client.post("/v1/query", json={"collection_id": coll.id, "question": questions[n % 2]})
                 results.append((r.status_code, r.json().get("memory_version_id", r.text)))
+                n += 1
+                stop.wait(0.2)
 
     streamer = threading.Thread(target=stream)
     streamer.start()
