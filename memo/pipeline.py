@@ -317,18 +317,21 @@ def transient(exc: BaseException) -> bool:
     )
 
 
-def retry_delay(settings: Settings, attempt: int) -> float:
-    """Seconds before the retry after failed attempt ``attempt`` (0-based) of a stage (``MEMO_JOBS__RETRY_*``)."""
+def retry_delay(settings: Settings, exc: BaseException, attempt: int | None) -> float | None:
+    """Seconds before a stage runs again after ``exc`` ended its attempt ``attempt`` (0-based; None: its caller does
+    not retry): a transient error with retries left (``MEMO_JOBS__RETRY*``); None when the job fails instead."""
+    if attempt is None or attempt >= settings.jobs.retries or not transient(exc):
+        return None
     return min(settings.jobs.retry_backoff_s * 2**attempt, 300.0)
 
 
-def run_stage(ctx: Context, job_id: str, stage: str, *, retry: bool = False) -> str:
+def run_stage(ctx: Context, job_id: str, stage: str, *, attempt: int | None = None) -> str:
     """Run one stage of a job, recording stage, state and any error on the job row, its heartbeat written while it
     runs. Returns the job id. Does nothing to a job that has finished or been cancelled, or that another live
     process is running (a duplicate delivery, or a requeue of a job that was only slow): a job runs once at a time.
     A job whose cancel was asked for stops at its next unit boundary and ends ``cancelled``.
 
-    With ``retry`` (the caller runs the stage again after a transient error, :func:`transient`), such an error
+    With ``attempt`` (the caller runs the stage again after a transient error, :func:`retry_delay`), such an error
     leaves the job ``queued`` with the error as the reason it waits, instead of ``failed``; it is raised either way."""
     if not _claim(ctx, job_id, stage):
         return job_id
@@ -350,7 +353,7 @@ def run_stage(ctx: Context, job_id: str, stage: str, *, retry: bool = False) -> 
                 job.state, job.heartbeat_at = JobState.cancelled, None
         return job_id
     except Exception as exc:
-        again = retry and transient(exc)
+        again = retry_delay(ctx.settings, exc, attempt) is not None
         if again:
             log.warning(
                 "job %s met a transient error in stage %s, to be retried: %s: %s",
@@ -422,12 +425,12 @@ def run_pipeline(ctx: Context, job_id: str) -> None:
     for stage in STAGES:
         attempt = 0
         while True:
-            retry = attempt < ctx.settings.jobs.retries
             try:
-                run_stage(ctx, job_id, stage, retry=retry)
+                run_stage(ctx, job_id, stage, attempt=attempt)
                 break
             except Exception as exc:
-                if not (retry and transient(exc)):
+                delay = retry_delay(ctx.settings, exc, attempt)
+                if delay is None:
                     raise
-            time.sleep(retry_delay(ctx.settings, attempt))
+            time.sleep(delay)
             attempt += 1

@@ -145,10 +145,11 @@ class LocalModel:
         if len(self._rated) > RATED_CACHE:
             del self._rated[next(iter(self._rated))]  # the oldest
 
-    def _ids(self, prompt: str, answer: str) -> tuple[list[int], list[int]]:
-        head = list(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
-        tail = list(self.tokenizer(answer, add_special_tokens=False)["input_ids"]) or [self.tokenizer.eos_token_id]
-        return head, tail
+    def _prompt_ids(self, prompt: str) -> list[int]:
+        return list(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+
+    def _answer_ids(self, answer: str) -> list[int]:
+        return list(self.tokenizer(answer, add_special_tokens=False)["input_ids"]) or [self.tokenizer.eos_token_id]
 
     def _rate_rows(self, pairs: list[tuple[str, str]]) -> list[list[float]]:
         """Each (prompt, answer) as its own row of one right-padded pass."""
@@ -156,7 +157,7 @@ class LocalModel:
 
         if not pairs:
             return []
-        rows = [self._ids(prompt, answer) for prompt, answer in pairs]
+        rows = [(self._prompt_ids(prompt), self._answer_ids(answer)) for prompt, answer in pairs]
         width = max(len(h) + len(t) for h, t in rows)
         pad = int(self.tokenizer.pad_token_id)
         ids = torch.tensor([h + t + [pad] * (width - len(h) - len(t)) for h, t in rows], device=self.device)
@@ -176,8 +177,8 @@ class LocalModel:
         the answers alone (a question's offered reflections: most of each row is the shared prompt)."""
         import torch
 
-        head, _ = self._ids(prompt, "x")
-        tails = [self._ids(prompt, a)[1] for a in answers]
+        head = self._prompt_ids(prompt)
+        tails = [self._answer_ids(a) for a in answers]
         with torch.inference_mode():
             out = self.model(input_ids=torch.tensor([head], device=self.device), use_cache=True, logits_to_keep=1)
             first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)  # the first answer token's distribution

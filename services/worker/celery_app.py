@@ -17,7 +17,7 @@ from celery.signals import worker_ready, worker_shutdown
 from memo import doctor
 from memo.db import Database
 from memo.jobs import StaleJobCheck, run_in_background
-from memo.pipeline import Context, retry_delay, run_stage, transient
+from memo.pipeline import Context, retry_delay, run_stage
 from memo.settings import Settings, get_settings
 
 QUEUES = {"parse": "ingest", "reflect": "generate", "train": "train", "evaluate": "train", "publish": "ingest"}
@@ -89,10 +89,10 @@ def _register(app: Celery, stage: str) -> None:
         ctx = _context()
         run_in_background(ctx.settings)  # the solo pool's thread runs tasks only
         attempt = self.request.retries
-        retry = attempt < ctx.settings.jobs.retries
         try:
-            return run_stage(ctx, job_id, stage, retry=retry)
+            return run_stage(ctx, job_id, stage, attempt=attempt)
         except Exception as exc:
-            if retry and transient(exc):  # an LLM server or the database away for a moment: again after a backoff
-                raise self.retry(exc=exc, countdown=retry_delay(ctx.settings, attempt)) from exc
+            delay = retry_delay(ctx.settings, exc, attempt)
+            if delay is not None:  # an LLM server or the database away for a moment: again after a backoff
+                raise self.retry(exc=exc, countdown=delay) from exc
             raise

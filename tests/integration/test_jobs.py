@@ -275,7 +275,7 @@ def test_a_stage_waiting_for_its_retry_is_queued_with_the_reason(db, settings, m
     job_id = _job(db, settings)
     monkeypatch.setitem(pipeline._STAGE_FNS, "parse", _failing_parse(db, [CUT], []))
     with pytest.raises(OperationalError):
-        run_stage(Context(db, settings), job_id, "parse", retry=True)
+        run_stage(Context(db, settings), job_id, "parse", attempt=0)
     row = _row(db, job_id)
     assert row.state == JobState.queued and row.error.startswith("retrying after OperationalError")
 
