@@ -14,8 +14,9 @@ was made from (``reflection_sources``). A Memory answer is *supported* when a re
   reflection itself when the name heads a section of that document: the facts under "Varnholt headquarters" are not
   about the Port Emberly office);
 
-and the answer is of the kind asked for (a number for "how many", words for "who"), names what a "how many" question
-counts, and does not state what the question sets aside ("anywhere other than Port Emberly").
+and the answer is of the kind asked for (a number for "how many" or "what rate", words for "who"), names what a "how
+many" question counts, does not state what the question sets aside ("anywhere other than Port Emberly"), and does not
+measure a condition of the question otherwise ("at a 5-minute interval" for "a reading every 15 minutes").
 
 A wrong recall fails the first test (a look-alike fact has another number or name), a recall of another fact the
 second (it is about something else, or about another company's policy). An answer no reflection supports is not
@@ -174,18 +175,30 @@ def terms(text: str) -> Terms:
     return Terms(frozenset(content), frozenset(numbers), frozenset(names))
 
 
-_AMOUNT = re.compile(
-    r"\bhow\s+(many|much)\b|\b(what|which)\s+(time|date|year|extension|percentage|(phone\s+)?number)\b", re.I
+# a question that only a number answers: "how many / much / long / far", or one whose subject is a measure within
+# two words of its "what" / "which" ("which phone extension", "what is the monthly spending limit", "at what rate")
+_HOW_AMOUNT = re.compile(r"\bhow\s+(many|much|long|far)\b", re.I)
+_MEASURES = (
+    "time|date|year|number|extension|percentage|percent|rate|amount|price|cost|fee|limit|cap|maximum|minimum|total|"
+    "temperature|concentration|duration|interval|speed|capacity|budget|salary|threshold|distance|weight|age"
 )
+_WHAT_MEASURE = re.compile(
+    r"\b(?:what|which)\s+(?:(?:is|are|was|were)\s+)?(?:(?:the|a|an)\s+)?(?:[\w'’-]+\s+){0,2}"
+    rf"(?:{_MEASURES})s?(?![\w-])",
+    re.I,
+)
+_NAMED = re.compile(r"\b(name|named|called)\b", re.I)  # "the name of the cost centre" asks for a name
 
 
 _WHO = re.compile(r"^\W*(who|whom|whose)\b", re.I)
 
 
 def asks_amount(question: str) -> bool:
-    """A question that only a number answers: how many, how much, what time, date, year, extension, percentage or
-    (phone) number."""
-    return _AMOUNT.search(question) is not None
+    """A question that only a number answers: how many, how much, how long, what time, date, rate, limit ... (a
+    measure), unless it asks for a name."""
+    if _HOW_AMOUNT.search(question):
+        return True
+    return _WHAT_MEASURE.search(question) is not None and _NAMED.search(question) is None
 
 
 def answers_type(question: str, novel: frozenset[str], numbers: frozenset[str]) -> bool:
@@ -194,6 +207,37 @@ def answers_type(question: str, novel: frozenset[str], numbers: frozenset[str]) 
     if asks_amount(question) and not numbers:
         return False
     return not (_WHO.match(question) and novel <= numbers)
+
+
+# a number with its unit ("every 15 minutes", "a 5-minute interval", "two hours"), not a code's ("HX-220", "P1")
+_MEASURE = re.compile(rf"(?<![\w.,$€£-])(\d[\d,]*(?:\.\d+)?|{'|'.join(NUMBER_WORDS)})(?:\s+|-)([A-Za-z]+)\b", re.I)
+_YES_NO = re.compile(
+    r"^\W*(is|are|was|were|do|does|did|can|could|will|would|should|shall|may|might|must|has|have|had)\b", re.I
+)
+
+
+# a number that bounds a range ("over 6 hours", "after 5 years", "3 nights or more") holds for other values too
+_BOUND_BEFORE = frozenset(
+    "over above more less fewer under below least most up exceeding exceeds exceed beyond after from before until "
+    "within longer shorter than max maximum min minimum".split()
+)
+_BOUND_AFTER = re.compile(r"^\s*(or\s+(more|less|fewer|longer|shorter|over|above|under|below)|and\s+(over|above|up))\b")
+
+
+def measures(text: str) -> frozenset[tuple[str, str]]:
+    """The (unit, number) pairs ``text`` states as a point, not as a bound: ("minut", "15") for "every 15 minutes"
+    and for "a 15-minute interval", nothing for "over 6 hours" or "3 nights or more"."""
+    found = set()
+    for m in _MEASURE.finditer(text):
+        unit = m.group(2).lower()
+        if unit in STOPWORDS or unit == "per":
+            continue
+        before = text[max(0, m.start() - 24) : m.start()].lower().split()[-2:]
+        if _BOUND_BEFORE & set(before) or _BOUND_AFTER.match(text[m.end() :]):
+            continue
+        number = m.group(1).lower()
+        found.add((stem(unit), NUMBER_WORDS.get(number) or _number(number)))
+    return frozenset(found)
 
 
 _HOW_MANY = re.compile(r"\bhow\s+many\s+([^?.,;:!]*)", re.I)
@@ -209,13 +253,21 @@ class Asked:
     terms: Terms
     counted: frozenset[str]
     excluded: frozenset[str]
+    measures: frozenset[tuple[str, str]] = frozenset()
 
     def fits(self, fact: Fact) -> bool:
-        """``fact`` names what is counted (a fact that never does counts something else) and does not state a name
-        the question sets aside (it answers for that one)."""
+        """``fact`` names what is counted (a fact that never does counts something else), does not state a name
+        the question sets aside (it answers for that one), and does not measure the question's condition otherwise
+        (a battery's life "at a 5-minute interval" does not answer for "a reading every 15 minutes")."""
         if self.counted and not self.counted & fact.qa:
             return False
-        return not self.excluded & fact.a.content
+        if self.excluded & fact.a.content:
+            return False
+        for unit, number in self.measures:
+            stated = {n for u, n in fact.measures if u == unit}
+            if stated and number not in stated:
+                return False
+        return True
 
 
 def asked(question: str) -> Asked:
@@ -232,7 +284,9 @@ def asked(question: str) -> Asked:
         elif counted:  # the counted phrase ends at its first function word ("spaces does", "days of")
             break
     x = frozenset(excluded)
-    return Asked(Terms(full.content - x, full.numbers, full.names - x), terms(" ".join(counted)).content, x)
+    # a yes/no question's number is what it asks about ("Is the limit 500 dollars?"), not a condition
+    conditions = frozenset() if _YES_NO.match(question) else measures(question)
+    return Asked(Terms(full.content - x, full.numbers, full.names - x), terms(" ".join(counted)).content, x, conditions)
 
 
 # -- the index ------------------------------------------------------------------------------------------------------
@@ -247,11 +301,17 @@ class Fact:
     q: Terms = field(default=EMPTY, compare=False)
     a: Terms = field(default=EMPTY, compare=False)
     qa: frozenset[str] = field(default=frozenset(), compare=False)
+    measures: frozenset[tuple[str, str]] = field(default=frozenset(), compare=False)
 
 
 def make_fact(reflection_id: str, question: str, answer: str, origins: Iterable[tuple[str, str]]) -> Fact:
     q, a = terms(question), terms(answer)
-    return Fact(reflection_id, question, answer, tuple(dict.fromkeys(origins)), q, a, q.content | a.content)
+    # what the fact measures: its answer's measures, and its question's in units the answer does not measure (a
+    # generated question can carry a neighbouring fact's condition; the answer's own is the one it answers for)
+    stated = measures(answer)
+    units = {u for u, _ in stated}
+    stated |= {(u, n) for u, n in measures(question) if u not in units}
+    return Fact(reflection_id, question, answer, tuple(dict.fromkeys(origins)), q, a, q.content | a.content, stated)
 
 
 @dataclass

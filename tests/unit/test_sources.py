@@ -13,6 +13,7 @@ from memo.sources import (
     carries,
     load_index,
     make_fact,
+    measures,
     merge_sources,
     stem,
     terms,
@@ -230,6 +231,61 @@ def test_a_name_the_question_sets_aside_is_not_the_answer(offices):
     assert offices.support(question, "the cap is $245 per night") == []
     assert offices.support(question, "$205 per night")
     assert asked(question).excluded == terms("at Harrowgate").names
+
+
+def test_a_question_about_a_measure_is_answered_with_a_number():
+    """A question whose subject is a measure (a rate, a limit, an extension, how long) takes a number; one that asks
+    for a name does not, even when the name is of a limit."""
+    for question in (
+        "At what rate per mile is driving reimbursed?",
+        "Which phone extension reaches the helpdesk?",
+        "What is the monthly spending limit on a company card?",
+        "What is the highest concentration the probe can measure?",
+        "How long did the outage last?",
+    ):
+        assert asks_amount(question), question
+    for question in (
+        "What is the name of the password manager?",
+        "What is the name of the spending limit policy?",
+        "Which portal must employees use?",
+        "What time-off policy applies?",
+        "Where do staff gather?",
+    ):
+        assert not asks_amount(question), question
+    facts = [
+        make_fact("r0", "How is mileage claimed on a volunteering day?", "at the standard business rate", [("d", "c")]),
+        make_fact("r1", "What rate per mile is paid for driving a car on business?", "$0.64 per mile", [("d", "c")]),
+    ]
+    index = SourceIndex(facts, {"d": "travel.md"}, {"c": "mileage"})
+    question = "At what rate per mile is driving a car on a volunteering day reimbursed?"
+    assert [c.fact.answer for c in index.candidates(question)] == ["$0.64 per mile"]
+    assert index.support(question, "at the standard business rate") == []
+
+
+BATTERY = [
+    ("How long does the battery last at a 5-minute reading interval?", "about 9 months"),
+    ("How long does the battery last when the probe reads every 15 minutes?", "18 months"),
+    ("How long does the battery last with readings more than 10 minutes apart?", "over 2 years"),  # a bound
+    ("How long does the battery last?", "for about 9 months at a 5-minute interval"),
+    # a generated question that carries the neighbouring fact's condition: the answer's own condition counts
+    ("How long does the battery last at a 15-minute interval?", "7 months at a 2-minute interval"),
+]
+
+
+def test_a_fact_that_measures_the_question_s_condition_otherwise_does_not_answer_it():
+    """ "A reading every 15 minutes": the battery life at a 5-minute interval answers another question; a fact that
+    states no interval, or bounds one ("over 6 hours"), may still answer it."""
+    index = SourceIndex([make_fact(f"b{i}", q, a, [("d", "c")]) for i, (q, a) in enumerate(BATTERY)], {}, {})
+    question = "How long does the battery pack last when the probe takes a reading every 15 minutes?"
+    offered = [c.fact.answer for c in index.candidates(question)]
+    assert "18 months" in offered and "about 9 months" not in offered
+    assert "for about 9 months at a 5-minute interval" not in offered and "over 2 years" in offered
+    assert "7 months at a 2-minute interval" not in offered
+    assert index.support(question, "9 months") == [] and index.support(question, "18 months")
+    assert measures("a 15-minute interval") == measures("every 15 minutes") == {("minut", "15")}
+    assert measures("flights of more than 6 hours, 3 nights or more, after 5 years") == set()
+    assert measures("the HX-220 probe, a $3,000 credit, a P1 ticket") == set()  # codes and amounts are no condition
+    assert asked("Is the battery life 18 months at 15 minutes?").measures == set()  # a yes/no question asks it
 
 
 def test_support_is_fast_on_thousands_of_reflections():
