@@ -201,14 +201,6 @@ def asks_amount(question: str) -> bool:
     return _WHAT_MEASURE.search(question) is not None and _NAMED.search(question) is None
 
 
-def answers_type(question: str, novel: frozenset[str], numbers: frozenset[str]) -> bool:
-    """What an answer adds to the question can answer it: a number where one is asked for, words (not a bare date or
-    amount) where a person is."""
-    if asks_amount(question) and not numbers:
-        return False
-    return not (_WHO.match(question) and novel <= numbers)
-
-
 # a number with its unit ("every 15 minutes", "a 5-minute interval", "two hours"), not a code's ("HX-220", "P1")
 _MEASURE = re.compile(rf"(?<![\w.,$€£-])(\d[\d,]*(?:\.\d+)?|{'|'.join(NUMBER_WORDS)})(?:\s+|-)([A-Za-z]+)\b", re.I)
 _YES_NO = re.compile(
@@ -254,6 +246,15 @@ class Asked:
     counted: frozenset[str]
     excluded: frozenset[str]
     measures: frozenset[tuple[str, str]] = frozenset()
+    amount: bool = False  # only a number answers it (:func:`asks_amount`)
+    who: bool = False  # it asks for a person
+
+    def answered_by(self, novel: frozenset[str], numbers: frozenset[str]) -> bool:
+        """What an answer adds to the question (``novel``, of which ``numbers``) can answer it: a number where one is
+        asked for, words (not a bare date or amount) where a person is."""
+        if self.amount and not numbers:
+            return False
+        return not (self.who and novel <= numbers)
 
     def fits(self, fact: Fact) -> bool:
         """``fact`` names what is counted (a fact that never does counts something else), does not state a name
@@ -286,7 +287,14 @@ def asked(question: str) -> Asked:
     x = frozenset(excluded)
     # a yes/no question's number is what it asks about ("Is the limit 500 dollars?"), not a condition
     conditions = frozenset() if _YES_NO.match(question) else measures(question)
-    return Asked(Terms(full.content - x, full.numbers, full.names - x), terms(" ".join(counted)).content, x, conditions)
+    return Asked(
+        Terms(full.content - x, full.numbers, full.names - x),
+        terms(" ".join(counted)).content,
+        x,
+        conditions,
+        asks_amount(question),
+        _WHO.match(question) is not None,
+    )
 
 
 # -- the index ------------------------------------------------------------------------------------------------------
@@ -457,7 +465,7 @@ class SourceIndex:
                 break
             key = " ".join(f.answer.lower().split())
             novel = f.a.content - q.content  # an answer that adds nothing to the question answers nothing
-            if key in seen or not novel or not answers_type(question, novel, f.a.numbers - q.numbers) or not a.fits(f):
+            if key in seen or not novel or not a.answered_by(novel, f.a.numbers - q.numbers) or not a.fits(f):
                 continue
             if outer is None or self.about(outer, f) >= MIN_ABOUT:
                 seen.add(key)
@@ -472,7 +480,7 @@ class SourceIndex:
     def support(self, question: str, answer: str, *, within: str | None = None) -> list[Support]:
         """The reflections that support ``answer`` to ``question``, best first (empty: the answer is unsupported).
         An answer that says it does not know, adds nothing to the question, or is not of the kind asked for
-        (:func:`answers_type`) is never supported. ``within``: ``question`` is a sub-question of this
+        (:meth:`Asked.answered_by`) is never supported. ``within``: ``question`` is a sub-question of this
         one, which the supporting reflections must be about as well (and ``question`` must be grounded in it)."""
         if is_idk(answer):
             return []
@@ -480,7 +488,7 @@ class SourceIndex:
         q = a.terms
         novel = m.content - q.content
         numbers = m.numbers - q.numbers
-        if not novel or not answers_type(question, novel, numbers):
+        if not novel or not a.answered_by(novel, numbers):
             return []
         names = m.names - q.content
         candidates: set[int] = set()  # reflections whose answer has at least one of the answer's own words
