@@ -478,7 +478,11 @@ def wait_jobs_done(client: httpx.Client, job_ids: list[str], timeout_s: float) -
         states = job_states(client, job_ids)
         return states if all(s not in ("queued", "running") for s in states.values()) else None
 
-    return wait_until(f"jobs {job_ids} finished", done, timeout_s, 0.5)
+    try:
+        return wait_until(f"jobs {job_ids} finished", done, timeout_s, 0.5)
+    except AssertionError as exc:  # name where each job stands, so that a run that times out says why
+        rows = [client.get(f"/v1/jobs/{job_id}").text[:1500] for job_id in job_ids]
+        raise AssertionError(f"{exc}; the jobs: {rows}") from None
 
 
 def _upload(calls: Calls, client: httpx.Client, cid: str, name: str) -> str | None:

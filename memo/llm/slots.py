@@ -14,51 +14,67 @@ from collections import deque
 from collections.abc import Hashable
 
 
+class _Waiter:
+    """One acquire waiting for a slot: woken on its own loop; ``granted`` (under the lock) once a slot is its."""
+
+    __slots__ = ("loop", "fut", "granted")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop, self.fut, self.granted = loop, loop.create_future(), False
+
+
 class Slots:
-    """A counting semaphore shared across threads and event loops; waiters are served first come, first served."""
+    """A counting semaphore shared across threads and event loops; waiters are served first come, first served.
+
+    A slot handed to a waiter is recorded under the lock before its loop is woken, and a cancelled waiter leaves the
+    queue (or passes on the slot it was handed) under the same lock: a grant never depends on a loop running its
+    callback, so a loop that is closing loses no slot."""
 
     def __init__(self, n: int) -> None:
         self._lock = threading.Lock()
         self._free = n
-        self._waiters: deque[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = deque()
+        self._waiters: deque[_Waiter] = deque()
 
     async def acquire(self) -> None:
-        loop = asyncio.get_running_loop()
         with self._lock:
             if self._free and not self._waiters:
                 self._free -= 1
                 return
-            fut: asyncio.Future[None] = loop.create_future()
-            self._waiters.append((loop, fut))
+            w = _Waiter(asyncio.get_running_loop())
+            self._waiters.append(w)
         try:
-            await fut
+            await w.fut
         except asyncio.CancelledError:
-            if fut.done() and not fut.cancelled():  # granted, then cancelled before it could run: pass the slot on
+            with self._lock:
+                handed = w.granted
+                if not handed:
+                    self._waiters.remove(w)
+            if handed:  # granted, then cancelled before it could run: pass the slot on
                 self.release()
-            raise  # a waiter cancelled before its grant is skipped by _grant
+            raise
 
     def release(self) -> None:
         with self._lock:
             while self._waiters:
-                loop, fut = self._waiters.popleft()
+                w = self._waiters.popleft()
                 try:
-                    loop.call_soon_threadsafe(self._grant, fut)
-                    return
-                except RuntimeError:  # that waiter's loop is closed
+                    w.loop.call_soon_threadsafe(_wake, w.fut)
+                except RuntimeError:  # that waiter's loop is closed: its task is gone
                     continue
+                w.granted = True
+                return
             self._free += 1
-
-    def _grant(self, fut: asyncio.Future[None]) -> None:
-        if fut.done():  # its waiter was cancelled meanwhile
-            self.release()
-        else:
-            fut.set_result(None)
 
     async def __aenter__(self) -> None:
         await self.acquire()
 
     async def __aexit__(self, *exc: object) -> None:
         self.release()
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():  # else cancelled meanwhile: its waiter passes the slot on
+        fut.set_result(None)
 
 
 _registry: dict[Hashable, Slots] = {}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import threading
 
+import pytest
+
 from memo.llm.slots import Slots, shared_slots
 
 
@@ -75,6 +77,54 @@ def test_a_waiter_on_a_closed_loop_is_skipped():
         await asyncio.wait_for(slots.acquire(), timeout=1)
 
     asyncio.run(acquire())
+
+
+def test_a_cancelled_waiter_on_an_idle_loop_is_forgotten_at_once():
+    """A stage that fails cancels its loop's waiting requests; that loop stays open (idle) a moment before it is
+    closed. A slot given back meanwhile must not be handed to one of those waiters, whose loop never runs the grant:
+    each failed attempt of a stage lost a slot so, until a retried stage waited for ever (CI, the vLLM restart)."""
+    slots = Slots(1)
+    asyncio.run(slots.acquire())  # holds the only slot
+
+    loop = asyncio.new_event_loop()
+    try:
+        waiter = loop.create_task(slots.acquire())
+        loop.run_until_complete(asyncio.sleep(0))  # queued
+        waiter.cancel()
+        loop.run_until_complete(asyncio.gather(waiter, return_exceptions=True))  # cancelled; the loop idles, open
+        slots.release()
+
+        async def acquire() -> None:
+            await asyncio.wait_for(slots.acquire(), timeout=1)
+
+        asyncio.run(acquire())  # the slot came back
+    finally:
+        loop.close()
+
+
+def test_a_stage_that_fails_again_and_again_gives_back_every_slot():
+    """A reflect stage as it fails: one request raises, asyncio.run cancels the others (holding and waiting) and
+    closes the loop. The slots the holders gave back went to cancelled waiters, each grant a callback on the closing
+    loop, and were lost (both of 2 after one attempt, with 198 waiting); the retried stage then waited for ever."""
+    slots = Slots(2)
+
+    async def request(i: int) -> None:
+        async with slots:
+            await asyncio.sleep(0.001)
+            if i == 3:
+                raise ConnectionError("the server went away")
+
+    async def stage() -> None:  # a lost slot makes the next attempt wait: bounded, so that the test fails instead
+        await asyncio.wait_for(asyncio.gather(*(request(i) for i in range(200))), timeout=10)
+
+    for _ in range(5):
+        with pytest.raises(ConnectionError):
+            asyncio.run(stage())
+
+    async def both() -> None:
+        await asyncio.wait_for(asyncio.gather(slots.acquire(), slots.acquire()), timeout=1)
+
+    asyncio.run(both())
 
 
 def test_one_role_on_one_server_shares_its_slots():
